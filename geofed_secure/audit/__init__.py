@@ -1,0 +1,1 @@
+"""Privacy audit (threat models, views, attacks): issue 5. Nothing here yet."""

@@ -1,0 +1,139 @@
+"""Command line: ``geofed run`` trains the (demo) federation and writes summary, plots, transcript, checkpoints."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+from geofed_secure.config import RunConfig, config_from_dict, load_config, nodes_from_spec
+from geofed_secure.errors import ConfigError, GeofedError
+
+console = Console(stderr=True, highlight=False)
+
+
+class ConsoleReporter:
+    """Per-round progress on the terminal (plain lines, so logs and CI output stay readable)."""
+
+    def __init__(self) -> None:
+        self._t0 = time.perf_counter()
+
+    def round_started(self, round_: int, total: int) -> None:
+        console.print(f"[bold]round {round_}/{total}[/bold]")
+
+    def node_done(self, round_: int, node_id: str, info: str) -> None:
+        console.print(f"  {node_id:<22} {info}")
+
+    def round_done(self, round_: int, line: str) -> None:
+        console.print(f"  [green]{line}[/green] [dim](elapsed {time.perf_counter() - self._t0:.0f} s)[/dim]")
+
+    def log(self, message: str) -> None:
+        console.print(f"  [yellow]{message}[/yellow]")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="geofed", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run a federation (default: the built-in offline demo)")
+    run.add_argument("--config", type=Path, help="TOML run configuration (see examples/demo.toml)")
+    run.add_argument("--rounds", type=int, help="number of federated rounds")
+    run.add_argument("--nodes", help="node list by modality, e.g. image:2,text,tabular,dna")
+    run.add_argument("--lambda-geo", type=float, dest="lambda_geo", help="weight of the CKA alignment loss (0 = off)")
+    run.add_argument("--magnitude", choices=("local", "averaged"), help="GeoDoRA magnitude policy")
+    run.add_argument("--mode", choices=("federated", "local-only"), help="local-only: nodes never aggregate (baseline)")
+    run.add_argument("--shuffle-anchors", action="store_true", help="null control: every node shuffles its anchor order")
+    run.add_argument("--seed", type=int)
+    run.add_argument("--cache-dir", help="feature cache folder (default $GEOFED_CACHE or ~/.cache/geofed-secure)")
+    run.add_argument("--out", type=Path, help="output folder (default runs/<federation id>-<time>)")
+    run.add_argument("--resume", type=Path, metavar="DIR", help="continue the interrupted run in DIR")
+    return parser
+
+
+def _apply_overrides(config: RunConfig, args: argparse.Namespace) -> RunConfig:
+    fed, model, training, data = config.federation, config.model, config.training, config.data
+    if args.rounds is not None:
+        fed = dataclasses.replace(fed, rounds=args.rounds)
+    if args.seed is not None:
+        fed = dataclasses.replace(fed, seed=args.seed)
+    if args.mode is not None:
+        fed = dataclasses.replace(fed, mode=args.mode)
+    if args.magnitude is not None:
+        model = dataclasses.replace(model, magnitude=args.magnitude)
+    if args.lambda_geo is not None:
+        training = dataclasses.replace(training, lambda_geo=args.lambda_geo)
+    if args.cache_dir is not None:
+        data = dataclasses.replace(data, cache_dir=args.cache_dir)
+    nodes = nodes_from_spec(args.nodes) if args.nodes is not None else config.nodes
+    if args.shuffle_anchors:
+        nodes = tuple(dataclasses.replace(n, shuffle_anchors=True) for n in nodes)
+    return RunConfig(federation=fed, model=model, training=training, data=data, nodes=nodes)
+
+
+def _resolve_config(args: argparse.Namespace) -> tuple[RunConfig, Path, bool]:
+    if args.resume is not None:
+        others = [name for name in ("config", "nodes", "lambda_geo", "magnitude", "mode", "seed", "out")
+                  if getattr(args, name) is not None] + (["shuffle_anchors"] if args.shuffle_anchors else [])
+        if others:
+            raise ConfigError("--resume", f"takes its configuration from the run folder; only --rounds/--cache-dir may be given (got --{others[0].replace('_', '-')})")
+        saved = args.resume / "config.json"
+        if not saved.is_file():
+            raise ConfigError("--resume", f"{args.resume} holds no config.json; is it a geofed run folder?")
+        config = config_from_dict(json.loads(saved.read_text()), source=str(saved))
+        return _apply_overrides(config, args), args.resume, True
+    config = load_config(args.config) if args.config else RunConfig()
+    config = _apply_overrides(config, args)
+    out = args.out or Path("runs") / f"{config.federation.id}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return config, out, False
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from geofed_secure.report import write_plots
+    from geofed_secure.runtime.federation import load_demo_modalities
+    from geofed_secure.runtime.simulator import Simulator
+
+    config, out, resume = _resolve_config(args)
+    console.print(f"[bold]geofed run[/bold]: {len(config.nodes)} nodes, {config.federation.rounds} rounds, "
+                  f"mode={config.federation.mode}, lambda_geo={config.training.lambda_geo}, magnitude={config.model.magnitude}, out={out}")
+    t0 = time.perf_counter()
+    last = {"key": None}
+
+    def progress(what: str, done: int, total: int) -> None:
+        if last["key"] != what or done == total:
+            console.print(f"  encoding {what}: {done}/{total}")
+            last["key"] = what
+
+    modalities = load_demo_modalities(config, progress=progress)
+    console.print(f"  data ready in {time.perf_counter() - t0:.1f} s: "
+                  + ", ".join(f"{m} ({len(d.pool)} private, B={len(d.anchors)}{', synthetic' if d.synthetic else ''})" for m, d in modalities.items()))
+    sim = Simulator(config, modalities, out, reporter=ConsoleReporter())
+    result = sim.run(resume=resume)
+    plots = write_plots(result.summary, out)
+    final = result.summary["final"]
+    console.print(f"[bold]done[/bold] in {time.perf_counter() - t0:.1f} s: " + ", ".join(
+        f"{k}={v:.3f}" for k, v in final.items() if v is not None))
+    console.print(f"  wrote {out / 'summary.json'}, {', '.join(p.name for p in plots)}, transcript/, checkpoints/, final/")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "run":
+            return cmd_run(args)
+    except GeofedError as exc:
+        console.print(f"[red]error[/red] ({type(exc).__name__}): {exc}")
+        return 2
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/yellow]: the last completed round is checkpointed; continue with geofed run --resume <out dir>")
+        return 130
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,229 @@
+"""Typed run configuration, loaded from TOML and validated once, with errors that name the field.
+
+Sections: ``[federation]``, ``[model]``, ``[training]``, ``[data]`` and one ``[[nodes]]`` table per node.
+See ``examples/demo.toml`` for every key with its default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import math
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from geofed_secure.errors import ConfigError
+
+MODALITIES = ("image", "text", "tabular", "dna")
+MODES = ("federated", "local-only")
+
+
+@dataclass(frozen=True, kw_only=True)
+class FederationSection:
+    id: str = "geofed-demo"
+    seed: int = 0
+    rounds: int = 8
+    mode: str = "federated"  # "local-only": nodes never aggregate (baseline)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelSection:
+    backbone: str = "minilm-l6"  # or a local Hugging Face checkpoint directory
+    rank: int = 8
+    target_modules: tuple[str, ...] = ("query", "value")
+    use_dora: bool = True
+    magnitude: str = "local"  # "local" | "averaged"
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainingSection:
+    local_steps: int = 12
+    batch_size: int = 32
+    lr: float = 2e-3
+    lambda_geo: float = 1.0
+    max_inverse_uncertainty: float = 100.0  # clip of 1/u in the precision weight (eq. 6)
+    lap_samples: int = 512  # private samples used for the precision weight
+    contrastive_temperature: float = 0.1  # bridge nodes only
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataSection:
+    anchors_per_class: int = 5  # B = 10 * anchors_per_class public anchors
+    eval_per_class: int = 10
+    max_pool: int = 2000  # private samples encoded per modality
+    test_fraction: float = 0.2
+    dirichlet_alpha: float = 0.5  # label skew between nodes of one modality
+    eval_samples: int = 300  # held-out samples per node used by the evaluator
+    cache_dir: str = ""  # "" -> $GEOFED_CACHE or ~/.cache/geofed-secure/features
+
+
+@dataclass(frozen=True, kw_only=True)
+class NodeSpec:
+    id: str
+    modality: str
+    paired_modality: str = ""  # bridge node: locally paired data of a second modality
+    anchor_noise: float = 0.0  # deliberate degradation: Gaussian noise (x feature std) on this node's anchors
+    shuffle_anchors: bool = False  # null control: anchors in a node-specific random order
+
+
+DEMO_NODES = (
+    NodeSpec(id="clinic-images-a", modality="image"),
+    NodeSpec(id="clinic-images-b", modality="image"),
+    NodeSpec(id="lab-notes-text", modality="text"),
+    NodeSpec(id="registry-tabular", modality="tabular"),
+    NodeSpec(id="genomics-dna", modality="dna"),
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    federation: FederationSection = field(default_factory=FederationSection)
+    model: ModelSection = field(default_factory=ModelSection)
+    training: TrainingSection = field(default_factory=TrainingSection)
+    data: DataSection = field(default_factory=DataSection)
+    nodes: tuple[NodeSpec, ...] = DEMO_NODES
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+
+    def replace(self, **sections: Any) -> "RunConfig":
+        return dataclasses.replace(self, **sections)
+
+
+_SECTIONS = {"federation": FederationSection, "model": ModelSection, "training": TrainingSection, "data": DataSection}
+
+
+def _coerce(cls: type, table: Mapping[str, Any], where: str, source: str | None) -> Any:
+    if not isinstance(table, Mapping):
+        raise ConfigError(where, f"must be a table, got {type(table).__name__}", source=source)
+    known = {f.name: f for f in fields(cls)}
+    values = {}
+    for key, value in table.items():
+        if key not in known:
+            hint = difflib.get_close_matches(key, known, n=1)
+            raise ConfigError(f"{where}.{key}", "unknown key" + (f"; did you mean '{hint[0]}'?" if hint else f"; known keys: {sorted(known)}"), source=source)
+        default = known[key].default
+        expected = type(default) if default is not dataclasses.MISSING else str
+        if expected is tuple:
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"{where}.{key}", f"must be a list of strings, got {value!r}", source=source)
+            value = tuple(value)
+        elif expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        elif not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+            raise ConfigError(f"{where}.{key}", f"must be {expected.__name__}, got {type(value).__name__} {value!r}", source=source)
+        values[key] = value
+    missing = [n for n, f in known.items() if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and n not in values]
+    if missing:
+        raise ConfigError(f"{where}.{missing[0]}", "is required", source=source)
+    return cls(**values)
+
+
+def config_from_dict(data: Mapping[str, Any], *, source: str | None = None) -> RunConfig:
+    unknown = set(data) - set(_SECTIONS) - {"nodes"}
+    if unknown:
+        key = sorted(unknown)[0]
+        raise ConfigError(key, f"unknown section; known: {sorted(_SECTIONS) + ['nodes']}", source=source)
+    sections = {name: _coerce(cls, data.get(name, {}), name, source) for name, cls in _SECTIONS.items()}
+    if "nodes" in data:
+        if not isinstance(data["nodes"], list) or not data["nodes"]:
+            raise ConfigError("nodes", "must be a non-empty array of [[nodes]] tables", source=source)
+        sections["nodes"] = tuple(_coerce(NodeSpec, t, f"nodes[{i}]", source) for i, t in enumerate(data["nodes"]))
+    try:
+        return RunConfig(**sections)
+    except ConfigError as exc:
+        if source and exc.source is None:
+            raise ConfigError(exc.field, str(exc).split(": ", 1)[1], source=source) from None
+        raise
+
+
+def load_config(path: str | Path) -> RunConfig:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError("--config", f"file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("--config", f"{path} is not valid TOML: {exc}") from None
+    return config_from_dict(data, source=str(path))
+
+
+def _positive(value: float, name: str) -> None:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise ConfigError(name, f"must be a positive finite number, got {value!r}")
+
+
+def validate(cfg: RunConfig) -> None:
+    """Check ranges and cross-field rules; raise :class:`ConfigError` naming the field."""
+    if cfg.federation.mode not in MODES:
+        raise ConfigError("federation.mode", f"must be one of {MODES}, got {cfg.federation.mode!r}")
+    if cfg.federation.rounds < 1:
+        raise ConfigError("federation.rounds", f"must be >= 1, got {cfg.federation.rounds}")
+    if cfg.model.magnitude not in ("local", "averaged"):
+        raise ConfigError("model.magnitude", f"must be 'local' or 'averaged', got {cfg.model.magnitude!r}")
+    if cfg.model.magnitude == "averaged" and not cfg.model.use_dora:
+        raise ConfigError("model.magnitude", "'averaged' needs model.use_dora = true (plain LoRA has no magnitude)")
+    if cfg.model.rank < 1:
+        raise ConfigError("model.rank", f"must be >= 1, got {cfg.model.rank}")
+    for name in ("local_steps", "batch_size", "lap_samples"):
+        if getattr(cfg.training, name) < 1:
+            raise ConfigError(f"training.{name}", f"must be >= 1, got {getattr(cfg.training, name)}")
+    _positive(cfg.training.lr, "training.lr")
+    _positive(cfg.training.contrastive_temperature, "training.contrastive_temperature")
+    if not (math.isfinite(cfg.training.lambda_geo) and cfg.training.lambda_geo >= 0):
+        raise ConfigError("training.lambda_geo", f"must be >= 0, got {cfg.training.lambda_geo}")
+    if not cfg.training.max_inverse_uncertainty >= 1:
+        raise ConfigError("training.max_inverse_uncertainty", "must be >= 1 (1/u is at least 1)")
+    if cfg.data.anchors_per_class < 1 or cfg.data.eval_per_class < 2:
+        raise ConfigError("data.anchors_per_class", "needs anchors_per_class >= 1 and eval_per_class >= 2")
+    if not 0 < cfg.data.test_fraction < 1:
+        raise ConfigError("data.test_fraction", f"must be in (0, 1), got {cfg.data.test_fraction}")
+    _positive(cfg.data.dirichlet_alpha, "data.dirichlet_alpha")
+    if cfg.data.max_pool < 50 or cfg.data.eval_samples < 10:
+        raise ConfigError("data.max_pool", "needs max_pool >= 50 and eval_samples >= 10")
+    seen: set[str] = set()
+    for i, node in enumerate(cfg.nodes):
+        where = f"nodes[{i}]"
+        if node.modality not in MODALITIES:
+            raise ConfigError(f"{where}.modality", f"unknown modality {node.modality!r}; known: {MODALITIES}")
+        if node.paired_modality and (node.paired_modality not in MODALITIES or node.paired_modality == node.modality):
+            raise ConfigError(f"{where}.paired_modality", f"must be another known modality, got {node.paired_modality!r}")
+        if node.id in seen:
+            raise ConfigError(f"{where}.id", f"duplicate node id {node.id!r}")
+        if not node.id or not all(c.isalnum() or c in "._-" for c in node.id) or len(node.id) > 64:
+            raise ConfigError(f"{where}.id", f"{node.id!r} must be 1-64 characters of [A-Za-z0-9._-]")
+        if not (math.isfinite(node.anchor_noise) and node.anchor_noise >= 0):
+            raise ConfigError(f"{where}.anchor_noise", f"must be >= 0, got {node.anchor_noise}")
+        seen.add(node.id)
+    if not cfg.nodes:
+        raise ConfigError("nodes", "a federation needs at least one node")
+
+
+def nodes_from_spec(spec: str) -> tuple[NodeSpec, ...]:
+    """Parse ``--nodes image:2,text,tabular,dna`` into node specs with generated ids."""
+    nodes: list[NodeSpec] = []
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        modality, _, count = part.partition(":")
+        if modality not in MODALITIES:
+            raise ConfigError("--nodes", f"unknown modality {modality!r} in {spec!r}; known: {MODALITIES}")
+        try:
+            n = int(count) if count else 1
+        except ValueError:
+            raise ConfigError("--nodes", f"count in {part!r} must be an integer") from None
+        if n < 1:
+            raise ConfigError("--nodes", f"count in {part!r} must be >= 1")
+        nodes.extend(NodeSpec(id=f"{modality}-{sum(x.modality == modality for x in nodes) + 1}", modality=modality) for _ in range(n))
+    if not nodes:
+        raise ConfigError("--nodes", "names no node; example: image:2,text,tabular,dna")
+    return tuple(nodes)

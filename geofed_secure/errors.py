@@ -1,0 +1,57 @@
+"""One exception hierarchy for geofed-secure.
+
+Every error the library raises on purpose derives from :class:`GeofedError`, so a caller
+(an operator's script, a privacy-attack test suite) can catch the whole family at once.
+Each message says what was wrong and how to fix it.
+"""
+
+from __future__ import annotations
+
+
+class GeofedError(Exception):
+    """Base class of every error raised on purpose by geofed-secure."""
+
+
+class ConfigError(GeofedError, ValueError):
+    """A configuration value is missing, of the wrong type or out of range.
+
+    ``field`` names the offending key (dotted path, e.g. ``nodes[2].modality``).
+    """
+
+    def __init__(self, field: str, problem: str, *, source: str | None = None) -> None:
+        self.field = field
+        self.source = source
+        where = f" in {source}" if source else ""
+        super().__init__(f"config field '{field}'{where}: {problem}")
+
+
+class DataError(GeofedError, ValueError):
+    """Input data is unusable: wrong shape, NaN/inf, unknown modality, corrupt file."""
+
+
+class AnchorDigestMismatch(GeofedError):
+    """The anchor set of a round is not the one this node was provisioned with.
+
+    A node refuses such a round: a dishonest server could otherwise slip candidate private
+    records into the "public" anchors and read how nodes embed them (DESIGN.md section 2).
+    """
+
+    def __init__(self, expected: str, got: str, *, where: str) -> None:
+        self.expected = expected
+        self.got = got
+        super().__init__(
+            f"anchor digest mismatch at {where}: provisioned {expected[:16]}..., got {got[:16]}...; "
+            "the node refuses to use an anchor set it was not provisioned with"
+        )
+
+
+class MessageError(GeofedError, ValueError):
+    """A wire message could not be decoded or failed validation (malformed, wrong round, wrong sender)."""
+
+
+class CheckpointError(GeofedError):
+    """A checkpoint is missing, incomplete, corrupt, or belongs to a different run configuration."""
+
+
+class TrainingError(GeofedError):
+    """Local training produced an unusable result (e.g. non-finite loss or parameters)."""

@@ -1,0 +1,1 @@
+"""Backbone loading, local adapters, GeoLoRA/GeoDoRA on top of peft."""

@@ -1,0 +1,269 @@
+"""A federation node: local training with the task + geometric loss, and the upload it sends.
+
+Transport-agnostic (STYLE.md, h11): :meth:`Node.handle_broadcast` takes a :class:`RoundBroadcast` and returns
+a :class:`NodeUpdate`; drivers (the in-process simulator, later Flower) move the messages.
+
+What this node reveals per round (plaintext transport): its B matrices multiplied by its precision weight,
+its magnitude m times the weight only when ``magnitude = "averaged"``, the upper triangle of its anchor Gram
+matrix, and its precision weight p_k. Its data, encoder tokens, adapter W_m, head and (by default) m stay here.
+With secure aggregation (a later protocol layer) the server sees only sums of these fields.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from geofed_secure.alignment.cka import cka_loss
+from geofed_secure.alignment.gram import cosine_gram, gram_from_upper, gram_upper
+from geofed_secure.alignment.lap import lap_uncertainty, precision_weight
+from geofed_secure.config import NodeSpec, RunConfig
+from geofed_secure.data.anchors import verify_anchor_digest
+from geofed_secure.data.features import TokenFeatures
+from geofed_secure.errors import DataError, MessageError, TrainingError
+from geofed_secure.model import geodora
+from geofed_secure.model.node_model import NodeModel
+from geofed_secure.runtime.messages import GRAM_FIELD, WEIGHT_FIELD, WEIGHTED_PREFIX, NodeUpdate, RoundBroadcast
+from geofed_secure.seeding import derive_seed, numpy_rng
+
+N_CLASSES = 10
+EVAL_BATCH = 128
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeData:
+    """Everything a node holds locally. ``paired_train`` (bridge nodes) is row-aligned with ``train``."""
+
+    train: TokenFeatures
+    test: TokenFeatures
+    anchors: TokenFeatures  # public anchors of this node's modality, ordered by concept
+    paired_train: TokenFeatures | None = None
+
+    def __post_init__(self) -> None:
+        if self.paired_train is not None and len(self.paired_train) != len(self.train):
+            raise DataError("paired_train must have one row per train sample (locally paired data)")
+        if self.test.dim != self.train.dim or self.anchors.dim != self.train.dim:
+            raise DataError(f"train/test/anchor feature widths differ: {self.train.dim}, {self.test.dim}, {self.anchors.dim}")
+
+
+@dataclass(frozen=True, slots=True)
+class LocalRoundStats:
+    task_loss: float
+    geo_loss: float | None
+    precision_weight: float
+
+
+def info_nce(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Symmetric InfoNCE between row-paired embeddings (bridge node's intra-node contrastive loss)."""
+    logits = F.normalize(z_a, dim=1) @ F.normalize(z_b, dim=1).T / temperature
+    target = torch.arange(len(z_a))
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+
+
+class Node:
+    """One site. ``anchor_digest`` is the federation anchor commitment this node was provisioned with."""
+
+    def __init__(
+        self,
+        spec: NodeSpec,
+        data: NodeData,
+        config: RunConfig,
+        *,
+        anchor_digest: str,
+        backbone_factory: Callable[[], torch.nn.Module],
+    ) -> None:
+        self.spec = spec
+        self.node_id = spec.id
+        self.config = config
+        self.anchor_digest = anchor_digest
+        self.data = data
+        self.last_round = 0
+        self.last_stats: LocalRoundStats | None = None
+        peft_model = geodora.apply_geodora(
+            backbone_factory(),
+            geodora.GeoDoRAConfig(rank=config.model.rank, target_modules=config.model.target_modules,
+                                  use_dora=config.model.use_dora, magnitude=config.model.magnitude),
+            federation_seed=config.federation.seed,
+        )
+        paired_dim = data.paired_train.dim if data.paired_train is not None else None
+        torch.manual_seed(derive_seed(config.federation.seed, "init", spec.id))
+        self.model = NodeModel(peft_model, in_dim=data.train.dim, n_classes=N_CLASSES, paired_in_dim=paired_dim)
+        self._anchors = self._prepare_anchors(data.anchors)
+        self._magnitudes = set(map(id, geodora.magnitude_parameters(self.model)))
+
+    # -- provisioning -------------------------------------------------------------------------------
+    def _prepare_anchors(self, anchors: TokenFeatures) -> TokenFeatures:
+        """Apply the configured degradation / null control to this node's copy of the anchor features."""
+        tokens = anchors.tokens
+        if self.spec.anchor_noise > 0:
+            rng = numpy_rng(self.config.federation.seed, "anchor-noise", self.node_id)
+            scale = self.spec.anchor_noise * float(tokens.std())
+            tokens = (tokens + rng.normal(0.0, scale, size=tokens.shape)).astype(np.float32)
+        order = np.arange(len(anchors))
+        if self.spec.shuffle_anchors:
+            order = numpy_rng(self.config.federation.seed, "anchor-shuffle", self.node_id).permutation(len(anchors))
+        return TokenFeatures(tokens[order], anchors.mask[order], anchors.labels[order])
+
+    # -- protocol -----------------------------------------------------------------------------------
+    def handle_broadcast(self, broadcast: RoundBroadcast) -> NodeUpdate:
+        """Validate the round's broadcast, train locally, and return this round's upload."""
+        if broadcast.federation_id != self.config.federation.id:
+            raise MessageError(f"{self.node_id}: broadcast for federation {broadcast.federation_id!r}, expected {self.config.federation.id!r}")
+        if broadcast.round <= self.last_round:
+            raise MessageError(f"{self.node_id}: broadcast for round {broadcast.round} but round {self.last_round} is done (replayed or stale)")
+        verify_anchor_digest(self.anchor_digest, broadcast.anchor_digest, where=f"node {self.node_id}, round {broadcast.round}")
+        expected = set(self.shared_keys())
+        if set(broadcast.global_state) != expected:
+            raise MessageError(f"{self.node_id}: broadcast global state does not match this model's adapters "
+                               f"(got {len(broadcast.global_state)} tensors, expected {len(expected)})")
+        n_anchors = len(self._anchors)
+        if broadcast.consensus_gram is not None and broadcast.consensus_gram.shape != (n_anchors * (n_anchors - 1) // 2,):
+            raise MessageError(f"{self.node_id}: consensus Gram has {broadcast.consensus_gram.shape[0]} entries, expected {n_anchors * (n_anchors - 1) // 2} for B={n_anchors}")
+        geodora.load_shared_state(self.model.backbone, {k: torch.from_numpy(np.array(v)) for k, v in broadcast.global_state.items()})
+        consensus = None
+        if broadcast.consensus_gram is not None:
+            consensus = gram_from_upper(torch.from_numpy(np.array(broadcast.consensus_gram)), n_anchors)
+        snapshot = self.state_dict()
+        try:
+            payload = self.local_round(broadcast.round, consensus=consensus)
+        except Exception:
+            self.load_state_dict(snapshot)  # a failed round leaves the node as it was
+            raise
+        return NodeUpdate(federation_id=broadcast.federation_id, round=broadcast.round, node_id=self.node_id,
+                          anchor_digest=self.anchor_digest, payload=payload)
+
+    def shared_keys(self) -> list[str]:
+        """Names of the tensors the server averages: every B, and every m when magnitudes are averaged."""
+        keys = list(geodora.get_lora_b(self.model.backbone))
+        if self.config.model.magnitude == "averaged":
+            keys += list(geodora.get_magnitudes(self.model.backbone))
+        return keys
+
+    # -- local training -----------------------------------------------------------------------------
+    def local_round(self, round_: int, *, consensus: torch.Tensor | None) -> dict[str, np.ndarray]:
+        """Train for ``training.local_steps`` steps and build the upload payload (summable fields)."""
+        cfg = self.config.training
+        seed = self.config.federation.seed
+        rng = numpy_rng(seed, "batches", self.node_id, round_)
+        torch.manual_seed(derive_seed(seed, "torch", self.node_id, round_))
+        model = self.model
+        model.train()
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        direction_params = [p for p in trainable if id(p) not in self._magnitudes]
+        optimizer = torch.optim.Adam(trainable, lr=cfg.lr)
+        use_geo = consensus is not None and cfg.lambda_geo > 0
+        train = self.data.train
+        task_losses, geo_losses = [], []
+        for _ in range(cfg.local_steps):
+            index = rng.choice(len(train), size=min(cfg.batch_size, len(train)), replace=False)
+            tokens, mask = self._tensors(train, index)
+            z = model.embed(tokens, mask)
+            loss = F.cross_entropy(model.head(z), torch.from_numpy(train.labels[index]))
+            if self.data.paired_train is not None:
+                z_pair = model.embed(*self._tensors(self.data.paired_train, index), paired=True)
+                loss = loss + info_nce(z, z_pair, cfg.contrastive_temperature)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            task_losses.append(float(loss.detach()))
+            if use_geo:
+                geo, grads = self.geometric_gradients(consensus)
+                for param in direction_params:
+                    grad = grads.get(id(param))
+                    if grad is not None:
+                        param.grad = grad if param.grad is None else param.grad + cfg.lambda_geo * grad
+                geo_losses.append(geo)
+            if not all(torch.isfinite(p.grad).all() for p in trainable if p.grad is not None):
+                raise TrainingError(f"{self.node_id}: non-finite gradient in round {round_}; lower training.lr or check the data")
+            optimizer.step()
+        model.eval()
+        with torch.no_grad():
+            anchor_z = self.embed(self._anchors)
+            lap_index = rng.choice(len(train), size=min(cfg.lap_samples, len(train)), replace=False)
+            weight = precision_weight(lap_uncertainty(self.embed(train.subset(lap_index)), anchor_z),
+                                      max_inverse=cfg.max_inverse_uncertainty)
+            gram = gram_upper(cosine_gram(anchor_z))
+        payload = {GRAM_FIELD: gram.numpy().astype(np.float32), WEIGHT_FIELD: np.array([weight], np.float32)}
+        shared = geodora.get_lora_b(model.backbone)
+        if self.config.model.magnitude == "averaged":
+            shared |= geodora.get_magnitudes(model.backbone)
+        for key, value in shared.items():
+            if not torch.isfinite(value).all():
+                raise TrainingError(f"{self.node_id}: parameter {key} became non-finite in round {round_}")
+            payload[WEIGHTED_PREFIX + key] = (np.float32(weight) * value.numpy()).astype(np.float32)
+        self.last_round = round_
+        self.last_stats = LocalRoundStats(
+            task_loss=float(np.mean(task_losses)),
+            geo_loss=float(np.mean(geo_losses)) if geo_losses else None,
+            precision_weight=float(weight),
+        )
+        return payload
+
+    def geometric_gradients(self, consensus: torch.Tensor) -> tuple[float, dict[int, torch.Tensor]]:
+        """1 - CKA(G_k, G_bar) on the public anchors and its gradient, keyed by ``id(param)``.
+
+        The loss acts on the DIRECTION only: magnitudes are excluded from the differentiation, which is exactly
+        ``m.detach()`` in the anchor pass. It is a separate gradient so that DP-SGD can add it after clipping and
+        noise (it depends only on public anchors and current parameters).
+        """
+        params = [p for p in self.model.parameters() if p.requires_grad and id(p) not in self._magnitudes]
+        loss = cka_loss(cosine_gram(self.model.embed(*self._tensors(self._anchors))), consensus)
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        return float(loss.detach()), {id(p): g for p, g in zip(params, grads) if g is not None}
+
+    # -- evaluation helpers (used by drivers on this node's own data) --------------------------------
+    @staticmethod
+    def _tensors(features: TokenFeatures, index: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens = features.tokens if index is None else features.tokens[index]
+        mask = features.mask if index is None else features.mask[index]
+        return torch.from_numpy(np.ascontiguousarray(tokens)), torch.from_numpy(np.ascontiguousarray(mask))
+
+    @torch.no_grad()
+    def embed(self, features: TokenFeatures) -> torch.Tensor:
+        """Pooled embeddings of ``features`` (this node's modality), in batches."""
+        was_training = self.model.training
+        self.model.eval()
+        out = [self.model.embed(*self._tensors(features, np.arange(i, min(i + EVAL_BATCH, len(features)))))
+               for i in range(0, len(features), EVAL_BATCH)]
+        self.model.train(was_training)
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def accuracy(self, features: TokenFeatures) -> float:
+        z = self.embed(features)
+        return float((self.model.head(z).argmax(1).numpy() == features.labels).mean())
+
+    @property
+    def anchors(self) -> TokenFeatures:
+        return self._anchors
+
+    @contextlib.contextmanager
+    def using_shared_state(self, state: Mapping[str, np.ndarray] | None) -> Iterator["Node"]:
+        """Temporarily load a (global) shared state, e.g. to evaluate the aggregated model; restores after."""
+        if not state:
+            yield self
+            return
+        saved = geodora.get_lora_b(self.model.backbone) | geodora.get_magnitudes(self.model.backbone)
+        geodora.load_shared_state(self.model.backbone, {k: torch.from_numpy(np.array(v)) for k, v in state.items()})
+        try:
+            yield self
+        finally:
+            geodora.load_shared_state(self.model.backbone, saved)
+
+    # -- checkpointing ------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Everything needed to resume this node bit-identically (its optimizer is rebuilt every round)."""
+        state = {f"local/{k}": v for k, v in self.model.local_state().items()}
+        shared = geodora.get_lora_b(self.model.backbone) | geodora.get_magnitudes(self.model.backbone)
+        state |= {f"shared/{k}": v for k, v in shared.items()}
+        state["meta/last_round"] = torch.tensor([self.last_round], dtype=torch.int64)
+        return state
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        self.model.load_local_state({k[6:]: v for k, v in state.items() if k.startswith("local/")})
+        geodora.load_shared_state(self.model.backbone, {k[7:]: v for k, v in state.items() if k.startswith("shared/")})
+        self.last_round = int(state["meta/last_round"][0])

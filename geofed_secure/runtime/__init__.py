@@ -1,0 +1,1 @@
+"""Drivers and wire-level pieces: typed messages, the transcript, the in-process simulator."""

@@ -1,0 +1,102 @@
+"""Turn a run configuration plus per-modality data into the nodes' private datasets.
+
+Nodes of one modality split that modality's private pool with Dirichlet(alpha) label skew (non-IID);
+a bridge node gets its own share of its primary pool and of its paired modality's pool, paired row by row
+by concept (synthetic pairing of two unpaired sources: documented as such). Each share is then split into
+train and held-out test samples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from geofed_secure.config import RunConfig
+from geofed_secure.data.anchors import AnchorManifest
+from geofed_secure.data.demo import ModalityData, load_modality
+from geofed_secure.data.features import TokenFeatures
+from geofed_secure.data.partition import dirichlet_partition
+from geofed_secure.encoders.cache import FeatureCache
+from geofed_secure.errors import DataError
+from geofed_secure.node.node import NodeData
+from geofed_secure.seeding import numpy_rng
+
+
+@dataclass(frozen=True, slots=True)
+class FederationData:
+    modalities: Mapping[str, ModalityData]
+    nodes: Mapping[str, NodeData]
+    manifest: AnchorManifest
+
+    @property
+    def anchor_digest(self) -> str:
+        return self.manifest.digest
+
+
+def needed_modalities(config: RunConfig) -> list[str]:
+    names = {n.modality for n in config.nodes} | {n.paired_modality for n in config.nodes if n.paired_modality}
+    return sorted(names)
+
+
+def load_demo_modalities(config: RunConfig, *, progress: Callable[[str, int, int], None] | None = None) -> dict[str, ModalityData]:
+    """Encode (or read from the feature cache) every modality the configured nodes need."""
+    cache = FeatureCache(config.data.cache_dir or None)
+    return {
+        m: load_modality(m, cache=cache, seed=config.federation.seed, anchors_per_class=config.data.anchors_per_class,
+                         eval_per_class=config.data.eval_per_class, max_pool=config.data.max_pool, progress=progress)
+        for m in needed_modalities(config)
+    }
+
+
+def build_federation(config: RunConfig, modalities: Mapping[str, ModalityData]) -> FederationData:
+    """Partition the pools among the configured nodes; validate that every node's data is usable."""
+    missing = [m for m in needed_modalities(config) if m not in modalities]
+    if missing:
+        raise DataError(f"no data for modality {missing[0]!r}; load it or remove the nodes that need it")
+    seed = config.federation.seed
+    dims = {m.anchors.dim for m in modalities.values()}
+    for name, data in modalities.items():
+        if data.pool.dim != data.anchors.dim or data.eval_anchors.dim != data.anchors.dim:
+            raise DataError(f"modality {name!r}: pool, anchors and eval anchors have different feature widths")
+    del dims
+    anchor_counts = {len(m.anchors) for m in modalities.values()}
+    if len(anchor_counts) != 1:
+        raise DataError(f"every modality needs the same number of anchors B (one per concept slot), got {sorted(anchor_counts)}")
+    # Who draws from which pool: primary users, plus one extra share per bridge node that pairs with it.
+    takers: dict[str, list[str]] = {}
+    for node in config.nodes:
+        takers.setdefault(node.modality, []).append(node.id)
+        if node.paired_modality:
+            takers.setdefault(node.paired_modality, []).append(f"{node.id}#paired")
+    shares: dict[str, np.ndarray] = {}
+    for modality, names in sorted(takers.items()):
+        pool = modalities[modality].pool
+        parts = dirichlet_partition(pool.labels, len(names), config.data.dirichlet_alpha,
+                                    numpy_rng(seed, "partition", modality), min_size=20)
+        shares.update(zip(names, parts))
+    nodes: dict[str, NodeData] = {}
+    for node in config.nodes:
+        pool = modalities[node.modality].pool
+        index = numpy_rng(seed, "split", node.id).permutation(shares[node.id])
+        n_test = max(1, int(round(len(index) * config.data.test_fraction)))
+        train_idx, test_idx = index[n_test:], index[:n_test]
+        paired = None
+        if node.paired_modality:
+            paired = _pair_by_concept(pool.labels[train_idx], modalities[node.paired_modality].pool,
+                                      shares[f"{node.id}#paired"], numpy_rng(seed, "pairing", node.id))
+        nodes[node.id] = NodeData(train=pool.subset(train_idx), test=pool.subset(test_idx),
+                                  anchors=modalities[node.modality].anchors, paired_train=paired)
+    manifest = AnchorManifest(per_modality={m: d.anchor_digest for m, d in sorted(modalities.items())})
+    return FederationData(modalities=dict(modalities), nodes=nodes, manifest=manifest)
+
+
+def _pair_by_concept(labels: np.ndarray, other: TokenFeatures, candidates: np.ndarray, rng: np.random.Generator) -> TokenFeatures:
+    picks = []
+    for label in labels:
+        same = candidates[other.labels[candidates] == label]
+        if len(same) == 0:
+            raise DataError(f"bridge pairing: no sample of concept {label} in the paired modality's share; raise data.dirichlet_alpha")
+        picks.append(rng.choice(same))
+    return other.subset(np.asarray(picks))

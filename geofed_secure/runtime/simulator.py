@@ -1,0 +1,270 @@
+"""In-process simulator: drives the transport-agnostic node and server logic for a whole run.
+
+Per round: the server's broadcast is encoded, recorded in the transcript and decoded by each node; each node's
+upload is encoded, recorded and decoded by the server (so the simulator exercises the real wire format). Then
+the evaluator scores the aggregated model, and a checkpoint is written atomically. ``resume=True`` continues
+from the last checkpoint and, with the same seed, ends with bit-identical global weights: every random stream
+derives from (seed, purpose, node, round) and local optimizers are rebuilt every round, so nothing else needs
+saving. ``fault_hook(stage, round, node_id)`` lets tests inject crashes and dropouts at named stages.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import safetensors.numpy
+import torch
+
+from geofed_secure.config import RunConfig
+from geofed_secure.data.demo import ModalityData
+from geofed_secure.errors import CheckpointError, GeofedError
+from geofed_secure.model import geodora
+from geofed_secure.model.backbone import load_backbone
+from geofed_secure.node.node import Node
+from geofed_secure.runtime.evaluation import Evaluation, evaluate
+from geofed_secure.runtime.federation import FederationData, build_federation
+from geofed_secure.runtime.messages import decode_message, encode_message
+from geofed_secure.runtime.transcript import SERVER, Transcript
+from geofed_secure.server.checkpoint import CheckpointStore
+from geofed_secure.server.server import Server
+
+FaultHook = Callable[[str, int, str], None]
+STAGES = ("broadcast", "local_training", "upload", "aggregate", "checkpoint")
+
+
+class Reporter(Protocol):
+    def round_started(self, round_: int, total: int) -> None: ...
+    def node_done(self, round_: int, node_id: str, info: str) -> None: ...
+    def round_done(self, round_: int, line: str) -> None: ...
+    def log(self, message: str) -> None: ...
+
+
+class SilentReporter:
+    def round_started(self, round_: int, total: int) -> None: ...
+    def node_done(self, round_: int, node_id: str, info: str) -> None: ...
+    def round_done(self, round_: int, line: str) -> None: ...
+    def log(self, message: str) -> None: ...
+
+
+@dataclass
+class RunResult:
+    out_dir: Path
+    summary: dict[str, Any]
+    global_state: dict[str, np.ndarray]
+    transcript: Transcript | None
+    nodes: dict[str, Node] = field(repr=False)
+
+
+def backbone_factory(config: RunConfig) -> Callable[[], torch.nn.Module]:
+    """Load the pretrained backbone once; every node and the server get their own deep copy."""
+    base = load_backbone(config.model.backbone)
+    return lambda: copy.deepcopy(base)
+
+
+class Simulator:
+    def __init__(self, config: RunConfig, modalities: Mapping[str, ModalityData], out_dir: str | Path, *,
+                 fault_hook: FaultHook | None = None, reporter: Reporter | None = None,
+                 make_backbone: Callable[[], torch.nn.Module] | None = None) -> None:
+        self.config = config
+        self.out_dir = Path(out_dir)
+        self.fault_hook = fault_hook or (lambda stage, round_, node_id: None)
+        self.reporter = reporter or SilentReporter()
+        self.federation: FederationData = build_federation(config, modalities)
+        make_backbone = make_backbone or backbone_factory(config)
+        self.nodes = {
+            spec.id: Node(spec, self.federation.nodes[spec.id], config, anchor_digest=self.federation.anchor_digest,
+                          backbone_factory=make_backbone)
+            for spec in config.nodes
+        }
+        # The server holds the public pretrained backbone with the same shared-seed A: it defines the initial
+        # global state (B = 0, m = ||W0||) and merges the final aggregate once.
+        self.server_model = geodora.apply_geodora(
+            make_backbone(),
+            geodora.GeoDoRAConfig(rank=config.model.rank, target_modules=config.model.target_modules,
+                                  use_dora=config.model.use_dora, magnitude=config.model.magnitude),
+            federation_seed=config.federation.seed)
+        initial = {k: v.numpy() for k, v in geodora.get_lora_b(self.server_model).items()}
+        if config.model.magnitude == "averaged":
+            initial |= {k: v.numpy() for k, v in geodora.get_magnitudes(self.server_model).items()}
+        self.server = Server(federation_id=config.federation.id, anchor_digest=self.federation.anchor_digest,
+                             node_ids=tuple(self.nodes), global_state=initial)
+        self.federated = config.federation.mode == "federated"
+        self.checkpoints = CheckpointStore(self.out_dir)
+        self.history: list[dict[str, Any]] = []
+        self.weights: dict[str, float] = {}
+
+    # -- one round ----------------------------------------------------------------------------------
+    def _federated_round(self, round_: int, transcript: Transcript) -> tuple[dict[str, int], dict[str, str]]:
+        uploaded: dict[str, int] = {}
+        failures: dict[str, str] = {}
+        broadcasts = self.server.begin_round()
+        for node_id, node in self.nodes.items():
+            try:
+                self.fault_hook("broadcast", round_, node_id)
+                blob = encode_message(broadcasts[node_id])
+                transcript.record(round_, SERVER, node_id, blob, broadcasts[node_id])
+                self.fault_hook("local_training", round_, node_id)
+                update = node.handle_broadcast(decode_message(blob))
+                self.fault_hook("upload", round_, node_id)
+                up_blob = encode_message(update)
+                transcript.record(round_, node_id, SERVER, up_blob, update)
+                self.server.receive(decode_message(up_blob))
+                uploaded[node_id] = len(up_blob)
+                self.reporter.node_done(round_, node_id, _stats_line(node))
+            except GeofedError as exc:  # a node's failure or dropout: the round continues without it
+                self.server.reject(node_id, str(exc))
+                failures[node_id] = f"{type(exc).__name__}: {exc}"
+                self.reporter.log(f"round {round_}: node {node_id} left out ({type(exc).__name__}: {exc})")
+        self.fault_hook("aggregate", round_, SERVER)
+        result = self.server.finish_round()
+        self.weights = dict(result.weights)
+        return uploaded, failures
+
+    def _local_round(self, round_: int) -> None:
+        for node_id, node in self.nodes.items():
+            self.fault_hook("local_training", round_, node_id)
+            node.local_round(round_, consensus=None)
+            node.last_round = round_
+            self.reporter.node_done(round_, node_id, _stats_line(node))
+
+    # -- the run ------------------------------------------------------------------------------------
+    def run(self, *, resume: bool = False) -> RunResult:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        config_path = self.out_dir / "config.json"
+        transcript_dir = self.out_dir / "transcript"
+        start = 1
+        if resume:
+            start = self._restore(config_path, transcript_dir) + 1
+            config_path.write_text(json.dumps(self.config.to_dict(), indent=1, sort_keys=True))
+            transcript = Transcript.load(transcript_dir, attach=True)
+            transcript.truncate(self._transcript_len)
+        else:
+            if self.checkpoints.latest_round() is not None:
+                raise CheckpointError(f"{self.out_dir} already holds a run; use --resume {self.out_dir} or another --out")
+            config_path.write_text(json.dumps(self.config.to_dict(), indent=1, sort_keys=True))
+            transcript = Transcript(transcript_dir)
+        total = self.config.federation.rounds
+        for round_ in range(start, total + 1):
+            self.reporter.round_started(round_, total)
+            t0 = time.perf_counter()
+            if self.federated:
+                uploaded, failures = self._federated_round(round_, transcript)
+                evaluation = evaluate(self.nodes, self._eval_anchors(), self.server.global_state,
+                                      eval_samples=self.config.data.eval_samples)
+            else:
+                self._local_round(round_)
+                uploaded, failures = {}, {}
+                evaluation = evaluate(self.nodes, self._eval_anchors(), None, eval_samples=self.config.data.eval_samples)
+            seconds = time.perf_counter() - t0
+            record = _round_record(round_, evaluation, uploaded, failures, self.weights, self.nodes, seconds)
+            self.history.append(record)
+            self.fault_hook("checkpoint", round_, SERVER)
+            self._checkpoint(round_, len(transcript))
+            self.reporter.round_done(round_, _round_line(record))
+        summary = self._summary()
+        (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+        final_dir = self.out_dir / "final"
+        final_dir.mkdir(exist_ok=True)
+        if self.federated:
+            safetensors.numpy.save_file(self.server.global_state, final_dir / "global_adapters.safetensors")
+            geodora.load_shared_state(self.server_model, {k: torch.from_numpy(v) for k, v in self.server.global_state.items()})
+            merged = {k: v.contiguous().numpy() for k, v in geodora.merged_state(self.server_model).items()}
+            safetensors.numpy.save_file(merged, final_dir / "merged_adapted_weights.safetensors")
+        return RunResult(out_dir=self.out_dir, summary=summary, global_state=dict(self.server.global_state),
+                         transcript=transcript if self.federated else None, nodes=self.nodes)
+
+    def _eval_anchors(self):
+        return {m: d.eval_anchors for m, d in self.federation.modalities.items()}
+
+    def _checkpoint(self, round_: int, transcript_len: int) -> None:
+        meta = {"history": self.history, "weights": self.weights,
+                "transcript_records": transcript_len, "anchor_digest": self.federation.anchor_digest}
+        self.checkpoints.save(round_, self.server.state_dict(), {k: n.state_dict() for k, n in self.nodes.items()}, meta)
+
+    def _restore(self, config_path: Path, transcript_dir: Path) -> int:
+        ckpt = self.checkpoints.load_latest()
+        if not config_path.is_file():
+            raise CheckpointError(f"{config_path} is missing; cannot check that the resumed run has the same configuration")
+        if _without_rounds(json.loads(config_path.read_text())) != _without_rounds(self.config.to_dict()):
+            raise CheckpointError(f"{self.out_dir} was started with a different configuration (only federation.rounds may change on resume)")
+        if ckpt.meta.get("anchor_digest") != self.federation.anchor_digest:
+            raise CheckpointError("the anchor set changed since the checkpoint was written")
+        self.server.load_state_dict(ckpt.server, round_=ckpt.round)
+        for node_id, node in self.nodes.items():
+            if node_id not in ckpt.nodes:
+                raise CheckpointError(f"checkpoint round {ckpt.round} has no state for node {node_id}")
+            node.load_state_dict(ckpt.nodes[node_id])
+        self.history = list(ckpt.meta["history"])
+        self.weights = dict(ckpt.meta.get("weights", {}))
+        self._transcript_len = int(ckpt.meta["transcript_records"])
+        self.reporter.log(f"resumed from checkpoint of round {ckpt.round}")
+        return ckpt.round
+
+    def _summary(self) -> dict[str, Any]:
+        shared = sum(int(np.prod(v.shape)) for v in self.server.global_state.values())
+        backbone_params = sum(p.numel() for p in self.server_model.parameters())
+        final = dict(self.history[-1]["metrics"]) if self.history else {}
+        return {
+            "federation_id": self.config.federation.id,
+            "mode": self.config.federation.mode,
+            "seed": self.config.federation.seed,
+            "anchor_digest": self.federation.anchor_digest,
+            "anchors_per_modality": {m: len(d.anchors) for m, d in self.federation.modalities.items()},
+            "synthetic_modalities": sorted(m for m, d in self.federation.modalities.items() if d.synthetic),
+            "nodes": [
+                {"id": k, "modality": n.spec.modality, "paired_modality": n.spec.paired_modality or None,
+                 "samples": len(n.data.train), "test_samples": len(n.data.test),
+                 "weight": self.weights.get(k), "synthetic_data": self.federation.modalities[n.spec.modality].synthetic}
+                for k, n in self.nodes.items()
+            ],
+            "communication": {"shared_parameters": shared, "full_model_parameters": int(backbone_params),
+                              "full_model_bytes_float32": int(backbone_params) * 4},
+            "rounds": self.history,
+            "final": final,
+            "config": self.config.to_dict(),
+        }
+
+
+def _without_rounds(config: Mapping[str, Any]) -> dict[str, Any]:
+    plain = json.loads(json.dumps(config))
+    plain["federation"].pop("rounds", None)
+    return plain
+
+
+def _stats_line(node: Node) -> str:
+    s = node.last_stats
+    if s is None:
+        return ""
+    geo = f" geo={s.geo_loss:.3f}" if s.geo_loss is not None else ""
+    return f"task={s.task_loss:.3f}{geo} p={s.precision_weight:.2f}"
+
+
+def _round_record(round_: int, ev: Evaluation, uploaded: Mapping[str, int], failures: Mapping[str, str],
+                  weights: Mapping[str, float], nodes: Mapping[str, Node], seconds: float) -> dict[str, Any]:
+    return {
+        "round": round_,
+        "seconds": round(seconds, 3),
+        "metrics": ev.summary(),
+        "nodes": {
+            k: {"cka_to_consensus": m.cka_to_consensus, "debiased_cka": m.debiased_cka, "task_accuracy": m.task_accuracy,
+                "bytes_uploaded": uploaded.get(k, 0), "weight": weights.get(k),
+                "task_loss": nodes[k].last_stats.task_loss if nodes[k].last_stats else None,
+                "geo_loss": nodes[k].last_stats.geo_loss if nodes[k].last_stats else None,
+                "failure": failures.get(k)}
+            for k, m in ev.nodes.items()
+        },
+    }
+
+
+def _round_line(record: Mapping[str, Any]) -> str:
+    m = record["metrics"]
+    top1 = m["cross_modal_top1"]
+    return (f"round {record['round']}: cross-modal top-1 {top1 if top1 is None else f'{top1:.3f}'}, "
+            f"CKA {m['cka_to_consensus']:.3f}, task acc {m['task_accuracy']:.3f} ({record['seconds']:.1f} s)")

@@ -1,0 +1,132 @@
+"""The transcript: every message that crossed a trust boundary, in order, with sender and receiver.
+
+Stored as a folder: ``index.jsonl`` (one record per message: round, sender, receiver, type, byte range,
+SHA-256) and ``messages.bin`` (the wire bytes, concatenated). Records are appended as the run goes, so a
+crash loses at most the message being written; :meth:`Transcript.truncate` rolls back to a checkpoint.
+The audit (a later layer) selects the view of one adversary from a transcript and attacks only that.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from geofed_secure.errors import CheckpointError
+from geofed_secure.runtime.messages import Message, decode_message
+
+SERVER = "server"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TranscriptRecord:
+    index: int
+    round: int
+    sender: str
+    receiver: str
+    type: str
+    offset: int
+    nbytes: int
+    sha256: str
+
+
+class Transcript:
+    """Append-only message log, in memory or backed by a folder."""
+
+    def __init__(self, directory: str | os.PathLike | None = None) -> None:
+        self.directory = Path(directory) if directory is not None else None
+        self.records: list[TranscriptRecord] = []
+        self._blobs: list[bytes] = []
+        self._offset = 0
+        if self.directory is not None:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            (self.directory / "index.jsonl").touch()
+            (self.directory / "messages.bin").touch()
+
+    def record(self, round_: int, sender: str, receiver: str, blob: bytes, message: Message) -> TranscriptRecord:
+        rec = TranscriptRecord(index=len(self.records), round=round_, sender=sender, receiver=receiver,
+                               type=type(message).__name__, offset=self._offset, nbytes=len(blob),
+                               sha256=hashlib.sha256(blob).hexdigest())
+        if self.directory is not None:
+            with open(self.directory / "messages.bin", "ab") as fh:
+                fh.write(blob)
+            with open(self.directory / "index.jsonl", "a") as fh:
+                fh.write(json.dumps(asdict(rec)) + "\n")
+        self.records.append(rec)
+        self._blobs.append(bytes(blob))
+        self._offset += len(blob)
+        return rec
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def blob(self, record: TranscriptRecord) -> bytes:
+        return self._blobs[record.index]
+
+    def messages(self, *, round_: int | None = None) -> Iterator[tuple[TranscriptRecord, Message]]:
+        """Decoded messages, optionally of one round (decoding re-validates every message)."""
+        for rec in self.records:
+            if round_ is None or rec.round == round_:
+                yield rec, decode_message(self._blobs[rec.index])
+
+    def truncate(self, n_records: int) -> None:
+        """Drop every record after the first ``n_records`` (roll back to a checkpoint)."""
+        if n_records > len(self.records):
+            raise CheckpointError(f"transcript holds {len(self.records)} records, checkpoint expects {n_records}")
+        del self.records[n_records:], self._blobs[n_records:]
+        self._offset = sum(r.nbytes for r in self.records)
+        if self.directory is not None:
+            with open(self.directory / "messages.bin", "r+b") as fh:
+                fh.truncate(self._offset)
+            _atomic_write_text(self.directory / "index.jsonl", "".join(json.dumps(asdict(r)) + "\n" for r in self.records))
+
+    def save(self, directory: str | os.PathLike) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "messages.bin").write_bytes(b"".join(self._blobs))
+        _atomic_write_text(directory / "index.jsonl", "".join(json.dumps(asdict(r)) + "\n" for r in self.records))
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike, *, attach: bool = False) -> "Transcript":
+        """Read a saved transcript, checking every record's byte range and SHA-256.
+
+        A trailing partial record (crash while appending) is ignored. ``attach=True`` keeps appending to the folder.
+        """
+        directory = Path(directory)
+        try:
+            lines = (directory / "index.jsonl").read_text().splitlines()
+            data = (directory / "messages.bin").read_bytes()
+        except FileNotFoundError as exc:
+            raise CheckpointError(f"transcript folder {directory} is incomplete: {exc.filename} missing") from None
+        out = cls(None)
+        for number, line in enumerate(lines):
+            try:
+                rec = TranscriptRecord(**json.loads(line))
+            except (json.JSONDecodeError, TypeError) as exc:
+                if number == len(lines) - 1:
+                    break  # torn last line from a crash
+                raise CheckpointError(f"{directory / 'index.jsonl'} line {number + 1} is corrupt: {exc}") from None
+            blob = data[rec.offset:rec.offset + rec.nbytes]
+            if len(blob) != rec.nbytes or hashlib.sha256(blob).hexdigest() != rec.sha256:
+                if number == len(lines) - 1:
+                    break
+                raise CheckpointError(f"{directory}: message {rec.index} does not match its recorded SHA-256")
+            out.records.append(rec)
+            out._blobs.append(blob)
+            out._offset = rec.offset + rec.nbytes
+        if attach:
+            out.directory = directory
+            out.truncate(len(out.records))
+        return out
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)

@@ -1,0 +1,1 @@
+"""Server logic: round management, precision-weighted aggregation, checkpoints."""

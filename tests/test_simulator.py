@@ -1,0 +1,122 @@
+"""End-to-end runs of the in-process simulator on a tiny checkpoint and synthetic modalities."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import with_sections
+from geofed_secure.errors import AnchorDigestMismatch, CheckpointError, MessageError
+from geofed_secure.runtime.messages import NodeUpdate, RoundBroadcast, decode_message, encode_message
+from geofed_secure.runtime.simulator import Simulator
+from geofed_secure.runtime.transcript import SERVER, Transcript
+
+
+class Crash(Exception):
+    """Stands in for a process dying (not a GeofedError, so nothing catches it)."""
+
+
+def run(config, modalities, out, **kw):
+    return Simulator(config, modalities, out, **kw).run(resume=kw.pop("resume", False) if False else False)
+
+
+def test_run_writes_summary_transcript_checkpoints(tiny_config, tiny_modalities, tmp_path):
+    result = Simulator(tiny_config, tiny_modalities, tmp_path).run()
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert [r["round"] for r in summary["rounds"]] == [1, 2, 3]
+    assert {n["id"] for n in summary["nodes"]} == {"img-a", "img-b", "txt", "tab"}
+    assert abs(sum(n["weight"] for n in summary["nodes"]) - 1) < 1e-6
+    for key in ("cross_modal_top1", "mutual_knn", "cka_to_consensus", "task_accuracy"):
+        assert summary["final"][key] is not None
+    for record in summary["rounds"]:
+        for node in record["nodes"].values():
+            assert node["bytes_uploaded"] > 0
+    # transcript: per round one broadcast to and one upload from every node, and it reloads from disk
+    loaded = Transcript.load(tmp_path / "transcript")
+    assert len(loaded) == 3 * 2 * 4
+    kinds = [(r.sender == SERVER, type(m)) for r, m in loaded.messages()]
+    assert all((is_server and t is RoundBroadcast) or (not is_server and t is NodeUpdate) for is_server, t in kinds)
+    assert (tmp_path / "checkpoints" / "LATEST").read_text().strip() == "round-0003"
+    assert (tmp_path / "final" / "merged_adapted_weights.safetensors").is_file()
+    # the upload carries weight * B: dividing by the weight recovers a finite B of the right shape
+    rec, upload = next((r, m) for r, m in loaded.messages(round_=1) if isinstance(m, NodeUpdate))
+    assert set(k.removeprefix("weighted/") for k in upload.payload if k.startswith("weighted/")) == set(result.global_state)
+
+
+def test_resume_after_crash_is_bit_identical(tiny_config, tiny_modalities, tmp_path):
+    reference = Simulator(tiny_config, tiny_modalities, tmp_path / "ref").run()
+
+    def crash_in_round_3(stage, round_, node_id):
+        if stage == "local_training" and round_ == 3 and node_id == "txt":
+            raise Crash()
+
+    with pytest.raises(Crash):
+        Simulator(tiny_config, tiny_modalities, tmp_path / "run", fault_hook=crash_in_round_3).run()
+    assert (tmp_path / "run" / "checkpoints" / "LATEST").read_text().strip() == "round-0002"
+    resumed = Simulator(tiny_config, tiny_modalities, tmp_path / "run").run(resume=True)
+    assert resumed.global_state.keys() == reference.global_state.keys()
+    for key, value in reference.global_state.items():
+        assert np.array_equal(value, resumed.global_state[key]), key
+    # the transcript was rolled back to the checkpoint and continued: identical bytes to the uninterrupted run
+    ref_t, res_t = Transcript.load(tmp_path / "ref" / "transcript"), Transcript.load(tmp_path / "run" / "transcript")
+    assert [r.sha256 for r in ref_t.records] == [r.sha256 for r in res_t.records]
+
+
+def test_crash_while_checkpointing_keeps_last_good_checkpoint(tiny_config, tiny_modalities, tmp_path):
+    def crash_at_checkpoint_2(stage, round_, node_id):
+        if stage == "checkpoint" and round_ == 2:
+            raise Crash()
+
+    with pytest.raises(Crash):
+        Simulator(tiny_config, tiny_modalities, tmp_path, fault_hook=crash_at_checkpoint_2).run()
+    assert (tmp_path / "checkpoints" / "LATEST").read_text().strip() == "round-0001"
+    result = Simulator(tiny_config, tiny_modalities, tmp_path).run(resume=True)
+    assert [r["round"] for r in result.summary["rounds"]] == [1, 2, 3]
+
+
+def test_node_dropout_round_continues_without_it(tiny_config, tiny_modalities, tmp_path):
+    def drop(stage, round_, node_id):
+        if stage == "upload" and round_ == 2 and node_id == "tab":
+            raise MessageError("connection lost")
+
+    result = Simulator(tiny_config, tiny_modalities, tmp_path, fault_hook=drop).run()
+    round2 = result.summary["rounds"][1]["nodes"]
+    assert round2["tab"]["bytes_uploaded"] == 0 and "connection lost" in round2["tab"]["failure"]
+    assert round2["txt"]["bytes_uploaded"] > 0
+
+
+def test_second_run_into_same_folder_is_refused(tiny_config, tiny_modalities, tmp_path):
+    Simulator(with_sections(tiny_config, federation={"rounds": 1}), tiny_modalities, tmp_path).run()
+    with pytest.raises(CheckpointError, match="already holds a run"):
+        Simulator(tiny_config, tiny_modalities, tmp_path).run()
+
+
+def test_resume_with_changed_config_is_refused(tiny_config, tiny_modalities, tmp_path):
+    Simulator(with_sections(tiny_config, federation={"rounds": 1}), tiny_modalities, tmp_path).run()
+    changed = with_sections(tiny_config, training={"lambda_geo": 0.0})
+    with pytest.raises(CheckpointError, match="different configuration"):
+        Simulator(changed, tiny_modalities, tmp_path).run(resume=True)
+
+
+def test_node_refuses_broadcast_with_foreign_anchor_digest(tiny_config, tiny_modalities, tmp_path):
+    sim = Simulator(tiny_config, tiny_modalities, tmp_path)
+    broadcast = sim.server.begin_round()["txt"]
+    forged = RoundBroadcast(federation_id=broadcast.federation_id, round=1, anchor_digest="f" * 64,
+                            global_state=broadcast.global_state)
+    with pytest.raises(AnchorDigestMismatch):
+        sim.nodes["txt"].handle_broadcast(decode_message(encode_message(forged)))
+    update = sim.nodes["txt"].handle_broadcast(broadcast)
+    with pytest.raises(MessageError, match="replayed or stale"):
+        sim.nodes["txt"].handle_broadcast(broadcast)  # replay of the same round
+    sim.server.receive(update)
+    with pytest.raises(MessageError, match="second upload"):
+        sim.server.receive(update)
+
+
+def test_local_only_mode_has_no_transcript_traffic(tiny_config, tiny_modalities, tmp_path):
+    config = with_sections(tiny_config, federation={"mode": "local-only", "rounds": 2})
+    result = Simulator(config, tiny_modalities, tmp_path).run()
+    assert len(Transcript.load(tmp_path / "transcript")) == 0
+    assert result.summary["final"]["task_accuracy"] is not None
