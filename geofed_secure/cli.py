@@ -14,7 +14,7 @@ from rich.console import Console
 from geofed_secure.config import RunConfig, config_from_dict, load_config, nodes_from_spec
 from geofed_secure.errors import ConfigError, GeofedError
 
-console = Console(stderr=True, highlight=False)
+console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 class ConsoleReporter:

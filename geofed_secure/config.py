@@ -27,7 +27,7 @@ MODES = ("federated", "local-only")
 class FederationSection:
     id: str = "geofed-demo"
     seed: int = 0
-    rounds: int = 8
+    rounds: int = 6
     mode: str = "federated"  # "local-only": nodes never aggregate (baseline)
 
 
@@ -42,12 +42,12 @@ class ModelSection:
 
 @dataclass(frozen=True, kw_only=True)
 class TrainingSection:
-    local_steps: int = 12
+    local_steps: int = 8
     batch_size: int = 32
     lr: float = 2e-3
     lambda_geo: float = 1.0
     max_inverse_uncertainty: float = 100.0  # clip of 1/u in the precision weight (eq. 6)
-    lap_samples: int = 512  # private samples used for the precision weight
+    lap_samples: int = 256  # private samples used for the precision weight
     contrastive_temperature: float = 0.1  # bridge nodes only
 
 
@@ -58,7 +58,7 @@ class DataSection:
     max_pool: int = 2000  # private samples encoded per modality
     test_fraction: float = 0.2
     dirichlet_alpha: float = 0.5  # label skew between nodes of one modality
-    eval_samples: int = 300  # held-out samples per node used by the evaluator
+    eval_samples: int = 200  # held-out samples per node used by the evaluator
     cache_dir: str = ""  # "" -> $GEOFED_CACHE or ~/.cache/geofed-secure/features
 
 

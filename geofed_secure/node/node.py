@@ -218,9 +218,12 @@ class Node:
     # -- evaluation helpers (used by drivers on this node's own data) --------------------------------
     @staticmethod
     def _tensors(features: TokenFeatures, index: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batch tensors with trailing all-padding token columns cut off (pure speed: those tokens are masked)."""
         tokens = features.tokens if index is None else features.tokens[index]
         mask = features.mask if index is None else features.mask[index]
-        return torch.from_numpy(np.ascontiguousarray(tokens)), torch.from_numpy(np.ascontiguousarray(mask))
+        length = int(np.flatnonzero(mask.any(axis=0)).max()) + 1
+        return (torch.from_numpy(np.ascontiguousarray(tokens[:, :length])),
+                torch.from_numpy(np.ascontiguousarray(mask[:, :length])))
 
     @torch.no_grad()
     def embed(self, features: TokenFeatures) -> torch.Tensor:
