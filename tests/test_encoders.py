@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import os
 
 import numpy as np
@@ -25,7 +26,7 @@ def test_registry_and_unknown_modality():
         enc = get_encoder(m)
         assert isinstance(enc, FrozenEncoder)
         assert enc.modality == m and enc.dim == expected[m]
-        assert enc.name == get_encoder(m).name and "v1" in enc.name
+        assert enc.name == get_encoder(m).name and re.search(r"/v\d+$", enc.name)
     assert get_encoder("tabular", seed=1).name != get_encoder("tabular", seed=0).name
     assert get_encoder("dna", seed=1).name != get_encoder("dna", seed=0).name
     with pytest.raises(DataError) as info:
@@ -83,23 +84,26 @@ def _kmer_index(kmer: str) -> int:
 
 def test_dna_encoder_kmers_padding_and_determinism():
     enc = get_encoder("dna")
-    assert isinstance(enc, KmerDNAEncoder) and enc.seq_len == 95
+    assert isinstance(enc, KmerDNAEncoder) and enc.seq_len == 16  # ceil(95 k-mers / 6)
     seqs = ["ACGTACGTAC", "TTTTTTT", "GATTACA" * 10]
     tok, mask = enc.encode(seqs)
-    assert tok.shape == (3, 95, 32) and tok.dtype == np.float32 and np.isfinite(tok).all()
-    assert mask.sum(axis=1).tolist() == [5, 2, 65]  # n - 6 + 1
+    assert tok.shape == (3, 16, 32) and tok.dtype == np.float32 and np.isfinite(tok).all()
+    assert mask.sum(axis=1).tolist() == [1, 1, 11]  # ceil((n - 6 + 1) / 6)
     for s, t, m in zip(seqs, tok, mask):
-        for i in range(len(s) - 5):
-            assert np.array_equal(t[i], enc.table[_kmer_index(s[i : i + 6])])
+        kmers = np.stack([enc.table[_kmer_index(s[i : i + 6])] for i in range(len(s) - 5)])
+        for j in range(int(m.sum())):
+            assert np.allclose(t[j], kmers[6 * j : 6 * j + 6].mean(axis=0), atol=1e-6)
         assert not t[~m].any()  # padding is zero
-    # equal k-mers at different positions -> equal tokens; unequal -> different
-    assert np.array_equal(tok[0, 0], tok[0, 4])  # ACGTAC at 0 and 4
-    assert not np.array_equal(tok[0, 0], tok[0, 1])
+    unpooled = KmerDNAEncoder(pool=1)
+    one, _ = unpooled.encode(["ACGTACGTAC"])
+    assert np.array_equal(one[0, 0], one[0, 4])  # ACGTAC at 0 and 4 -> equal tokens
+    assert not np.array_equal(one[0, 0], one[0, 1])
+    assert unpooled.name != enc.name  # pooling is part of the cache key
     assert np.array_equal(enc.encode([s.lower() for s in seqs])[0], tok)
     assert np.array_equal(get_encoder("dna").encode(seqs)[0], tok)  # bit-identical, fresh instance
     long = "ACGT" * 40
     tl, ml = enc.encode([long])
-    assert ml.sum() == 95 and np.array_equal(tl, enc.encode([long[:100]])[0])  # truncated to max_bp
+    assert ml.sum() == 16 and np.array_equal(tl, enc.encode([long[:100]])[0])  # truncated to max_bp
     with pytest.raises(DataError):
         enc.encode(["ACGTNACGT"])
     with pytest.raises(DataError):
