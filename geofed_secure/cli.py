@@ -100,12 +100,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     console.print(f"[bold]geofed run[/bold]: {len(config.nodes)} nodes, {config.federation.rounds} rounds, "
                   f"mode={config.federation.mode}, lambda_geo={config.training.lambda_geo}, magnitude={config.model.magnitude}, out={out}")
     t0 = time.perf_counter()
-    last = {"key": None}
+    shown: dict[str, int] = {}
 
-    def progress(what: str, done: int, total: int) -> None:
-        if last["key"] != what or done == total:
-            console.print(f"  encoding {what}: {done}/{total}")
-            last["key"] = what
+    def progress(modality: str, done: int, total: int) -> None:
+        # Cold encoding takes tens of seconds per modality: show it every 500 samples; a cache hit shows once.
+        if done == total or done // 500 > shown.get(modality, 0):
+            console.print(f"  features {modality}: {done}/{total}")
+            shown[modality] = done // 500
 
     modalities = load_demo_modalities(config, progress=progress)
     console.print(f"  data ready in {time.perf_counter() - t0:.1f} s: "

@@ -120,3 +120,28 @@ def test_local_only_mode_has_no_transcript_traffic(tiny_config, tiny_modalities,
     result = Simulator(config, tiny_modalities, tmp_path).run()
     assert len(Transcript.load(tmp_path / "transcript")) == 0
     assert result.summary["final"]["task_accuracy"] is not None
+
+
+def _uploaded_names(transcript):
+    return {k for _, m in transcript.messages() if isinstance(m, NodeUpdate) for k in m.payload}
+
+
+def test_local_magnitude_and_adapters_never_leave_the_node(tiny_config, tiny_modalities, tmp_path):
+    result = Simulator(with_sections(tiny_config, federation={"rounds": 1}), tiny_modalities, tmp_path).run()
+    names = _uploaded_names(result.transcript)
+    assert names == {"gram_upper", "precision_weight"} | {f"weighted/{k}" for k in result.global_state}
+    assert all(k.endswith(".lora_B") for k in result.global_state)  # no magnitude, adapter or head on the wire
+
+
+def test_averaged_magnitude_is_uploaded_weighted_and_broadcast(tiny_config, tiny_modalities, tmp_path):
+    config = with_sections(tiny_config, model={"magnitude": "averaged"}, federation={"rounds": 2})
+    result = Simulator(config, tiny_modalities, tmp_path).run()
+    mags = {k for k in result.global_state if k.endswith(".magnitude")}
+    assert mags and {f"weighted/{k}" for k in mags} <= _uploaded_names(result.transcript)
+    # round 2's broadcast carries round 1's precision-weighted mean of m, recomputed here from the uploads
+    uploads = [m for r, m in result.transcript.messages(round_=1) if isinstance(m, NodeUpdate)]
+    broadcast = next(m for r, m in result.transcript.messages(round_=2) if isinstance(m, RoundBroadcast))
+    total = sum(float(u.payload["precision_weight"][0]) for u in uploads)
+    for key in mags:
+        expected = sum(u.payload[f"weighted/{key}"].astype(np.float64) for u in uploads) / total
+        assert np.allclose(broadcast.global_state[key], expected, rtol=1e-5)

@@ -56,11 +56,9 @@ def build_federation(config: RunConfig, modalities: Mapping[str, ModalityData]) 
     if missing:
         raise DataError(f"no data for modality {missing[0]!r}; load it or remove the nodes that need it")
     seed = config.federation.seed
-    dims = {m.anchors.dim for m in modalities.values()}
     for name, data in modalities.items():
         if data.pool.dim != data.anchors.dim or data.eval_anchors.dim != data.anchors.dim:
             raise DataError(f"modality {name!r}: pool, anchors and eval anchors have different feature widths")
-    del dims
     anchor_counts = {len(m.anchors) for m in modalities.values()}
     if len(anchor_counts) != 1:
         raise DataError(f"every modality needs the same number of anchors B (one per concept slot), got {sorted(anchor_counts)}")

@@ -131,7 +131,6 @@ class Simulator:
         for node_id, node in self.nodes.items():
             self.fault_hook("local_training", round_, node_id)
             node.local_round(round_, consensus=None)
-            node.last_round = round_
             self.reporter.node_done(round_, node_id, _stats_line(node))
 
     # -- the run ------------------------------------------------------------------------------------
