@@ -145,3 +145,33 @@ def test_averaged_magnitude_is_uploaded_weighted_and_broadcast(tiny_config, tiny
     for key in mags:
         expected = sum(u.payload[f"weighted/{key}"].astype(np.float64) for u in uploads) / total
         assert np.allclose(broadcast.global_state[key], expected, rtol=1e-5)
+
+
+def test_crash_before_first_checkpoint_then_fresh_run_starts_clean(tiny_config, tiny_modalities, tmp_path):
+    def crash_in_round_1(stage, round_, node_id):
+        if stage == "upload" and round_ == 1 and node_id == "tab":
+            raise Crash()
+
+    with pytest.raises(Crash):
+        Simulator(tiny_config, tiny_modalities, tmp_path, fault_hook=crash_in_round_1).run()
+    with pytest.raises(CheckpointError, match="nothing to resume"):
+        Simulator(tiny_config, tiny_modalities, tmp_path).run(resume=True)
+    Simulator(tiny_config, tiny_modalities, tmp_path).run()
+    assert len(Transcript.load(tmp_path / "transcript")) == 3 * 2 * 4  # no stale records from the crashed attempt
+
+
+def test_transcript_load_detects_tampering(tiny_config, tiny_modalities, tmp_path):
+    Simulator(with_sections(tiny_config, federation={"rounds": 1}), tiny_modalities, tmp_path).run()
+    data = bytearray((tmp_path / "transcript" / "messages.bin").read_bytes())
+    data[100] ^= 0xFF
+    (tmp_path / "transcript" / "messages.bin").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="SHA-256"):
+        Transcript.load(tmp_path / "transcript")
+
+
+def test_corrupt_checkpoint_is_refused_on_resume(tiny_config, tiny_modalities, tmp_path):
+    Simulator(with_sections(tiny_config, federation={"rounds": 1}), tiny_modalities, tmp_path).run()
+    server_file = tmp_path / "checkpoints" / "round-0001" / "server.safetensors"
+    server_file.write_bytes(server_file.read_bytes()[:-4])
+    with pytest.raises(CheckpointError, match="does not match its SHA-256"):
+        Simulator(tiny_config, tiny_modalities, tmp_path).run(resume=True)

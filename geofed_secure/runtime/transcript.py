@@ -34,7 +34,11 @@ class TranscriptRecord:
 
 
 class Transcript:
-    """Append-only message log, in memory or backed by a folder."""
+    """Append-only message log, in memory or backed by a folder.
+
+    ``Transcript(folder)`` starts a NEW, empty transcript there (stale files from a run that crashed before its
+    first checkpoint are cleared); :meth:`load` reads an existing one.
+    """
 
     def __init__(self, directory: str | os.PathLike | None = None) -> None:
         self.directory = Path(directory) if directory is not None else None
@@ -43,8 +47,8 @@ class Transcript:
         self._offset = 0
         if self.directory is not None:
             self.directory.mkdir(parents=True, exist_ok=True)
-            (self.directory / "index.jsonl").touch()
-            (self.directory / "messages.bin").touch()
+            (self.directory / "index.jsonl").write_text("")
+            (self.directory / "messages.bin").write_bytes(b"")
 
     def record(self, round_: int, sender: str, receiver: str, blob: bytes, message: Message) -> TranscriptRecord:
         rec = TranscriptRecord(index=len(self.records), round=round_, sender=sender, receiver=receiver,
