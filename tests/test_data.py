@@ -427,3 +427,25 @@ def test_load_modality_pretrained_encoders(modality, tmp_path):
     raw = src.samples[ix.anchors] if isinstance(src.samples, np.ndarray) else [src.samples[i] for i in ix.anchors]
     assert md.anchor_digest == anchor_digest(modality, raw, src.labels[ix.anchors])
     assert np.array_equal(md.anchors.tokens, enc.encode(raw)[0])
+
+
+def test_nan_features_from_an_encoder_are_refused(tmp_path, monkeypatch):
+    """An encoder that emits NaN stops load_modality with an error naming the encoder; nothing is cached."""
+    from geofed_secure.data import demo
+    from geofed_secure.encoders import get_encoder as real_get_encoder
+
+    class NaNEncoder:
+        def __init__(self) -> None:
+            self._inner = real_get_encoder("tabular")
+            self.name, self.modality, self.dim = self._inner.name + "/nan-test", "tabular", self._inner.dim
+
+        def encode(self, samples):
+            tokens, mask = self._inner.encode(samples)
+            tokens = tokens.copy()
+            tokens[0, 0, 0] = np.nan
+            return tokens, mask
+
+    monkeypatch.setattr(demo, "get_encoder", lambda modality: NaNEncoder())
+    with pytest.raises(DataError, match=r"periodic-tabular.*/nan-test: encoder produced NaN"):
+        demo.load_modality("tabular", cache=FeatureCache(tmp_path), max_pool=100)
+    assert not list(tmp_path.glob("*.safetensors"))
