@@ -175,3 +175,41 @@ def test_corrupt_checkpoint_is_refused_on_resume(tiny_config, tiny_modalities, t
     server_file.write_bytes(server_file.read_bytes()[:-4])
     with pytest.raises(CheckpointError, match="does not match its SHA-256"):
         Simulator(tiny_config, tiny_modalities, tmp_path).run(resume=True)
+
+
+def test_non_finite_training_leaves_node_out_and_unchanged(tiny_config, tiny_modalities, tmp_path):
+    import torch
+
+    sim = Simulator(tiny_config, tiny_modalities, tmp_path)
+    node = sim.nodes["tab"]
+    healthy_head = node.model.head.forward
+
+    def fault(stage, round_, node_id):
+        if node_id == "tab" and stage == "local_training":
+            nan_head = lambda z: healthy_head(z) * torch.tensor(float("nan"))  # noqa: E731
+            node.model.head.forward = nan_head if round_ == 2 else healthy_head
+
+    sim.fault_hook = fault
+    result = sim.run()
+    round2 = result.summary["rounds"][1]["nodes"]["tab"]
+    assert round2["bytes_uploaded"] == 0 and "TrainingError" in round2["failure"] and "non-finite" in round2["failure"]
+    assert result.summary["rounds"][2]["nodes"]["tab"]["bytes_uploaded"] > 0  # back in round 3
+    assert sim.nodes["tab"].last_round == 3
+
+
+def test_failed_local_round_restores_node_state(tiny_config, tiny_modalities, tmp_path):
+    import torch
+
+    from geofed_secure.errors import TrainingError
+
+    sim = Simulator(tiny_config, tiny_modalities, tmp_path)
+    node = sim.nodes["txt"]
+    broadcast = sim.server.begin_round()["txt"]
+    before = {k: v.clone() for k, v in node.state_dict().items()}
+    healthy = node.model.head.forward
+    node.model.head.forward = lambda z: healthy(z) * torch.tensor(float("nan"))
+    with pytest.raises(TrainingError, match="non-finite"):
+        node.handle_broadcast(broadcast)
+    after = node.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert node.last_round == 0

@@ -173,9 +173,9 @@ class Node:
             if use_geo:
                 geo, grads = self.geometric_gradients(consensus)
                 for param in direction_params:
-                    grad = grads.get(id(param))
-                    if grad is not None:
-                        param.grad = grad if param.grad is None else param.grad + cfg.lambda_geo * grad
+                    if id(param) in grads:
+                        scaled = cfg.lambda_geo * grads[id(param)]
+                        param.grad = scaled if param.grad is None else param.grad + scaled
                 geo_losses.append(geo)
             if not all(torch.isfinite(p.grad).all() for p in trainable if p.grad is not None):
                 raise TrainingError(f"{self.node_id}: non-finite gradient in round {round_}; lower training.lr or check the data")
