@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -42,6 +43,12 @@ class GeoDoRAConfig:
             raise ConfigError("model.target_modules", "must name at least one linear layer of the backbone")
         if self.magnitude not in MAGNITUDE_POLICIES:
             raise ConfigError("model.magnitude", f"must be one of {MAGNITUDE_POLICIES}, got {self.magnitude!r}")
+
+    @classmethod
+    def from_section(cls, model: Any) -> "GeoDoRAConfig":
+        """From the ``[model]`` section of a run configuration."""
+        return cls(rank=model.rank, target_modules=tuple(model.target_modules), use_dora=model.use_dora,
+                   magnitude=model.magnitude)
 
 
 def apply_geodora(backbone: nn.Module, config: GeoDoRAConfig, *, federation_seed: int) -> nn.Module:
@@ -84,10 +91,7 @@ def apply_geodora(backbone: nn.Module, config: GeoDoRAConfig, *, federation_seed
 
 
 def _module_path(peft_name: str) -> str:
-    for prefix in ("base_model.model.",):
-        if peft_name.startswith(prefix):
-            return peft_name[len(prefix):]
-    return peft_name
+    return peft_name.removeprefix("base_model.model.")
 
 
 def lora_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:

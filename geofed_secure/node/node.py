@@ -86,8 +86,7 @@ class Node:
         self.last_stats: LocalRoundStats | None = None
         peft_model = geodora.apply_geodora(
             backbone_factory(),
-            geodora.GeoDoRAConfig(rank=config.model.rank, target_modules=config.model.target_modules,
-                                  use_dora=config.model.use_dora, magnitude=config.model.magnitude),
+            geodora.GeoDoRAConfig.from_section(config.model),
             federation_seed=config.federation.seed,
         )
         paired_dim = data.paired_train.dim if data.paired_train is not None else None

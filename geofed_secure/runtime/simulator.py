@@ -87,8 +87,7 @@ class Simulator:
         # global state (B = 0, m = ||W0||) and merges the final aggregate once.
         self.server_model = geodora.apply_geodora(
             make_backbone(),
-            geodora.GeoDoRAConfig(rank=config.model.rank, target_modules=config.model.target_modules,
-                                  use_dora=config.model.use_dora, magnitude=config.model.magnitude),
+            geodora.GeoDoRAConfig.from_section(config.model),
             federation_seed=config.federation.seed)
         initial = {k: v.numpy() for k, v in geodora.get_lora_b(self.server_model).items()}
         if config.model.magnitude == "averaged":
