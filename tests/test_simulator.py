@@ -18,10 +18,6 @@ class Crash(Exception):
     """Stands in for a process dying (not a GeofedError, so nothing catches it)."""
 
 
-def run(config, modalities, out, **kw):
-    return Simulator(config, modalities, out, **kw).run(resume=kw.pop("resume", False) if False else False)
-
-
 def test_run_writes_summary_transcript_checkpoints(tiny_config, tiny_modalities, tmp_path):
     result = Simulator(tiny_config, tiny_modalities, tmp_path).run()
     summary = json.loads((tmp_path / "summary.json").read_text())

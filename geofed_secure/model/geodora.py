@@ -97,7 +97,7 @@ def _module_path(peft_name: str) -> str:
 def lora_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
     """(backbone module path, peft LoRA layer) for every adapted linear layer, in a stable order."""
     for name, module in model.named_modules():
-        if hasattr(module, "lora_A") and isinstance(getattr(module, "lora_A"), nn.ModuleDict) and ADAPTER in module.lora_A:
+        if hasattr(module, "lora_A") and isinstance(module.lora_A, nn.ModuleDict) and ADAPTER in module.lora_A:
             yield _module_path(name), module
 
 

@@ -234,11 +234,6 @@ class Node:
         self.model.train(was_training)
         return torch.cat(out)
 
-    @torch.no_grad()
-    def accuracy(self, features: TokenFeatures) -> float:
-        z = self.embed(features)
-        return float((self.model.head(z).argmax(1).numpy() == features.labels).mean())
-
     @property
     def anchors(self) -> TokenFeatures:
         return self._anchors

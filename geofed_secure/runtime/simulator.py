@@ -139,7 +139,7 @@ class Simulator:
         transcript_dir = self.out_dir / "transcript"
         start = 1
         if resume:
-            start = self._restore(config_path, transcript_dir) + 1
+            start = self._restore(config_path) + 1
             config_path.write_text(json.dumps(self.config.to_dict(), indent=1, sort_keys=True))
             transcript = Transcript.load(transcript_dir, attach=True)
             transcript.truncate(self._transcript_len)
@@ -186,7 +186,7 @@ class Simulator:
                 "transcript_records": transcript_len, "anchor_digest": self.federation.anchor_digest}
         self.checkpoints.save(round_, self.server.state_dict(), {k: n.state_dict() for k, n in self.nodes.items()}, meta)
 
-    def _restore(self, config_path: Path, transcript_dir: Path) -> int:
+    def _restore(self, config_path: Path) -> int:
         ckpt = self.checkpoints.load_latest()
         if not config_path.is_file():
             raise CheckpointError(f"{config_path} is missing; cannot check that the resumed run has the same configuration")

@@ -45,7 +45,7 @@ def aggregate(sums: Mapping[str, np.ndarray], n_contributors: int) -> tuple[dict
     total_weight = float(np.float64(sums[WEIGHT_FIELD][0]))
     if not total_weight > 0:
         raise RoundFailed("sum of precision weights is not positive")
-    state = {key[len(WEIGHTED_PREFIX):]: (np.float64(1.0) * value / total_weight).astype(np.float32)
+    state = {key[len(WEIGHTED_PREFIX):]: (np.asarray(value, np.float64) / total_weight).astype(np.float32)
              for key, value in sums.items() if key.startswith(WEIGHTED_PREFIX)}
     consensus = (sums[GRAM_FIELD].astype(np.float64) / n_contributors).astype(np.float32)
     return state, consensus
