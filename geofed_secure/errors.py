@@ -55,3 +55,25 @@ class CheckpointError(GeofedError):
 
 class TrainingError(GeofedError):
     """Local training produced an unusable result (e.g. non-finite loss or parameters)."""
+
+
+class ProtocolAborted(GeofedError):
+    """A secure-aggregation party stopped the protocol for a security reason; nothing more is revealed.
+
+    Raised by an honest party when a peer (typically a dishonest server) breaks the protocol: a node
+    listed both alive and dropped, survivor sets that differ between nodes, an injected or replaced
+    key, a replayed message, a cohort below the floor, a changed anchor digest, too few survivors.
+    ``party`` is who refused (a node id or ``"server"``), ``stage`` the protocol stage, ``reason`` why.
+    After this the party's session is permanently aborted (h11's ERROR state): start a new one.
+    """
+
+    def __init__(self, reason: str, *, party: str = "", stage: str = "") -> None:
+        self.reason = reason
+        self.party = party
+        self.stage = stage
+        where = f"{party} at stage {stage}: " if party or stage else ""
+        super().__init__(f"protocol aborted by {where}{reason}" if where else f"protocol aborted: {reason}")
+
+
+class LocalProtocolError(GeofedError):
+    """The caller used a protocol session out of order (our own misuse, not the peer's misbehaviour)."""

@@ -1,0 +1,256 @@
+"""A named catalogue of dishonest-server behaviours that drive the REAL secagg-v1 state machines.
+
+Each :class:`Adversary` sits between the honest :class:`~geofed_secure.secagg.masking.MaskingServer` and the
+nodes: it may rewrite what the server sends (:meth:`Adversary.tamper`), swallow what nodes answer
+(:meth:`Adversary.intercept`) and replace the server's next stage (:meth:`Adversary.override`). Honest nodes
+must refuse every entry with :class:`~geofed_secure.errors.ProtocolAborted` before revealing anything that
+would expose an individual input. Users' attack suites reuse the catalogue through
+``simulate_aggregation(..., adversary="<name>")`` or by driving :data:`CATALOGUE` entries themselves.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from geofed_secure.secagg import primitives as crypto
+from geofed_secure.secagg.masking import MaskingServer
+from geofed_secure.secagg.messages import (
+    ConsistencyRequest,
+    ConsistencySignature,
+    KeyAdvertisement,
+    KeyRoster,
+    Message,
+    RoundStart,
+    ShareDelivery,
+    UnmaskRequest,
+    advertisement_signed_bytes,
+)
+
+
+@dataclass
+class AttackContext:
+    """What the dishonest server has: its honest twin's state, everything it saw, and its own randomness."""
+
+    server: MaskingServer
+    round: int
+    rng: crypto.Randomness
+    sent: list[tuple[int, str, Message]] = field(default_factory=list)  # (round, receiver, message) of earlier stages
+    intercepted: dict[str, Message] = field(default_factory=dict)
+
+
+class Adversary:
+    """Base: behaves honestly. Subclasses override one or more hooks."""
+
+    name = "honest"
+    description = "follows the protocol"
+    refused_at = ""  # the stage at which honest nodes refuse
+    rounds = 1  # rounds the simulation must run for the behaviour to apply
+
+    def tamper(self, outgoing: Mapping[str, Message], ctx: AttackContext) -> dict[str, Message]:
+        return dict(outgoing)
+
+    def intercept(self, reply: Message, ctx: AttackContext) -> bool:
+        """True: the adversary keeps this node reply instead of passing it to the honest server."""
+        return False
+
+    def override(self, ctx: AttackContext) -> dict[str, Message] | None:
+        """Messages to send instead of the honest server's next stage (None: let the server close the stage)."""
+        return None
+
+
+def _view_target(outgoing: Mapping[str, Message]) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+    first = next(iter(outgoing.values()), None)
+    if isinstance(first, ConsistencyRequest | UnmaskRequest):
+        return first.alive, first.dropped
+    return None
+
+
+class AliveAndDropped(Adversary):
+    name = "alive_and_dropped"
+    description = ("lists one survivor both alive and dropped to every node, to collect its self-mask share AND its "
+                   "mask-key share (the flwr 1.41 SecAgg+ defect that recovers one node's update)")
+    refused_at = "consistency_check"
+
+    def tamper(self, outgoing, ctx):
+        view = _view_target(outgoing)
+        if view is None:
+            return dict(outgoing)
+        alive, dropped = view
+        victim = alive[0]
+        fed = ctx.server.provisioning.federation_id
+        request = ConsistencyRequest(federation_id=fed, round=ctx.round, alive=alive, dropped=tuple(sorted({*dropped, victim})))
+        return {v: request for v in outgoing}
+
+
+class SplitViews(Adversary):
+    name = "split_views"
+    description = ("shows half of the survivors the true view and the other half a view in which one survivor dropped, "
+                   "then asks the second half to unmask with every signature it collected")
+    refused_at = "unmask"
+
+    def __init__(self) -> None:
+        self._groups: tuple[tuple[str, ...], tuple[str, ...]] | None = None
+        self._views: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
+
+    def tamper(self, outgoing, ctx):
+        view = _view_target(outgoing)
+        if view is None or self._groups is not None:
+            return dict(outgoing)
+        alive, dropped = view
+        receivers = tuple(sorted(outgoing))
+        half = len(receivers) // 2
+        self._groups = (receivers[:half], receivers[half:])
+        victim = self._groups[0][0]  # a survivor the second group is told dropped
+        fed = ctx.server.provisioning.federation_id
+        true_view = (alive, dropped)
+        false_view = (tuple(v for v in alive if v != victim), tuple(sorted({*dropped, victim})))
+        out = {}
+        for v in receivers:
+            a, d = true_view if v in self._groups[0] else false_view
+            self._views[v] = (a, d)
+            out[v] = ConsistencyRequest(federation_id=fed, round=ctx.round, alive=a, dropped=d)
+        return out
+
+    def intercept(self, reply, ctx):
+        if isinstance(reply, ConsistencySignature):
+            ctx.intercepted[reply.node_id] = reply
+            return True
+        return False
+
+    def override(self, ctx):
+        if self._groups is None or not ctx.intercepted:
+            return None
+        fed = ctx.server.provisioning.federation_id
+        signatures = {v: m.signature for v, m in ctx.intercepted.items() if isinstance(m, ConsistencySignature)}
+        out = {}
+        for v in self._groups[1]:
+            alive, dropped = self._views[v]
+            out[v] = UnmaskRequest(federation_id=fed, round=ctx.round, alive=alive, dropped=dropped,
+                                   signatures={s: sig for s, sig in signatures.items() if s in alive})
+        ctx.intercepted.clear()
+        return out
+
+
+class InjectKey(Adversary):
+    name = "inject_key"
+    description = "adds keys of a node that was never provisioned (a server-controlled sybil) to the roster"
+    refused_at = "share_keys"
+
+    def tamper(self, outgoing, ctx):
+        first = next(iter(outgoing.values()), None)
+        if not isinstance(first, KeyRoster):
+            return dict(outgoing)
+        identity, _ = crypto.ed25519_keypair(ctx.rng)
+        _, channel = crypto.x25519_keypair(ctx.rng)
+        keys = tuple(crypto.x25519_keypair(ctx.rng)[1] for _ in first.advertisements[0].mask_keys)
+        commitments = tuple(crypto.commitment(ctx.rng.token(32), "sybil") for _ in keys)
+        fed, sybil = first.federation_id, "zz-sybil"
+        signed = advertisement_signed_bytes(fed, first.epoch, sybil, channel, keys, commitments)
+        fake = KeyAdvertisement(federation_id=fed, epoch=first.epoch, node_id=sybil, channel_key=channel, mask_keys=keys,
+                                commitments=commitments, signature=crypto.sign(identity, signed))
+        roster = KeyRoster(federation_id=fed, epoch=first.epoch, advertisements=(*first.advertisements, fake))
+        return {v: roster for v in outgoing}
+
+
+class ReplaceKey(Adversary):
+    name = "replace_key"
+    description = "replaces one node's advertised mask key with a key the server knows (man in the middle)"
+    refused_at = "share_keys"
+
+    def tamper(self, outgoing, ctx):
+        first = next(iter(outgoing.values()), None)
+        if not isinstance(first, KeyRoster):
+            return dict(outgoing)
+        victim = first.advertisements[0]
+        _, server_key = crypto.x25519_keypair(ctx.rng)
+        forged = dataclasses.replace(victim, mask_keys=(server_key, *victim.mask_keys[1:]))
+        roster = dataclasses.replace(first, advertisements=(forged, *first.advertisements[1:]))
+        return {v: roster for v in outgoing}
+
+
+class ForgedShares(Adversary):
+    name = "forged_shares"
+    description = "flips one byte of a sealed share in transit (the server tries to plant its own share values)"
+    refused_at = "masked_input"
+
+    def tamper(self, outgoing, ctx):
+        out = dict(outgoing)
+        for v, message in out.items():
+            if isinstance(message, ShareDelivery) and message.sealed:
+                sender = next(iter(message.sealed))
+                blob = bytearray(message.sealed[sender])
+                blob[0] ^= 1
+                out[v] = dataclasses.replace(message, sealed={**message.sealed, sender: bytes(blob)})
+                break
+        return out
+
+
+class CohortBelowFloor(Adversary):
+    name = "cohort_below_floor"
+    description = "claims all but two nodes dropped, so the 'sum' would be one other node's input"
+    refused_at = "consistency_check"
+
+    def tamper(self, outgoing, ctx):
+        view = _view_target(outgoing)
+        if view is None:
+            return dict(outgoing)
+        alive, dropped = view
+        fed = ctx.server.provisioning.federation_id
+        out = {}
+        for v in outgoing:
+            kept = tuple(sorted({v, next(a for a in alive if a != v)}))
+            out[v] = ConsistencyRequest(federation_id=fed, round=ctx.round, alive=kept,
+                                        dropped=tuple(sorted(set(alive) - set(kept) | set(dropped))))
+        return out
+
+
+class UnmaskWithoutCheck(Adversary):
+    name = "unmask_without_check"
+    description = "declares a node dropped and asks for its mask-key shares without the consistency check"
+    refused_at = "unmask"
+
+    def tamper(self, outgoing, ctx):
+        view = _view_target(outgoing)
+        if view is None:
+            return dict(outgoing)
+        alive, dropped = view
+        victim = alive[-1]
+        fed = ctx.server.provisioning.federation_id
+        forged_sig = {alive[0]: bytes(64)}
+        request = UnmaskRequest(federation_id=fed, round=ctx.round, alive=tuple(a for a in alive if a != victim),
+                                dropped=tuple(sorted({*dropped, victim})), signatures=forged_sig)
+        return {v: request for v in outgoing if v != victim}
+
+
+class AnchorDigestChanged(Adversary):
+    name = "anchor_digest_changed"
+    description = "starts a round with a different anchor set (e.g. candidate private records posing as public anchors)"
+    refused_at = "advertise_keys"
+
+    def tamper(self, outgoing, ctx):
+        out = dict(outgoing)
+        for v, message in out.items():
+            if isinstance(message, RoundStart):
+                out[v] = dataclasses.replace(message, anchor_digest=hashlib.sha256(b"other anchors").hexdigest())
+        return out
+
+
+class ReplayRound(Adversary):
+    name = "replay_round"
+    description = "in round 2, replays round 1's unmask request to collect round-1 shares again"
+    refused_at = "unmask"
+    rounds = 2
+
+    def tamper(self, outgoing, ctx):
+        if ctx.round < 2 or _view_target(outgoing) is None:
+            return dict(outgoing)
+        old = {v: m for r, v, m in ctx.sent if r == 1 and isinstance(m, UnmaskRequest | ConsistencyRequest)}
+        return {v: old.get(v, m) for v, m in outgoing.items()}
+
+
+CATALOGUE: dict[str, type[Adversary]] = {cls.name: cls for cls in (
+    AliveAndDropped, SplitViews, InjectKey, ReplaceKey, ForgedShares, CohortBelowFloor, UnmaskWithoutCheck,
+    AnchorDigestChanged, ReplayRound)}

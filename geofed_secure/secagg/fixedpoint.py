@@ -1,0 +1,79 @@
+"""Fixed-point encoding of real vectors into the ring Z_(2^b), chosen so a sum of n inputs cannot wrap.
+
+A node clips every coordinate to [-clip, clip] (explicitly, and counts how many it clipped), scales by
+2^f and rounds stochastically (unbiased: E[encode(x)] = x 2^f). With n parties, the signed sum of the
+encodings lies in (-n (clip 2^f + 1), n (clip 2^f + 1)), so choosing the largest f with
+n (clip 2^f + 1) <= 2^(b-1) - 1 guarantees no wrap (SPEC section 3). Each node's rounding error is below
+2^-f, so the decoded sum is within n 2^-f (+ float64 rounding of the result) of the exact sum of the
+clipped inputs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from geofed_secure.errors import ConfigError, DataError
+
+RING_BITS = (32, 64)
+
+
+@dataclass(frozen=True, slots=True)
+class FixedPoint:
+    ring_bits: int
+    frac_bits: int
+    clip: float
+
+    @classmethod
+    def for_cohort(cls, n_parties: int, clip: float, ring_bits: int) -> FixedPoint:
+        """The most precise encoding for which the sum of ``n_parties`` clipped inputs cannot wrap.
+
+        >>> FixedPoint.for_cohort(100, 1.0, 32).frac_bits
+        24
+        """
+        if ring_bits not in RING_BITS:
+            raise ConfigError("secure.ring_bits", f"must be 32 or 64, got {ring_bits!r}")
+        if not (isinstance(clip, int | float) and math.isfinite(clip) and clip > 0):
+            raise ConfigError("secure.clip", f"must be a positive finite number, got {clip!r}")
+        if n_parties < 1:
+            raise ConfigError("secure", "a cohort needs at least one party")
+        headroom = (2 ** (ring_bits - 1) - 1) / n_parties - 1  # clip * 2^f must stay below this
+        if headroom < clip:
+            raise ConfigError("secure.clip", f"clip {clip} with {n_parties} parties leaves no fractional bits in a "
+                              f"{ring_bits}-bit ring; lower the clip bound or use ring_bits = 64")
+        frac_bits = math.floor(math.log2(headroom / clip))
+        while clip * 2.0**frac_bits > headroom:  # guard against log2 rounding up
+            frac_bits -= 1
+        return cls(ring_bits=ring_bits, frac_bits=min(frac_bits, 62 if ring_bits == 64 else 30), clip=float(clip))
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype("<u4") if self.ring_bits == 32 else np.dtype("<u8")
+
+    @property
+    def signed_dtype(self) -> np.dtype:
+        return np.dtype("<i4") if self.ring_bits == 32 else np.dtype("<i8")
+
+    def max_abs_error(self, n_parties: int) -> float:
+        """Bound on |decode(sum of encodings) - sum of clipped inputs| for ``n_parties`` inputs."""
+        return n_parties * 2.0 ** -self.frac_bits + n_parties * self.clip * 2.0**-52
+
+    def encode(self, values: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, int]:
+        """(ring words, number of clipped coordinates). Non-finite input raises :class:`DataError`."""
+        x = np.asarray(values, dtype=np.float64)
+        if x.ndim != 1:
+            raise DataError(f"secure aggregation input must be a 1-D vector, got shape {x.shape}")
+        if not np.isfinite(x).all():
+            bad = int((~np.isfinite(x)).sum())
+            raise DataError(f"secure aggregation input has {bad} NaN/inf value(s); the node refuses to mask it")
+        clipped = int((np.abs(x) > self.clip).sum())
+        scaled = np.clip(x, -self.clip, self.clip) * 2.0**self.frac_bits  # exact: scaling by a power of two
+        low = np.floor(scaled)
+        rounded = low + (rng.random(x.shape[0]) < (scaled - low))
+        return rounded.astype(np.int64).astype(self.signed_dtype).view(self.dtype), clipped
+
+    def decode(self, words: np.ndarray) -> np.ndarray:
+        """Ring words (a sum of encodings) to float64, reading them as two's-complement signed integers."""
+        return np.asarray(words, dtype=self.dtype).view(self.signed_dtype).astype(np.float64) * 2.0**-self.frac_bits
