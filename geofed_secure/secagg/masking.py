@@ -711,3 +711,14 @@ class MaskingServer:
         self._expected = ()
         return {}
 
+
+
+def transition_tables_markdown() -> str:
+    """The node and server state tables as Markdown; SPEC.md embeds exactly this text (a test checks it)."""
+    lines = ["Node (`NODE_TRANSITIONS`; any other event aborts the node):", "",
+             "| state | event | next state |", "|---|---|---|"]
+    lines += [f"| {s} | {e} | {t} |" for s, events in NODE_TRANSITIONS.items() for e, t in events.items()]
+    lines += ["", "Server (`SERVER_TRANSITIONS`; a node message not listed for the state is refused with MessageError):", "",
+              "| state | event | next state |", "|---|---|---|"]
+    lines += [f"| {s} | {e} | {t} |" for s, events in SERVER_TRANSITIONS.items() for e, t in events.items()]
+    return "\n".join(lines) + "\n"

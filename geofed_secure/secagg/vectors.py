@@ -1,0 +1,185 @@
+"""Test vectors for secagg-v1 (``protocols/secagg-v1/vectors.json``), generated from fixed seeds.
+
+Each case holds the inputs, parameters, intermediates an independent implementation can check step by step
+(identity and round keys, HKDF outputs, keystream prefixes, Shamir shares), the full message transcript as
+wire bytes, the result, and INVALID cases (a message, the receiver's state, the error it must raise).
+
+``python -m geofed_secure.secagg.vectors`` rewrites the files; ``--check`` exits 1 if they differ from what
+the code generates (CI runs the equivalent test, ``tests/test_vectors.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from geofed_secure.errors import GeofedError
+from geofed_secure.secagg import primitives as crypto
+from geofed_secure.secagg.masking import MaskingParameters, pairwise_mask, self_mask
+from geofed_secure.secagg.messages import KeyRoster, ShareDelivery, UnmaskRequest, decode
+from geofed_secure.secagg.simulate import MaskingFederation
+
+PROTOCOLS_DIR = Path(__file__).resolve().parents[2] / "protocols"
+PREFIX_WORDS = 4
+
+
+def _inputs(n: int, length: int, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {f"node-{i}": np.round(rng.uniform(-1, 1, length), 6) for i in range(n)}
+
+
+def _masking_case(name: str, *, n: int, length: int, params: MaskingParameters, seed: int,
+                  dropouts: dict[str, str] | None = None) -> dict[str, Any]:
+    inputs = _inputs(n, length, seed)
+    fed = MaskingFederation.provision(tuple(inputs), params, seed=seed, federation_id="vectors")
+    fed.run_round(1, inputs, dropouts=dropouts)
+    outcome = fed.server.outcome
+    assert outcome is not None
+    plan = fed.server.plan
+    assert plan is not None
+    intermediates: dict[str, Any] = {"members": list(plan.members), "threshold": plan.threshold,
+                                     "fractional_bits": plan.fixed_point.frac_bits,
+                                     "holders": {k: list(v) for k, v in plan.holders.items()}, "nodes": {}}
+    for v, node in fed.nodes.items():
+        ep = node.epoch
+        if ep is None or ep.plan is None:
+            continue
+        seed0 = ep.seeds[0]
+        info: dict[str, Any] = {
+            "identity_public_key": fed.provisioning.identities[v].hex(),
+            "mask_private_key_round1": ep.mask_privates[0].hex(),
+            "self_mask_seed_round1": seed0.hex(),
+            "self_mask_key_round1": crypto.derive_key(seed0, "self-mask", "vectors", 1, v).hex(),
+            "self_mask_prefix": [int(w) for w in self_mask(seed0, "vectors", 1, v, PREFIX_WORDS, params.ring_bits)],
+            "shares_held_round1": {o: {"mask_key": s[0][0].hex(), "self_mask_seed": s[0][1].hex()}
+                                   for o, s in sorted(ep.own_shares.items())},
+            "pairwise": {},
+        }
+        for peer in ep.peers:
+            secret = crypto.x25519_shared(ep.mask_privates[0], ep.adverts[peer].mask_keys[0])
+            low, high = sorted((v, peer))
+            info["pairwise"][peer] = {
+                "x25519_shared": secret.hex(),
+                "mask_key": crypto.derive_key(secret, "pairwise-mask", "vectors", 1, low, high).hex(),
+                "mask_prefix": [int(w) for w in pairwise_mask(secret, "vectors", 1, v, peer, PREFIX_WORDS, params.ring_bits)],
+                "sign": "+" if v < peer else "-",
+            }
+        intermediates["nodes"][v] = info
+    contributors = outcome.contributors
+    exact = sum(np.clip(inputs[v], -params.clip, params.clip) for v in contributors)
+    return {
+        "name": name,
+        "seed": seed,
+        "federation_id": "vectors",
+        "parameters": dataclasses.asdict(params),
+        "inputs": {k: v.tolist() for k, v in inputs.items()},
+        "dropouts": dropouts or {},
+        "intermediates": intermediates,
+        "transcript": [{"stage": r.stage, "sender": r.sender, "receiver": r.receiver, "kind": r.kind, "hex": r.data.hex()}
+                       for r in fed.transcript],
+        "result": {"contributors": list(contributors), "aggregate": outcome.aggregate.tolist(),
+                   "max_abs_error": outcome.max_abs_error,
+                   "exact_sum_of_clipped_inputs": [float(x) for x in exact]},
+    }
+
+
+def _invalid_cases(valid: dict[str, Any]) -> list[dict[str, Any]]:
+    """Messages a node must refuse, each taken from the valid transcript and altered in one way."""
+    records = valid["transcript"]
+    roster_hex = next(r["hex"] for r in records if r["kind"] == "KeyRoster")
+    roster = decode(bytes.fromhex(roster_hex))
+    delivery_rec = next(r for r in records if r["kind"] == "ShareDelivery")
+    unmask_rec = next(r for r in records if r["kind"] == "UnmaskRequest")
+    assert isinstance(roster, KeyRoster)
+    victim = roster.advertisements[0]
+    replaced = dataclasses.replace(victim, channel_key=roster.advertisements[1].channel_key)
+    bad_roster = dataclasses.replace(roster, advertisements=(replaced, *roster.advertisements[1:]))
+    delivery = decode(bytes.fromhex(delivery_rec["hex"]))
+    assert isinstance(delivery, ShareDelivery)
+    sender = next(iter(delivery.sealed))
+    flipped = bytearray(delivery.sealed[sender])
+    flipped[-1] ^= 0x80
+    bad_delivery = dataclasses.replace(delivery, sealed={**delivery.sealed, sender: bytes(flipped)})
+    unmask = decode(bytes.fromhex(unmask_rec["hex"]))
+    assert isinstance(unmask, UnmaskRequest)
+    both = dataclasses.replace(unmask, dropped=(unmask.alive[0],))
+    return [
+        {"name": "replaced channel key in roster", "receiver_state": "advertised", "receiver": unmask_rec["receiver"],
+         "hex": bad_roster.encode().hex(), "error": "ProtocolAborted"},
+        {"name": "tampered sealed share", "receiver_state": "shared", "receiver": delivery_rec["receiver"],
+         "hex": bad_delivery.encode().hex(), "error": "ProtocolAborted"},
+        {"name": "survivor listed alive and dropped", "receiver_state": "masked", "receiver": unmask_rec["receiver"],
+         "hex": both.encode().hex(), "error": "ProtocolAborted"},
+        {"name": "truncated message", "receiver_state": "any", "receiver": unmask_rec["receiver"],
+         "hex": unmask_rec["hex"][:-2], "error": "MessageError"},
+        {"name": "non-canonical header (extra space)", "receiver_state": "any", "receiver": unmask_rec["receiver"],
+         "hex": _with_space(bytes.fromhex(unmask_rec["hex"])).hex(), "error": "MessageError"},
+        {"name": "unknown wire version", "receiver_state": "any", "receiver": unmask_rec["receiver"],
+         "hex": (b"GFSA\x02" + bytes.fromhex(unmask_rec["hex"])[5:]).hex(), "error": "MessageError"},
+    ]
+
+
+def _with_space(blob: bytes) -> bytes:
+    size = int.from_bytes(blob[5:9], "big")
+    header = blob[9:9 + size].replace(b":", b": ", 1)
+    return blob[:5] + len(header).to_bytes(4, "big") + header + blob[9 + size:]
+
+
+def build_masking_vectors() -> dict[str, Any]:
+    complete = _masking_case("complete graph, 4 nodes, 32-bit ring", n=4, length=6,
+                             params=MaskingParameters(ring_bits=32, clip=2.0, rounds_per_epoch=1), seed=1)
+    dropout = _masking_case("complete graph, 5 nodes, node-2 drops before its masked input", n=5, length=6,
+                            params=MaskingParameters(ring_bits=64, clip=2.0, rounds_per_epoch=1), seed=2,
+                            dropouts={"node-2": "masked_input"})
+    plus = _masking_case("SecAgg+ degree 2, 6 nodes, 64-bit ring", n=6, length=5,
+                         params=MaskingParameters(ring_bits=64, clip=2.0, degree=2, rounds_per_epoch=1), seed=3)
+    return {"protocol": "geofed-secagg-v1", "wire_version": 1,
+            "note": "generated by `python -m geofed_secure.secagg.vectors`; do not edit by hand",
+            "valid": [complete, dropout, plus], "invalid": _invalid_cases(complete)}
+
+
+def _dump(obj: Any) -> str:
+    return json.dumps(obj, indent=1, sort_keys=True) + "\n"
+
+
+def expected_files() -> dict[Path, str]:
+    files = {PROTOCOLS_DIR / "secagg-v1" / "vectors.json": _dump(build_masking_vectors())}
+    try:
+        from geofed_secure.secagg import ckks
+    except ImportError:  # pragma: no cover - ckks needs tenseal, a hard dependency
+        return files
+    files[PROTOCOLS_DIR / "ckks-v1" / "vectors.json"] = _dump(ckks.build_vectors())
+    return files
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Write (or --check) the protocol test vectors.")
+    parser.add_argument("--check", action="store_true", help="exit 1 if the committed vectors differ")
+    args = parser.parse_args(argv)
+    stale = []
+    for path, text in expected_files().items():
+        if args.check:
+            if not path.is_file() or path.read_text() != text:
+                stale.append(str(path))
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            print(f"wrote {path}")
+    if stale:
+        print("stale vectors (run python -m geofed_secure.secagg.vectors):", *stale, sep="\n  ", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except GeofedError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
