@@ -4,7 +4,7 @@ Each case holds the inputs, parameters, intermediates an independent implementat
 (identity and round keys, HKDF outputs, keystream prefixes, Shamir shares), the full message transcript as
 wire bytes, the result, and INVALID cases (a message, the receiver's state, the error it must raise).
 
-``python -m geofed_secure.secagg.vectors`` rewrites the files; ``--check`` exits 1 if they differ from what
+``python -m geofed_secure.secagg.vectors`` rewrites the files (and the generated state tables of SPEC.md); ``--check`` exits 1 if they differ from what
 the code generates (CI runs the equivalent test, ``tests/test_vectors.py``).
 """
 
@@ -21,7 +21,7 @@ import numpy as np
 
 from geofed_secure.errors import GeofedError
 from geofed_secure.secagg import primitives as crypto
-from geofed_secure.secagg.masking import MaskingParameters, pairwise_mask, self_mask
+from geofed_secure.secagg.masking import MaskingParameters, pairwise_mask, self_mask, transition_tables_markdown
 from geofed_secure.secagg.messages import KeyRoster, ShareDelivery, UnmaskRequest, decode
 from geofed_secure.secagg.simulate import MaskingFederation
 
@@ -148,8 +148,20 @@ def _dump(obj: Any) -> str:
     return json.dumps(obj, indent=1, sort_keys=True) + "\n"
 
 
+BEGIN, END = "<!-- BEGIN GENERATED TABLES -->\n", "<!-- END GENERATED TABLES -->"
+
+
+def spec_with_tables(spec: str) -> str:
+    """SPEC.md text with the generated state tables between the BEGIN/END markers."""
+    head, _, rest = spec.partition(BEGIN)
+    _, _, tail = rest.partition(END)
+    return head + BEGIN + transition_tables_markdown() + END + tail
+
+
 def expected_files() -> dict[Path, str]:
-    files = {PROTOCOLS_DIR / "secagg-v1" / "vectors.json": _dump(build_masking_vectors())}
+    spec = PROTOCOLS_DIR / "secagg-v1" / "SPEC.md"
+    files = {PROTOCOLS_DIR / "secagg-v1" / "vectors.json": _dump(build_masking_vectors()),
+             spec: spec_with_tables(spec.read_text())}
     try:
         from geofed_secure.secagg import ckks
     except ImportError:  # pragma: no cover - ckks needs tenseal, a hard dependency
