@@ -47,6 +47,8 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--magnitude", choices=("local", "averaged"), help="GeoDoRA magnitude policy")
     run.add_argument("--mode", choices=("federated", "local-only"), help="local-only: nodes never aggregate (baseline)")
     run.add_argument("--shuffle-anchors", action="store_true", help="null control: every node shuffles its anchor order")
+    run.add_argument("--secure", choices=("masking", "ckks", "none"),
+                     help="secure aggregation of uploads: pairwise masking (default), CKKS, or none (clear, tests only)")
     run.add_argument("--seed", type=int)
     run.add_argument("--cache-dir", help="feature cache folder (default $GEOFED_CACHE or ~/.cache/geofed-secure)")
     run.add_argument("--out", type=Path, help="output folder (default runs/<federation id>-<time>)")
@@ -55,7 +57,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _apply_overrides(config: RunConfig, args: argparse.Namespace) -> RunConfig:
-    fed, model, training, data = config.federation, config.model, config.training, config.data
+    fed, model, training, data, secure = config.federation, config.model, config.training, config.data, config.secure
     if args.rounds is not None:
         fed = dataclasses.replace(fed, rounds=args.rounds)
     if args.seed is not None:
@@ -66,17 +68,19 @@ def _apply_overrides(config: RunConfig, args: argparse.Namespace) -> RunConfig:
         model = dataclasses.replace(model, magnitude=args.magnitude)
     if args.lambda_geo is not None:
         training = dataclasses.replace(training, lambda_geo=args.lambda_geo)
+    if args.secure is not None:
+        secure = dataclasses.replace(secure, protocol=args.secure)
     if args.cache_dir is not None:
         data = dataclasses.replace(data, cache_dir=args.cache_dir)
     nodes = nodes_from_spec(args.nodes) if args.nodes is not None else config.nodes
     if args.shuffle_anchors:
         nodes = tuple(dataclasses.replace(n, shuffle_anchors=True) for n in nodes)
-    return RunConfig(federation=fed, model=model, training=training, data=data, nodes=nodes)
+    return RunConfig(federation=fed, model=model, training=training, data=data, secure=secure, nodes=nodes)
 
 
 def _resolve_config(args: argparse.Namespace) -> tuple[RunConfig, Path, bool]:
     if args.resume is not None:
-        others = [name for name in ("config", "nodes", "lambda_geo", "magnitude", "mode", "seed", "out")
+        others = [name for name in ("config", "nodes", "lambda_geo", "magnitude", "mode", "seed", "out", "secure")
                   if getattr(args, name) is not None] + (["shuffle_anchors"] if args.shuffle_anchors else [])
         if others:
             raise ConfigError("--resume", f"takes its configuration from the run folder; only --rounds/--cache-dir may be given (got --{others[0].replace('_', '-')})")

@@ -63,6 +63,16 @@ class DataSection:
 
 
 @dataclass(frozen=True, kw_only=True)
+class SecureSection:
+    protocol: str = "masking"  # "masking" (secagg-v1) | "ckks" (ckks-v1) | "none" (uploads in clear: tests only)
+    ring_bits: int = 64  # masking: Z_(2^64) keeps the aggregate exact to ~1e-11; 32 halves the bytes
+    clip: float = 10000.0  # bound on every uploaded coordinate (weighted B, Gram, weight); counted when hit
+    threshold: int = 0  # masking: shares needed per owner; 0 -> majority of its share holders
+    neighbors: int = 0  # masking: SecAgg+ neighbourhood degree; 0 -> complete graph
+    rounds_per_epoch: int = 8  # masking: rounds served by one key set-up
+
+
+@dataclass(frozen=True, kw_only=True)
 class NodeSpec:
     id: str
     modality: str
@@ -86,6 +96,7 @@ class RunConfig:
     model: ModelSection = field(default_factory=ModelSection)
     training: TrainingSection = field(default_factory=TrainingSection)
     data: DataSection = field(default_factory=DataSection)
+    secure: SecureSection = field(default_factory=SecureSection)
     nodes: tuple[NodeSpec, ...] = DEMO_NODES
 
     def __post_init__(self) -> None:
@@ -101,7 +112,8 @@ class RunConfig:
         return dataclasses.replace(self, **sections)
 
 
-_SECTIONS = {"federation": FederationSection, "model": ModelSection, "training": TrainingSection, "data": DataSection}
+_SECTIONS = {"federation": FederationSection, "model": ModelSection, "training": TrainingSection, "data": DataSection,
+             "secure": SecureSection}
 
 
 def _coerce(cls: type, table: Mapping[str, Any], where: str, source: str | None) -> Any:
@@ -159,6 +171,9 @@ def load_config(path: str | Path) -> RunConfig:
     return config_from_dict(data, source=str(path))
 
 
+SECURE_PROTOCOLS = ("masking", "ckks", "none")
+
+
 def _positive(value: float, name: str) -> None:
     if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
         raise ConfigError(name, f"must be a positive finite number, got {value!r}")
@@ -208,6 +223,23 @@ def validate(cfg: RunConfig) -> None:
         seen.add(node.id)
     if not cfg.nodes:
         raise ConfigError("nodes", "a federation needs at least one node")
+    _validate_secure(cfg)
+
+
+def _validate_secure(cfg: RunConfig) -> None:
+    sec = cfg.secure
+    if sec.protocol not in SECURE_PROTOCOLS:
+        raise ConfigError("secure.protocol", f"must be one of {SECURE_PROTOCOLS}, got {sec.protocol!r}")
+    if sec.protocol != "none" and cfg.federation.mode == "federated" and len(cfg.nodes) < 3:
+        raise ConfigError("secure.protocol", f"secure aggregation needs >= 3 nodes (with {len(cfg.nodes)}, a node learns "
+                          "the others' uploads from the sum); add nodes or use protocol 'none' for a test federation")
+    if sec.ring_bits not in (32, 64):
+        raise ConfigError("secure.ring_bits", f"must be 32 or 64, got {sec.ring_bits}")
+    _positive(sec.clip, "secure.clip")
+    if sec.threshold < 0 or sec.threshold == 1 or sec.neighbors < 0 or sec.neighbors == 1:
+        raise ConfigError("secure.threshold", "threshold and neighbors must be 0 (automatic) or >= 2")
+    if not 1 <= sec.rounds_per_epoch <= 1024:
+        raise ConfigError("secure.rounds_per_epoch", f"must be in [1, 1024], got {sec.rounds_per_epoch}")
 
 
 def nodes_from_spec(spec: str) -> tuple[NodeSpec, ...]:

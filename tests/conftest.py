@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from geofed_secure.config import DataSection, FederationSection, ModelSection, NodeSpec, RunConfig, TrainingSection
+from geofed_secure.config import (
+    DataSection, FederationSection, ModelSection, NodeSpec, RunConfig, SecureSection, TrainingSection,
+)
 from geofed_secure.data.anchors import anchor_digest
 from geofed_secure.data.demo import ModalityData
 from geofed_secure.data.features import TokenFeatures
@@ -61,7 +63,7 @@ def tiny_modalities():
     }
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def tiny_config(tiny_backbone_dir):
     return RunConfig(
         federation=FederationSection(id="test-fed", seed=7, rounds=3),
@@ -70,6 +72,8 @@ def tiny_config(tiny_backbone_dir):
         data=DataSection(eval_samples=40, max_pool=240, dirichlet_alpha=1.0),
         nodes=(NodeSpec(id="img-a", modality="image"), NodeSpec(id="img-b", modality="image"),
                NodeSpec(id="txt", modality="text"), NodeSpec(id="tab", modality="tabular")),
+        # Plaintext uploads so the runtime tests can inspect them; tests/test_secure_runtime.py covers masking and CKKS.
+        secure=SecureSection(protocol="none"),
     )
 
 

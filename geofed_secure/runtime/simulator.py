@@ -24,13 +24,14 @@ import torch
 
 from geofed_secure.config import RunConfig
 from geofed_secure.data.demo import ModalityData
-from geofed_secure.errors import CheckpointError, GeofedError
+from geofed_secure.errors import CheckpointError, DataError, GeofedError
 from geofed_secure.model import geodora
 from geofed_secure.model.backbone import load_backbone
 from geofed_secure.node.node import Node
 from geofed_secure.runtime.evaluation import Evaluation, evaluate
 from geofed_secure.runtime.federation import FederationData, build_federation
 from geofed_secure.runtime.messages import decode_message, encode_message
+from geofed_secure.runtime.secure import PayloadLayout, make_aggregator
 from geofed_secure.runtime.transcript import SERVER, Transcript
 from geofed_secure.server.checkpoint import CheckpointStore
 from geofed_secure.server.server import Server
@@ -71,7 +72,7 @@ def backbone_factory(config: RunConfig) -> Callable[[], torch.nn.Module]:
 class Simulator:
     def __init__(self, config: RunConfig, modalities: Mapping[str, ModalityData], out_dir: str | Path, *,
                  fault_hook: FaultHook | None = None, reporter: Reporter | None = None,
-                 make_backbone: Callable[[], torch.nn.Module] | None = None) -> None:
+                 make_backbone: Callable[[], torch.nn.Module] | None = None, secure_seed: int | None = None) -> None:
         self.config = config
         self.out_dir = Path(out_dir)
         self.fault_hook = fault_hook or (lambda stage, round_, node_id: None)
@@ -95,12 +96,21 @@ class Simulator:
         self.server = Server(federation_id=config.federation.id, anchor_digest=self.federation.anchor_digest,
                              node_ids=tuple(self.nodes), global_state=initial)
         self.federated = config.federation.mode == "federated"
+        # Secure aggregation keys come from the OS CSPRNG; ``secure_seed`` exists for reproducible tests only.
+        self.secure = make_aggregator(config, self.federation.anchor_digest, seed=secure_seed)
+        anchor_counts = {len(d.anchors) for d in self.federation.modalities.values()}
+        if len(anchor_counts) != 1:
+            raise DataError(f"every modality needs the same number of public anchors, got {sorted(anchor_counts)}")
+        self.n_anchors = anchor_counts.pop()
+        self.clipped: dict[str, int] = {}
         self.checkpoints = CheckpointStore(self.out_dir)
         self.history: list[dict[str, Any]] = []
         self.weights: dict[str, float] = {}
 
     # -- one round ----------------------------------------------------------------------------------
     def _federated_round(self, round_: int, transcript: Transcript) -> tuple[dict[str, int], dict[str, str]]:
+        if self.secure is not None:
+            return self._secure_round(round_, transcript)
         uploaded: dict[str, int] = {}
         failures: dict[str, str] = {}
         broadcasts = self.server.begin_round()
@@ -125,6 +135,38 @@ class Simulator:
         result = self.server.finish_round()
         self.weights = dict(result.weights)
         return uploaded, failures
+
+    def _secure_round(self, round_: int, transcript: Transcript) -> tuple[dict[str, int], dict[str, str]]:
+        """Local training as in plaintext mode, but uploads reach the server only as a masked/encrypted sum."""
+        failures: dict[str, str] = {}
+        updates = {}
+        layout = PayloadLayout.for_round(self.server.global_state, self.n_anchors)
+        broadcasts = self.server.begin_round()
+        for node_id, node in self.nodes.items():
+            try:
+                self.fault_hook("broadcast", round_, node_id)
+                blob = encode_message(broadcasts[node_id])
+                transcript.record(round_, SERVER, node_id, blob, broadcasts[node_id])
+                self.fault_hook("local_training", round_, node_id)
+                update = node.handle_broadcast(decode_message(blob))
+                self.fault_hook("upload", round_, node_id)
+                layout.flatten(update.payload)  # a malformed update is caught here, on the node
+                updates[node_id] = update
+                self.reporter.node_done(round_, node_id, _stats_line(node))
+            except GeofedError as exc:
+                failures[node_id] = f"{type(exc).__name__}: {exc}"
+                self.reporter.log(f"round {round_}: node {node_id} left out ({type(exc).__name__}: {exc})")
+        self.fault_hook("aggregate", round_, SERVER)
+        outcome = self.secure.aggregate(round_, updates, layout, transcript, self.fault_hook)
+        for node_id, reason in outcome.left_out.items():
+            failures[node_id] = reason
+            self.reporter.log(f"round {round_}: node {node_id} left out of the sum ({reason})")
+        self.server.finish_round_from_sums(outcome.sums, outcome.contributors, {**failures})
+        self.weights = {}  # individual precision weights are hidden from the server
+        self.clipped = {k: self.clipped.get(k, 0) + v for k, v in outcome.clipped.items()}
+        if any(outcome.clipped.values()):
+            self.reporter.log(f"round {round_}: clipped coordinates per node {outcome.clipped} (secure.clip = {self.config.secure.clip})")
+        return dict(outcome.bytes_sent), failures
 
     def _local_round(self, round_: int) -> None:
         for node_id, node in self.nodes.items():
@@ -205,6 +247,20 @@ class Simulator:
         self.reporter.log(f"resumed from checkpoint of round {ckpt.round}")
         return ckpt.round
 
+    def _secure_summary(self) -> dict[str, Any]:
+        sec = self.config.secure
+        if self.secure is None:
+            return {"protocol": "none" if self.federated else "not used (local-only)",
+                    "server_sees": "every upload in clear" if self.federated else "nothing"}
+        out: dict[str, Any] = {"protocol": sec.protocol, "clip": sec.clip, "clipped_coordinates": dict(self.clipped)}
+        if sec.protocol == "masking":
+            out |= {"spec": "protocols/secagg-v1/SPEC.md", "ring_bits": sec.ring_bits,
+                    "threshold": sec.threshold or "majority of share holders", "neighbors": sec.neighbors or "complete graph",
+                    "rounds_per_epoch": sec.rounds_per_epoch, "server_sees": "masked vectors and their sum"}
+        else:
+            out |= {"spec": "protocols/ckks-v1/SPEC.md", "server_sees": "ciphertexts; the sum after a node decrypts it"}
+        return out
+
     def _summary(self) -> dict[str, Any]:
         shared = sum(int(np.prod(v.shape)) for v in self.server.global_state.values())
         backbone_params = sum(p.numel() for p in self.server_model.parameters())
@@ -222,6 +278,7 @@ class Simulator:
                  "weight": self.weights.get(k), "synthetic_data": self.federation.modalities[n.spec.modality].synthetic}
                 for k, n in self.nodes.items()
             ],
+            "secure_aggregation": self._secure_summary(),
             "communication": {"shared_parameters": shared, "full_model_parameters": int(backbone_params),
                               "full_model_bytes_float32": int(backbone_params) * 4},
             "rounds": self.history,

@@ -74,7 +74,7 @@ class Transcript:
         """Decoded messages, optionally of one round (decoding re-validates every message)."""
         for rec in self.records:
             if round_ is None or rec.round == round_:
-                yield rec, decode_message(self._blobs[rec.index])
+                yield rec, decode_any(self._blobs[rec.index])
 
     def truncate(self, n_records: int) -> None:
         """Drop every record after the first ``n_records`` (roll back to a checkpoint)."""
@@ -125,6 +125,17 @@ class Transcript:
             out.directory = directory
             out.truncate(len(out.records))
         return out
+
+
+def decode_any(blob: bytes):
+    """Decode a transcript record of any protocol: round messages, secagg-v1 or ckks-v1 (by magic bytes)."""
+    if blob[:4] == b"GFSA":
+        from geofed_secure.secagg.messages import decode
+        return decode(blob)
+    if blob[:4] == b"GFCK":
+        from geofed_secure.secagg.ckks import decode_ckks_message
+        return decode_ckks_message(blob)
+    return decode_message(blob)
 
 
 def _atomic_write_text(path: Path, text: str) -> None:

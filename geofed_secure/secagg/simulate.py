@@ -7,7 +7,7 @@ receiver, so the simulation exercises the same bytes a deployment sends.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -48,6 +48,7 @@ class MaskingFederation:
     server: MaskingServer
     rng: crypto.Randomness
     transcript: list[WireRecord] = field(default_factory=list)
+    _on_wire: Callable[[WireRecord, Message], None] | None = field(default=None, repr=False)
 
     @classmethod
     def provision(cls, node_ids: list[str] | tuple[str, ...], parameters: MaskingParameters, *, seed: int | bytes | None = None,
@@ -67,14 +68,23 @@ class MaskingFederation:
     def _send(self, round_: int, sender: str, receiver: str, message: Message) -> Message:
         blob = message.encode()
         stage = self.server.stage if sender == SERVER else REPLY_STAGE[type(message)]
-        self.transcript.append(WireRecord(round=round_, stage=stage, sender=sender, receiver=receiver,
-                                          kind=type(message).__name__, data=blob))
+        record = WireRecord(round=round_, stage=stage, sender=sender, receiver=receiver, kind=type(message).__name__, data=blob)
+        self.transcript.append(record)
+        if self._on_wire is not None:
+            self._on_wire(record, message)
         return decode(blob)
 
     def run_round(self, round_: int, inputs: Mapping[str, np.ndarray], *, dropouts: Mapping[str, str] | None = None,
-                  adversary: Adversary | None = None, ctx: AttackContext | None = None) -> dict[str, ProtocolAborted]:
-        """One round; returns the refusals of honest nodes (empty when nobody refused). Server aborts raise."""
+                  adversary: Adversary | None = None, ctx: AttackContext | None = None,
+                  drops: Callable[[str, str], bool] | None = None,
+                  on_wire: Callable[[WireRecord, Message], None] | None = None) -> dict[str, ProtocolAborted]:
+        """One round; returns the refusals of honest nodes (empty when nobody refused). Server aborts raise.
+
+        A node drops at stage S (sends nothing from S on) if ``dropouts[node] == S`` or ``drops(node, S)`` is true;
+        ``on_wire`` sees every message as it crosses the wire (the runtime records it in its transcript).
+        """
         dropouts = dict(dropouts or {})
+        self._on_wire = on_wire
         adversary = adversary or Adversary()
         length = len(next(iter(inputs.values())))
         ctx = ctx or AttackContext(server=self.server, round=round_, rng=self.rng)
@@ -99,7 +109,9 @@ class MaskingFederation:
                     refusals[receiver] = exc
                     continue
                 drop_stage = dropouts.get(receiver)
-                if drop_stage is not None and STAGES.index(REPLY_STAGE[type(reply)]) >= STAGES.index(drop_stage):
+                reply_stage = REPLY_STAGE[type(reply)]
+                if ((drop_stage is not None and STAGES.index(reply_stage) >= STAGES.index(drop_stage))
+                        or (drops is not None and drops(receiver, reply_stage))):
                     gone.add(receiver)
                     node.abandon_round()
                     continue

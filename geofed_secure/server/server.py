@@ -135,6 +135,24 @@ class Server:
         return RoundResult(round=round_, contributors=contributors, rejected=dict(self._rejected),
                            weights={c: w / total for c, w in weights.items()})
 
+    def finish_round_from_sums(self, sums: Mapping[str, np.ndarray], contributors: tuple[str, ...],
+                               left_out: Mapping[str, str]) -> RoundResult:
+        """Aggregate from the SUMS that secure aggregation revealed; the server never saw an individual upload.
+
+        Individual precision weights are unknown to the server here, so ``RoundResult.weights`` is empty.
+        """
+        if not self._open:
+            raise MessageError("no round is open")
+        self._open = False
+        round_ = self.round + 1
+        rejected = {**self._rejected, **left_out}
+        if len(contributors) < max(1, self.min_contributors):
+            raise RoundFailed(f"round {round_}: {len(contributors)} contributor(s), need {max(1, self.min_contributors)}; "
+                              f"left out: {rejected}")
+        self.global_state, self.consensus = aggregate(sums, len(contributors))
+        self.round = round_
+        return RoundResult(round=round_, contributors=tuple(contributors), rejected=rejected, weights={})
+
     def state_dict(self) -> dict[str, np.ndarray]:
         state = {f"global/{k}": v for k, v in self.global_state.items()}
         if self.consensus is not None:
