@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import with_sections
 
 from geofed_secure.errors import GeofedError, ProtocolAborted
 from geofed_secure.runtime.messages import NodeUpdate, RoundBroadcast
@@ -14,8 +15,6 @@ from geofed_secure.runtime.transcript import SERVER, Transcript
 from geofed_secure.secagg.fixedpoint import FixedPoint
 from geofed_secure.secagg.messages import MaskedInput
 from geofed_secure.server.checkpoint import CheckpointStore
-
-from conftest import with_sections
 
 NODE_TO_SERVER_SECAGG = {"KeyAdvertisement", "ShareBundle", "MaskedInput", "ConsistencySignature", "UnmaskResponse"}
 

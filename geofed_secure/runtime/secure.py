@@ -16,7 +16,12 @@ import numpy as np
 
 from geofed_secure.config import RunConfig
 from geofed_secure.errors import GeofedError, MessageError, ProtocolAborted
-from geofed_secure.runtime.messages import GRAM_FIELD, WEIGHT_FIELD, WEIGHTED_PREFIX, NodeUpdate
+from geofed_secure.runtime.messages import (
+    GRAM_FIELD,
+    WEIGHT_FIELD,
+    WEIGHTED_PREFIX,
+    NodeUpdate,
+)
 from geofed_secure.runtime.transcript import Transcript
 from geofed_secure.secagg.masking import MaskingParameters
 from geofed_secure.secagg.simulate import MaskingFederation

@@ -1,7 +1,7 @@
 """Fixed-point encoding of real vectors into the ring Z_(2^b), chosen so a sum of n inputs cannot wrap.
 
 A node clips every coordinate to [-clip, clip] (explicitly, and counts how many it clipped), scales by
-2^f and rounds stochastically (unbiased: E[encode(x)] = x 2^f). With n parties, the signed sum of the
+2^f and rounds stochastically (floor(y + U), unbiased: E[encode(x)] = x 2^f). With n parties, the signed sum of the
 encodings lies in (-n (clip 2^f + 1), n (clip 2^f + 1)), so choosing the largest f with
 n (clip 2^f + 1) <= 2^(b-1) - 1 guarantees no wrap (SPEC section 3). Each node's rounding error is below
 2^-f, so the decoded sum is within n 2^-f (+ float64 rounding of the result) of the exact sum of the
@@ -68,11 +68,11 @@ class FixedPoint:
         if not np.isfinite(x).all():
             bad = int((~np.isfinite(x)).sum())
             raise DataError(f"secure aggregation input has {bad} NaN/inf value(s); the node refuses to mask it")
-        clipped = int((np.abs(x) > self.clip).sum())
+        clipped = int(np.count_nonzero(np.abs(x) > self.clip))
         scaled = np.clip(x, -self.clip, self.clip) * 2.0**self.frac_bits  # exact: scaling by a power of two
-        low = np.floor(scaled)
-        rounded = low + (rng.random(x.shape[0]) < (scaled - low))
-        return rounded.astype(np.int64).astype(self.signed_dtype).view(self.dtype), clipped
+        # floor(y + U), U ~ Uniform[0, 1), rounds up with probability frac(y): unbiased stochastic rounding
+        rounded = np.floor(scaled + rng.random(x.shape[0]))
+        return rounded.astype(np.int64).astype(self.dtype), clipped
 
     def decode(self, words: np.ndarray) -> np.ndarray:
         """Ring words (a sum of encodings) to float64, reading them as two's-complement signed integers."""

@@ -158,24 +158,27 @@ def plan_epoch(provisioning: Provisioning, epoch: int, adverts: tuple[KeyAdverti
                      fixed_point=FixedPoint.for_cohort(len(members), params.clip, params.ring_bits))
 
 
-def _channel_key(private: bytes, peer_public: bytes, federation_id: str, epoch: int, sender: str, receiver: str) -> bytes:
-    return crypto.derive_key(crypto.x25519_shared(private, peer_public), "share-channel", federation_id, epoch, sender, receiver)
+def _channel_key(shared_secret: bytes, federation_id: str, epoch: int, sender: str, receiver: str) -> bytes:
+    return crypto.derive_key(shared_secret, "share-channel", federation_id, epoch, sender, receiver)
 
 
 def _share_header(federation_id: str, epoch: int, sender: str, receiver: str) -> bytes:
     return b"|".join([crypto.PROTOCOL_ID, b"shares", federation_id.encode(), str(epoch).encode(), sender.encode(), receiver.encode()])
 
 
-def self_mask(seed: bytes, federation_id: str, round_: int, owner: str, length: int, ring_bits: int) -> np.ndarray:
+def self_mask(seed: bytes, federation_id: str, round_: int, owner: str, length: int, ring_bits: int,
+              scratch: np.ndarray | None = None) -> np.ndarray:
     """PRG output of an owner's self mask for one round (SPEC 5.3)."""
-    return crypto.keystream_words(crypto.derive_key(seed, "self-mask", federation_id, round_, owner), length, ring_bits)
+    key = crypto.derive_key(seed, "self-mask", federation_id, round_, owner)
+    return crypto.keystream_words(key, length, ring_bits, scratch=scratch)
 
 
-def pairwise_mask(shared_secret: bytes, federation_id: str, round_: int, a: str, b: str, length: int, ring_bits: int) -> np.ndarray:
+def pairwise_mask(shared_secret: bytes, federation_id: str, round_: int, a: str, b: str, length: int, ring_bits: int,
+                  scratch: np.ndarray | None = None) -> np.ndarray:
     """PRG output of the pairwise mask of nodes a and b for one round; the smaller id adds it, the other subtracts."""
     low, high = sorted((a, b))
     key = crypto.derive_key(shared_secret, "pairwise-mask", federation_id, round_, low, high)
-    return crypto.keystream_words(key, length, ring_bits)
+    return crypto.keystream_words(key, length, ring_bits, scratch=scratch)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -210,6 +213,12 @@ class _NodeEpochSecrets:
     own_shares: dict[str, list[tuple[bytes, bytes]]] = field(default_factory=dict)  # owner -> per round (key, seed) share
     peers: tuple[str, ...] = ()  # neighbours whose shares arrived: the nodes this node masks with
     adverts: dict[str, KeyAdvertisement] = field(default_factory=dict)
+    channel_secrets: dict[str, bytes] = field(default_factory=dict)  # X25519(c_u, C_v) per neighbour, computed once
+
+    def channel_secret(self, peer: str) -> bytes:
+        if peer not in self.channel_secrets:
+            self.channel_secrets[peer] = crypto.x25519_shared(self.channel_private, self.adverts[peer].channel_key)
+        return self.channel_secrets[peer]
 
 
 class MaskingNode:
@@ -357,7 +366,7 @@ class MaskingNode:
             if holder == self.node_id:
                 self.epoch.own_shares[self.node_id] = shares
                 continue
-            key = _channel_key(self.epoch.channel_private, self.epoch.adverts[holder].channel_key, fed, roster.epoch, self.node_id, holder)
+            key = _channel_key(self.epoch.channel_secret(holder), fed, roster.epoch, self.node_id, holder)
             plaintext = b"".join(k + s for k, s in shares)
             sealed[holder] = crypto.seal(key, plaintext, _share_header(fed, roster.epoch, self.node_id, holder))
         self.state = target
@@ -376,7 +385,7 @@ class MaskingNode:
         fed = self.provisioning.federation_id
         size = 2 * crypto.SHARE_BYTES
         for sender, blob in delivery.sealed.items():
-            key = _channel_key(self.epoch.channel_private, self.epoch.adverts[sender].channel_key, fed, plan.epoch, sender, self.node_id)
+            key = _channel_key(self.epoch.channel_secret(sender), fed, plan.epoch, sender, self.node_id)
             try:
                 plaintext = crypto.unseal(key, blob, _share_header(fed, plan.epoch, sender, self.node_id))
             except crypto.DecryptionFailed:
@@ -402,11 +411,15 @@ class MaskingNode:
         stochastic = np.random.default_rng(int.from_bytes(self._rng.token(16), "big"))
         words, self.clipped = fp.encode(self._vector, stochastic)
         n = words.shape[0]
-        words = words + self_mask(ep.seeds[i], fed, r, self.node_id, n, fp.ring_bits)
+        scratch = crypto.keystream_scratch(n, fp.ring_bits)
+        words += self_mask(ep.seeds[i], fed, r, self.node_id, n, fp.ring_bits, scratch)
+        mask_key = crypto.X25519Private(ep.mask_privates[i])
         for peer in ep.peers:
-            secret = crypto.x25519_shared(ep.mask_privates[i], ep.adverts[peer].mask_keys[i])
-            mask = pairwise_mask(secret, fed, r, self.node_id, peer, n, fp.ring_bits)
-            words = words + mask if self.node_id < peer else words - mask
+            mask = pairwise_mask(mask_key.exchange(ep.adverts[peer].mask_keys[i]), fed, r, self.node_id, peer, n, fp.ring_bits, scratch)
+            if self.node_id < peer:
+                words += mask
+            else:
+                words -= mask
         self._vector = None
         return MaskedInput(federation_id=fed, round=r, node_id=self.node_id, words=words)
 
@@ -689,22 +702,26 @@ class MaskingServer:
         fed, r, fp, n = self.provisioning.federation_id, self.round, plan.fixed_point, self._vector_length
         i = r - plan.epoch
         total = np.zeros(n, dtype=fp.dtype)
+        scratch = crypto.keystream_scratch(n, fp.ring_bits)
         for v in alive:
             total += self._inputs[v].words
         for v in alive:
             seed = self._reconstruct(v, "self_mask_shares")
             if crypto.commitment(seed, fed, r, v) != self._adverts[v].commitments[i]:
                 raise self._abort(f"the self-mask seed rebuilt for {v!r} does not match its commitment (bad share)")
-            total -= self_mask(seed, fed, r, v, n, fp.ring_bits)
+            total -= self_mask(seed, fed, r, v, n, fp.ring_bits, scratch)
         for v in dropped:
             private = self._reconstruct(v, "mask_key_shares")
             if crypto.x25519_public(private) != self._adverts[v].mask_keys[i]:
                 raise self._abort(f"the mask key rebuilt for {v!r} does not match its advertised key (bad share)")
+            key = crypto.X25519Private(private)
             for u in alive:
                 if v in plan.neighbours(u):  # u masked with v: remove what u added
-                    secret = crypto.x25519_shared(private, self._adverts[u].mask_keys[i])
-                    mask = pairwise_mask(secret, fed, r, u, v, n, fp.ring_bits)
-                    total = total - mask if u < v else total + mask
+                    mask = pairwise_mask(key.exchange(self._adverts[u].mask_keys[i]), fed, r, u, v, n, fp.ring_bits, scratch)
+                    if u < v:
+                        total -= mask
+                    else:
+                        total += mask
         self.outcome = ServerOutcome(round=r, aggregate=fp.decode(total), contributors=alive,
                                      max_abs_error=fp.max_abs_error(len(alive)))
         self._move("close_stage")

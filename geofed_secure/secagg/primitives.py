@@ -103,6 +103,18 @@ def x25519_public(private: bytes) -> bytes:
     return X25519PrivateKey.from_private_bytes(private).public_key().public_bytes_raw()
 
 
+class X25519Private:
+    """A loaded X25519 private key, for several exchanges without re-parsing the raw bytes each time."""
+
+    __slots__ = ("_key",)
+
+    def __init__(self, private: bytes) -> None:
+        self._key = X25519PrivateKey.from_private_bytes(private)
+
+    def exchange(self, peer_public: bytes) -> bytes:
+        return self._key.exchange(X25519PublicKey.from_public_bytes(peer_public))
+
+
 def x25519_shared(private: bytes, peer_public: bytes) -> bytes:
     """Raw X25519 shared secret; a low-order peer key (all-zero output) raises ValueError."""
     return X25519PrivateKey.from_private_bytes(private).exchange(X25519PublicKey.from_public_bytes(peer_public))
@@ -126,14 +138,31 @@ def verify(public: bytes, signature: bytes, message: bytes) -> bool:
     return True
 
 
-def keystream_words(key: bytes, nwords: int, ring_bits: int) -> np.ndarray:
+_ZEROS = b""  # shared read-only zero plaintext, grown on demand (allocating it per call dominated the cost)
+
+
+def keystream_words(key: bytes, nwords: int, ring_bits: int, *, scratch: np.ndarray | None = None) -> np.ndarray:
     """The first ``nwords`` little-endian ring words of the AES-256-CTR keystream under ``key`` (SPEC 2.3).
 
     The nonce is all-zero: every key is derived for exactly one (round, purpose, parties) and used once.
+    ``scratch`` (uint8, at least nwords * word size + 16 bytes) is reused for the output when given; the
+    returned array is then a view of it, valid until the next call with the same scratch.
     """
+    global _ZEROS
     dtype = np.dtype("<u4") if ring_bits == 32 else np.dtype("<u8")
+    nbytes = nwords * dtype.itemsize
+    if len(_ZEROS) < nbytes:
+        _ZEROS = bytes(nbytes)
+    out = scratch if scratch is not None and scratch.nbytes >= nbytes + 16 else np.empty(nbytes + 16, np.uint8)
     encryptor = Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor()
-    return np.frombuffer(encryptor.update(bytes(nwords * dtype.itemsize)), dtype=dtype)
+    if nbytes:
+        encryptor.update_into(memoryview(_ZEROS)[:nbytes], out)
+    return out[:nbytes].view(dtype)
+
+
+def keystream_scratch(nwords: int, ring_bits: int) -> np.ndarray:
+    """A reusable output buffer for :func:`keystream_words`."""
+    return np.empty(nwords * (ring_bits // 8) + 16, np.uint8)
 
 
 def seal(key: bytes, plaintext: bytes, header: bytes) -> bytes:

@@ -1,0 +1,47 @@
+"""Scaling table of one secagg-v1 round (key set-up included), in process, for the README.
+
+    python scripts/secagg_scaling.py [--ns 10,30,100,300] [--ds 10000,100000,1000000]
+
+SecAgg+ neighbourhoods of degree 2*ceil(log2 n) (the complete graph when that is >= n - 1), threshold = majority
+of share holders, 32-bit ring, clip 8. Prints seconds for the whole round (all parties, one core, sequential)
+and the bytes one node sends, as a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import numpy as np
+
+from geofed_secure.secagg import simulate_aggregation
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--ns", default="10,30,100,300")
+    parser.add_argument("--ds", default="10000,100000,1000000")
+    args = parser.parse_args()
+    ns = [int(x) for x in args.ns.split(",")]
+    ds = [int(x) for x in args.ds.split(",")]
+    print("| n | degree | " + " | ".join(f"d = {d:.0e}: s, bytes/node" for d in ds) + " |")
+    print("|---|---|" + "---|" * len(ds))
+    for n in ns:
+        degree = 2 * math.ceil(math.log2(n))
+        row = []
+        for d in ds:
+            rng = np.random.default_rng(n * d)
+            inputs = {f"node-{i:03d}": rng.uniform(-1, 1, d).astype(np.float32) for i in range(n)}
+            t0 = time.perf_counter()
+            result = simulate_aggregation(inputs, ring_bits=32, clip=8.0, neighbors=degree if degree < n - 1 else None)
+            seconds = time.perf_counter() - t0
+            error = float(np.abs(result.aggregate - np.sum([v.astype(np.float64) for v in inputs.values()], axis=0)).max())
+            assert error <= result.max_abs_error, (n, d, error)
+            row.append(f"{seconds:.2f}, {result.bytes_sent['node-000']:,}")
+            del inputs, result
+        print(f"| {n} | {degree if degree < n - 1 else 'complete'} | " + " | ".join(row) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
