@@ -90,3 +90,20 @@ def test_broadcast_is_the_only_plaintext_the_server_sends(tiny_config, tiny_moda
     result = Simulator(config, tiny_modalities, tmp_path, secure_seed=5).run()
     from_server = {type(m).__name__ for rec, m in result.transcript.messages() if rec.sender == SERVER}
     assert RoundBroadcast.__name__ in from_server and "NodeUpdate" not in from_server
+
+
+def test_ckks_gives_the_plaintext_model_and_the_server_sees_only_ciphertexts_and_the_sum(tiny_config, tiny_modalities,
+                                                                                         tmp_path, plaintext_run):
+    config = with_sections(tiny_config, secure={"protocol": "ckks", "clip": 100.0})
+
+    def drop(hook_stage, round_, node_id):  # the first decryptor is offline in round 2: another one releases the sum
+        if round_ == 2 and hook_stage == "secagg/unmask" and node_id == "img-a":
+            raise GeofedError("offline")
+
+    result = Simulator(config, tiny_modalities, tmp_path, fault_hook=drop).run()
+    for key, value in plaintext_run.global_state.items():
+        np.testing.assert_allclose(result.global_state[key], value, rtol=0, atol=1e-5, err_msg=key)
+    kinds = {(rec.sender == SERVER, type(m).__name__) for rec, m in result.transcript.messages()}
+    assert {k for is_server, k in kinds if not is_server} == {"CkksEncryptedInput", "AggregateRelease"}
+    releases = [(rec.round, m.node_id) for rec, m in result.transcript.messages() if type(m).__name__ == "AggregateRelease"]
+    assert releases == [(1, "img-a"), (2, "img-b"), (3, "img-a")]

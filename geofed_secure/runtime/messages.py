@@ -106,7 +106,31 @@ class NodeUpdate:
         object.__setattr__(self, "payload", payload)
 
 
-Message = RoundBroadcast | NodeUpdate
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AggregateRelease:
+    """Node -> server under CKKS: the decrypted SUM of the round's uploads (the server holds no secret key).
+
+    It carries exactly what pairwise masking reveals to the server (the summed fields and the contributors),
+    never an individual upload; ``node_id`` is the contributor that decrypted and released it.
+    """
+
+    federation_id: str
+    round: int
+    node_id: str
+    anchor_digest: str
+    contributors: tuple[str, ...]
+    sums: Mapping[str, np.ndarray]
+
+    def __post_init__(self) -> None:
+        _check_common(self.federation_id, self.round, self.anchor_digest, what="AggregateRelease")
+        ids = (self.node_id, *self.contributors)
+        if not all(isinstance(v, str) and _ID.match(v) for v in ids) or list(self.contributors) != sorted(set(self.contributors)):
+            raise MessageError("AggregateRelease: node_id and contributors must be valid ids, contributors sorted and unique")
+        object.__setattr__(self, "contributors", tuple(self.contributors))
+        object.__setattr__(self, "sums", _frozen_arrays(self.sums, what="AggregateRelease"))
+
+
+Message = RoundBroadcast | NodeUpdate | AggregateRelease
 
 
 def encode_message(message: Message) -> bytes:
@@ -122,6 +146,11 @@ def encode_message(message: Message) -> bytes:
         meta["geofed.type"] = "NodeUpdate"
         meta["node_id"] = message.node_id
         tensors = {f"payload/{k}": v for k, v in message.payload.items()}
+    elif isinstance(message, AggregateRelease):
+        meta["geofed.type"] = "AggregateRelease"
+        meta["node_id"] = message.node_id
+        meta["contributors"] = ",".join(message.contributors)
+        tensors = {f"sum/{k}": v for k, v in message.sums.items()}
     else:
         raise TypeError(f"not a geofed message: {type(message).__name__}")
     return canonical_safetensors(tensors, meta)
@@ -192,4 +221,10 @@ def decode_message(blob: bytes) -> Message:
             raise MessageError("NodeUpdate carries unexpected tensors or no node_id")
         payload = {k[len("payload/"):]: v for k, v in tensors.items()}
         return NodeUpdate(**common, node_id=meta["node_id"], payload=payload)
+    if kind == "AggregateRelease":
+        if any(not k.startswith("sum/") for k in tensors) or "node_id" not in meta or "contributors" not in meta:
+            raise MessageError("AggregateRelease carries unexpected tensors or no node_id/contributors")
+        contributors = tuple(meta["contributors"].split(",")) if meta["contributors"] else ()
+        return AggregateRelease(**common, node_id=meta["node_id"], contributors=contributors,
+                                sums={k[len("sum/"):]: v for k, v in tensors.items()})
     raise MessageError(f"unknown message type {kind!r}")

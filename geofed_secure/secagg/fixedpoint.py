@@ -11,6 +11,7 @@ clipped inputs.
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,14 +40,19 @@ class FixedPoint:
             raise ConfigError("secure.clip", f"must be a positive finite number, got {clip!r}")
         if n_parties < 1:
             raise ConfigError("secure", "a cohort needs at least one party")
-        headroom = (2 ** (ring_bits - 1) - 1) / n_parties - 1  # clip * 2^f must stay below this
-        if headroom < clip:
+        limit = 2 ** (ring_bits - 1) - 1  # exact integer arithmetic: float64 cannot tell 2^63 from 2^63 - 1
+        exact_clip = Fraction(clip)
+
+        def fits(frac_bits: int) -> bool:
+            return n_parties * (exact_clip * 2**frac_bits + 1) <= limit
+
+        if not fits(0):
             raise ConfigError("secure.clip", f"clip {clip} with {n_parties} parties leaves no fractional bits in a "
                               f"{ring_bits}-bit ring; lower the clip bound or use ring_bits = 64")
-        frac_bits = math.floor(math.log2(headroom / clip))
-        while clip * 2.0**frac_bits > headroom:  # guard against log2 rounding up
-            frac_bits -= 1
-        return cls(ring_bits=ring_bits, frac_bits=min(frac_bits, 62 if ring_bits == 64 else 30), clip=float(clip))
+        frac_bits = 0
+        while frac_bits < (62 if ring_bits == 64 else 30) and fits(frac_bits + 1):
+            frac_bits += 1
+        return cls(ring_bits=ring_bits, frac_bits=frac_bits, clip=float(clip))
 
     @property
     def dtype(self) -> np.dtype:

@@ -360,7 +360,7 @@ def decode(data: bytes) -> Message:
         raise MessageError("secagg message header length exceeds the message")
     try:
         header = json.loads(data[9:9 + size].decode("ascii"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, over-long integers
         raise MessageError(f"secagg message header is not valid JSON: {type(exc).__name__}") from None
     message = _from_header(header, body=data[9 + size:], what="secagg message")
     if message.encode() != data:
