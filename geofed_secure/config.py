@@ -236,8 +236,8 @@ def _validate_secure(cfg: RunConfig) -> None:
     if sec.ring_bits not in (32, 64):
         raise ConfigError("secure.ring_bits", f"must be 32 or 64, got {sec.ring_bits}")
     _positive(sec.clip, "secure.clip")
-    if sec.threshold < 0 or sec.threshold == 1 or sec.neighbors < 0 or sec.neighbors == 1:
-        raise ConfigError("secure.threshold", "threshold and neighbors must be 0 (automatic) or >= 2")
+    if sec.threshold < 0 or 0 < sec.threshold < 3 or sec.neighbors < 0 or sec.neighbors == 1:
+        raise ConfigError("secure.threshold", "threshold must be 0 (automatic) or >= 3, neighbors 0 (complete graph) or >= 2")
     if not 1 <= sec.rounds_per_epoch <= 1024:
         raise ConfigError("secure.rounds_per_epoch", f"must be in [1, 1024], got {sec.rounds_per_epoch}")
 

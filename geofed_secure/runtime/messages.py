@@ -26,8 +26,8 @@ import safetensors.numpy
 from geofed_secure.errors import MessageError
 
 WIRE_VERSION = "1"
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}\Z")
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 
 # Payload field names of a NodeUpdate (a prefix "weighted/" marks fields already multiplied by the weight).
 GRAM_FIELD = "gram_upper"

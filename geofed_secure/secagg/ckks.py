@@ -67,8 +67,8 @@ STAGES_BEFORE_UPLOAD = ("advertise_keys", "share_keys", "masked_input")
 # Wire stages of ckks-v1, in order (WireRecord.stage).
 WIRE_STAGES = ("round_start", "encrypted_input", "aggregate")
 
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+_HEX64 = re.compile(r"^[0-9a-f]{64}\Z")
 
 
 # ---------------------------------------------------------------------------------------------------------

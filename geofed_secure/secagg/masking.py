@@ -53,9 +53,11 @@ MIN_COHORT = 3  # with 2 nodes, each learns the other's input from the sum
 class MaskingParameters:
     """Provisioned with the federation (never taken from the server at run time).
 
-    ``threshold``: shares needed to reconstruct one owner's secret; None -> floor(m/2) + 1 where m is the
-    number of share holders per owner (degree + 1, or the epoch size for the complete graph). Values with
-    t <= m/2 are refused: they let a server that splits its survivor views reconstruct both secrets of a node.
+    ``threshold``: shares needed to reconstruct one owner's secret; None -> max(3, floor(m/2) + 1) where m is
+    the number of share holders per owner computed from the PROVISIONED federation size (degree + 1, or all
+    provisioned nodes for the complete graph), so a server that hands out a small roster cannot lower it.
+    t <= m/2 is refused (a server splitting its survivor views could rebuild both secrets of a node), and so
+    is t < 3 (in a sparse graph, survivors cut off by dropouts could otherwise be unmasked as a pair).
     ``degree``: SecAgg+ neighbourhood size (even; odd values are rounded up); None -> complete graph.
     ``rounds_per_epoch``: rounds served by one key set-up (steady-state rounds need two round trips).
     """
@@ -73,8 +75,9 @@ class MaskingParameters:
             raise ConfigError("secure.rounds_per_epoch", f"must be an integer in [1, 1024], got {self.rounds_per_epoch!r}")
         if self.degree is not None and (not isinstance(self.degree, int) or self.degree < 2):
             raise ConfigError("secure.neighbors", f"must be an integer >= 2 or omitted (complete graph), got {self.degree!r}")
-        if self.threshold is not None and (not isinstance(self.threshold, int) or self.threshold < 2):
-            raise ConfigError("secure.threshold", f"must be an integer >= 2 or omitted, got {self.threshold!r}")
+        if self.threshold is not None and (not isinstance(self.threshold, int) or self.threshold < MIN_COHORT):
+            raise ConfigError("secure.threshold", f"must be an integer >= {MIN_COHORT} or omitted, got {self.threshold!r} "
+                              "(with t < 3 an isolated pair of survivors could be unmasked: a sum of two inputs)")
         FixedPoint.for_cohort(1, self.clip, self.ring_bits)  # validates clip
 
 
@@ -126,6 +129,16 @@ def neighbourhoods(members: tuple[str, ...], degree: int | None, seed: bytes) ->
     return holders
 
 
+def default_threshold(n_provisioned: int, degree: int | None) -> int:
+    """max(3, floor(m/2) + 1) for m share holders per owner in a federation of ``n_provisioned`` nodes.
+
+    >>> default_threshold(10, None), default_threshold(100, 6), default_threshold(3, None)
+    (6, 4, 3)
+    """
+    m = n_provisioned if degree is None or degree >= n_provisioned - 1 else 2 * ((degree + 1) // 2) + 1
+    return max(MIN_COHORT, m // 2 + 1)
+
+
 def plan_epoch(provisioning: Provisioning, epoch: int, adverts: tuple[KeyAdvertisement, ...], *, party: str) -> EpochPlan:
     """Check a roster and derive the epoch plan; a bad roster aborts (this is where injected keys are caught)."""
     params = provisioning.parameters
@@ -147,7 +160,7 @@ def plan_epoch(provisioning: Provisioning, epoch: int, adverts: tuple[KeyAdverti
     seed = hashlib.sha256(b"".join(a.signature for a in adverts)).digest()
     holders = neighbourhoods(members, params.degree, seed)
     m = len(next(iter(holders.values()))) if holders else 0
-    threshold = params.threshold if params.threshold is not None else m // 2 + 1
+    threshold = params.threshold if params.threshold is not None else default_threshold(len(provisioning.identities), params.degree)
     if len(members) < MIN_COHORT or threshold > m:
         raise ProtocolAborted(f"epoch {epoch} has {len(members)} member(s) and {m} share holders per node; the floor is "
                               f"{MIN_COHORT} nodes and threshold {threshold} holders", party=party, stage="share_keys")
@@ -499,6 +512,7 @@ SERVER_TRANSITIONS: dict[str, dict[str, str]] = {
     "collect_unmask": {"UnmaskResponse": "collect_unmask", "close_stage": "idle"},
     "aborted": {"start_round(new epoch)": "collect_advertisements"},
 }
+# Any state may also take the local event ``abandon_round`` (the driver gives up on the round) -> aborted.
 
 SERVER_STAGE = {"collect_advertisements": "advertise_keys", "collect_shares": "share_keys", "collect_inputs": "masked_input",
                 "collect_signatures": "consistency_check", "collect_unmask": "unmask", "idle": "idle", "aborted": "aborted"}
@@ -550,6 +564,11 @@ class MaskingServer:
         self.state = "aborted"
         self.plan = None  # an aborted round never reuses its keys
         return ProtocolAborted(reason, party=SERVER, stage=stage)
+
+    def abandon_round(self, reason: str = "abandoned by the driver") -> None:
+        """Give up the current round (e.g. honest nodes refused): keys of the epoch are never reused."""
+        if self.state not in ("idle", "aborted"):
+            self._abort(reason)
 
     def start_round(self, round_: int, vector_length: int, cohort: tuple[str, ...] | None = None) -> dict[str, RoundStart]:
         """Open ``round_``; returns the RoundStart per node. A new epoch starts when no usable keys exist."""

@@ -27,8 +27,8 @@ from geofed_secure.secagg.primitives import KEY_BYTES, PROTOCOL_ID, SIGNATURE_BY
 MAGIC = b"GFSA"
 VERSION = 1
 MAX_HEADER_BYTES = 64 * 1024 * 1024
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+_HEX64 = re.compile(r"^[0-9a-f]{64}\Z")
 
 # Field kinds: how each field is checked and how it is written to JSON.
 ID, INT, DIGEST, KEY, SIG, BLOB, IDS, KEYS, ID_BLOBS, ID_SIGS, ADVERTS, WORDS = (
@@ -305,10 +305,9 @@ def _from_json(kind: str, value: Any, *, what: str) -> Any:
         if kind == ADVERTS:
             if not isinstance(value, list):
                 raise _fail(what, "must be a list")
-            adverts = [_from_header(h, body=b"", what=what) for h in value]
-            if not all(isinstance(a, KeyAdvertisement) for a in adverts):
-                raise _fail(what, "must hold only KeyAdvertisement")
-            return tuple(adverts)
+            if not all(isinstance(h, dict) and h.get("type") == "KeyAdvertisement" for h in value):
+                raise _fail(what, "must hold only KeyAdvertisement")  # checked first: no nesting, no deep recursion
+            return tuple(_from_header(h, body=b"", what=what) for h in value)
     except ValueError as exc:
         if isinstance(exc, MessageError):
             raise

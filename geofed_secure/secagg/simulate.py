@@ -22,6 +22,7 @@ from geofed_secure.secagg.masking import (
     Provisioning,
 )
 from geofed_secure.secagg.messages import (
+    _ID,
     ConsistencySignature,
     KeyAdvertisement,
     MaskedInput,
@@ -92,50 +93,54 @@ class MaskingFederation:
         refusals: dict[str, ProtocolAborted] = {}
         gone: set[str] = set()
         outgoing: dict[str, Message] = self.server.start_round(round_, length, cohort=tuple(v for v in inputs))
-        while outgoing:
-            outgoing = adversary.tamper(outgoing, ctx)
-            for receiver, message in sorted(outgoing.items()):
-                ctx.sent.append((round_, receiver, message))
-                delivered = self._send(round_, SERVER, receiver, message)
-                node = self.nodes.get(receiver)
-                if node is None or receiver in gone or receiver in refusals:
+        try:
+            while outgoing:
+                outgoing = adversary.tamper(outgoing, ctx)
+                for receiver, message in sorted(outgoing.items()):
+                    ctx.sent.append((round_, receiver, message))
+                    delivered = self._send(round_, SERVER, receiver, message)
+                    node = self.nodes.get(receiver)
+                    if node is None or receiver in gone or receiver in refusals:
+                        continue
+                    try:
+                        if isinstance(delivered, RoundStart):
+                            reply = node.begin_round(delivered, inputs[receiver])
+                        else:
+                            reply = node.receive(delivered)
+                    except ProtocolAborted as exc:
+                        refusals[receiver] = exc
+                        continue
+                    drop_stage = dropouts.get(receiver)
+                    reply_stage = REPLY_STAGE[type(reply)]
+                    if ((drop_stage is not None and STAGES.index(reply_stage) >= STAGES.index(drop_stage))
+                            or (drops is not None and drops(receiver, reply_stage))):
+                        gone.add(receiver)
+                        node.abandon_round()
+                        continue
+                    received = self._send(round_, receiver, SERVER, reply)
+                    if adversary.intercept(received, ctx):
+                        continue
+                    try:
+                        self.server.receive(received)
+                    except MessageError:
+                        gone.add(receiver)  # the honest server ignores a message it cannot use
+                override = adversary.override(ctx)
+                if override is not None:
+                    outgoing = override
                     continue
-                try:
-                    if isinstance(delivered, RoundStart):
-                        reply = node.begin_round(delivered, inputs[receiver])
-                    else:
-                        reply = node.receive(delivered)
-                except ProtocolAborted as exc:
-                    refusals[receiver] = exc
-                    continue
-                drop_stage = dropouts.get(receiver)
-                reply_stage = REPLY_STAGE[type(reply)]
-                if ((drop_stage is not None and STAGES.index(reply_stage) >= STAGES.index(drop_stage))
-                        or (drops is not None and drops(receiver, reply_stage))):
-                    gone.add(receiver)
+                if refusals:  # honest nodes refused: the round cannot complete; stop before anything else is asked
+                    break
+                outgoing = self.server.close_stage()
+        finally:  # whatever happened, nobody stays mid-round: the next round must be able to start
+            if self.server.outcome is None or self.server.outcome.round != round_:
+                self.server.abandon_round("honest nodes refused or the round did not complete")
+            for node in self.nodes.values():
+                if node.state not in ("ready", "aborted"):
                     node.abandon_round()
-                    continue
-                received = self._send(round_, receiver, SERVER, reply)
-                if adversary.intercept(received, ctx):
-                    continue
-                try:
-                    self.server.receive(received)
-                except MessageError:
-                    gone.add(receiver)  # the honest server ignores a message it cannot use
-            override = adversary.override(ctx)
-            if override is not None:
-                outgoing = override
-                continue
-            if refusals:  # honest nodes refused: the round cannot complete; stop before anything else is asked
-                break
-            outgoing = self.server.close_stage()
-        for node in self.nodes.values():
-            if node.state not in ("ready", "aborted"):
-                node.abandon_round()
         return refusals
 
 
-def _validated(inputs: Mapping[str, np.ndarray], weights: Mapping[str, float] | None) -> dict[str, np.ndarray]:
+def _validated(inputs: Mapping[str, np.ndarray], weights: Mapping[str, float] | None, clip: float) -> dict[str, np.ndarray]:
     if not isinstance(inputs, Mapping) or not inputs:
         raise DataError("inputs must be a non-empty mapping node id -> 1-D float array")
     arrays = {}
@@ -145,7 +150,9 @@ def _validated(inputs: Mapping[str, np.ndarray], weights: Mapping[str, float] | 
             raise DataError(f"input of {node_id!r} must be a non-empty 1-D array, got shape {x.shape}")
         if not np.isfinite(x).all():
             raise DataError(f"input of {node_id!r} has NaN/inf values; a node refuses to mask them")
-        arrays[str(node_id)] = x
+        if not isinstance(node_id, str) or not _ID.fullmatch(node_id):
+            raise DataError(f"node id {node_id!r} must be 1-64 characters of [A-Za-z0-9._-] starting with a letter or digit")
+        arrays[node_id] = x
     lengths = {x.shape[0] for x in arrays.values()}
     if len(lengths) != 1:
         raise DataError(f"all inputs must have the same length, got lengths {sorted(lengths)}")
@@ -158,6 +165,9 @@ def _validated(inputs: Mapping[str, np.ndarray], weights: Mapping[str, float] | 
         w = float(weights[node_id])
         if not (np.isfinite(w) and w > 0):
             raise DataError(f"weight of {node_id!r} must be positive and finite, got {weights[node_id]!r}")
+        if w > clip:
+            raise DataError(f"weight {w} of {node_id!r} exceeds the clip bound {clip}: the masked weight would be clipped "
+                            "and total_weight would be wrong; rescale the weights or raise clip")
         out[node_id] = np.concatenate([w * x, [w]])
     return out
 
@@ -181,7 +191,7 @@ def simulate_aggregation(inputs: Mapping[str, np.ndarray], *, protocol: str = "m
     Raises :class:`ProtocolAborted` when fewer than the threshold (or 3) survive, :class:`DataError` for bad
     inputs, :class:`ConfigError` for bad parameters; all derive from ``GeofedError``.
     """
-    vectors = _validated(inputs, weights)
+    vectors = _validated(inputs, weights, clip)
     dropouts = dict(dropouts or {})
     for node_id, stage in dropouts.items():
         if node_id not in vectors:
