@@ -255,7 +255,7 @@ class Simulator:
         out: dict[str, Any] = {"protocol": sec.protocol, "clip": sec.clip, "clipped_coordinates": dict(self.clipped)}
         if sec.protocol == "masking":
             out |= {"spec": "protocols/secagg-v1/SPEC.md", "ring_bits": sec.ring_bits,
-                    "threshold": sec.threshold or "majority of share holders", "neighbors": sec.neighbors or "complete graph",
+                    "threshold": sec.threshold or "max(3, majority of share holders)", "neighbors": sec.neighbors or "complete graph",
                     "rounds_per_epoch": sec.rounds_per_epoch, "server_sees": "masked vectors and their sum"}
         else:
             out |= {"spec": "protocols/ckks-v1/SPEC.md", "server_sees": "ciphertexts; the sum after a node decrypts it"}

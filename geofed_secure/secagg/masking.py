@@ -140,19 +140,20 @@ def default_threshold(n_provisioned: int, degree: int | None) -> int:
 
 
 def plan_epoch(provisioning: Provisioning, epoch: int, adverts: tuple[KeyAdvertisement, ...], *, party: str) -> EpochPlan:
-    """Check a roster and derive the epoch plan; a bad roster aborts (this is where injected keys are caught)."""
+    """Check a roster and derive the epoch plan; a bad roster aborts (this is where injected keys are caught).
+
+    The server verifies every advertisement's signature (on arrival); a node verifies those of its share holders, the
+    only keys it ever uses (a forged advertisement elsewhere can change the graph, i.e. availability, but no key
+    this node encrypts or masks with). This keeps a node's set-up cost O(degree) signatures instead of O(n).
+    """
     params = provisioning.parameters
     for advert in adverts:
-        public = provisioning.identities.get(advert.node_id)
-        if public is None:
+        if advert.node_id not in provisioning.identities:
             raise ProtocolAborted(f"roster holds keys of {advert.node_id!r}, who is not a provisioned node (injected key)",
                                   party=party, stage="share_keys")
-        signed = advertisement_signed_bytes(advert.federation_id, advert.epoch, advert.node_id, advert.channel_key,
-                                            advert.mask_keys, advert.commitments)
-        if (advert.federation_id != provisioning.federation_id or advert.epoch != epoch
-                or not crypto.verify(public, advert.signature, signed)):
-            raise ProtocolAborted(f"the keys advertised for {advert.node_id!r} are not signed by its identity key "
-                                  "for this federation and epoch (injected, replaced or replayed key)", party=party, stage="share_keys")
+        if advert.federation_id != provisioning.federation_id or advert.epoch != epoch:
+            raise ProtocolAborted(f"the advertisement of {advert.node_id!r} is for another federation or epoch (replayed)",
+                                  party=party, stage="share_keys")
         if len(advert.mask_keys) != params.rounds_per_epoch:
             raise ProtocolAborted(f"{advert.node_id!r} advertised {len(advert.mask_keys)} round keys, the federation uses "
                                   f"{params.rounds_per_epoch}", party=party, stage="share_keys")
@@ -167,6 +168,17 @@ def plan_epoch(provisioning: Provisioning, epoch: int, adverts: tuple[KeyAdverti
     if 2 * threshold <= m:
         raise ProtocolAborted(f"threshold {threshold} of {m} share holders is not a majority: a server showing different "
                               "survivor sets to different nodes could reconstruct both secrets of a node", party=party, stage="share_keys")
+    # The server verified each advertisement on arrival (MaskingServer.receive); a node its holders but itself
+    # (it compares its own advertisement byte for byte).
+    to_verify = () if party == SERVER else tuple(v for v in holders.get(party, members) if v != party)
+    by_id = {a.node_id: a for a in adverts}
+    for node_id in to_verify:
+        advert = by_id[node_id]
+        signed = advertisement_signed_bytes(advert.federation_id, advert.epoch, advert.node_id, advert.channel_key,
+                                            advert.mask_keys, advert.commitments)
+        if not crypto.verify(provisioning.identities[node_id], advert.signature, signed):
+            raise ProtocolAborted(f"the keys advertised for {node_id!r} are not signed by its identity key "
+                                  "(injected, replaced or replayed key)", party=party, stage="share_keys")
     return EpochPlan(epoch=epoch, members=members, holders=holders, threshold=threshold,
                      fixed_point=FixedPoint.for_cohort(len(members), params.clip, params.ring_bits))
 
@@ -255,6 +267,7 @@ class MaskingNode:
         self.clipped = 0  # coordinates clipped in the current round's input
         self._vector: np.ndarray | None = None
         self._view: tuple[tuple[str, ...], tuple[str, ...]] | None = None
+        self._advertised: KeyAdvertisement | None = None
 
     # -- plumbing -----------------------------------------------------------------------------------
     def _abort(self, reason: str, stage: str) -> ProtocolAborted:
@@ -320,9 +333,10 @@ class MaskingNode:
         self.epoch = _NodeEpochSecrets(plan=None, channel_private=channel_private, mask_privates=mask_privates, seeds=seeds)
         fed = self.provisioning.federation_id
         signed = advertisement_signed_bytes(fed, epoch, self.node_id, channel_public, tuple(mask_publics), tuple(commitments))
-        return KeyAdvertisement(federation_id=fed, epoch=epoch, node_id=self.node_id, channel_key=channel_public,
-                                mask_keys=tuple(mask_publics), commitments=tuple(commitments),
-                                signature=crypto.sign(self._identity, signed))
+        self._advertised = KeyAdvertisement(federation_id=fed, epoch=epoch, node_id=self.node_id, channel_key=channel_public,
+                                            mask_keys=tuple(mask_publics), commitments=tuple(commitments),
+                                            signature=crypto.sign(self._identity, signed))
+        return self._advertised
 
     # -- stage 1: share keys -------------------------------------------------------------------------
     def receive(self, message: Message) -> Message:
@@ -362,9 +376,8 @@ class MaskingNode:
             self.state = "aborted"
             raise
         mine = next((a for a in roster.advertisements if a.node_id == self.node_id), None)
-        expected = crypto.x25519_public(self.epoch.channel_private)
-        if mine is None or mine.channel_key != expected:
-            raise self._abort("the roster does not hold this node's own keys (dropped or replaced)", stage)
+        if mine is None or mine != self._advertised:
+            raise self._abort("the roster does not hold this node's own advertisement unchanged (dropped or replaced)", stage)
         self.epoch.plan = plan
         self.epoch.adverts = {a.node_id: a for a in roster.advertisements}
         holders = plan.holders[self.node_id]
