@@ -49,8 +49,11 @@ class FixedPoint:
         if not fits(0):
             raise ConfigError("secure.clip", f"clip {clip} with {n_parties} parties leaves no fractional bits in a "
                               f"{ring_bits}-bit ring; lower the clip bound or use ring_bits = 64")
-        frac_bits = 0
-        while frac_bits < (62 if ring_bits == 64 else 30) and fits(frac_bits + 1):
+        cap = 62 if ring_bits == 64 else 30
+        frac_bits = max(0, min(cap, math.floor(math.log2(limit / n_parties / clip)) - 1))  # float guess, then exact steps
+        while frac_bits > 0 and not fits(frac_bits):
+            frac_bits -= 1
+        while frac_bits < cap and fits(frac_bits + 1):
             frac_bits += 1
         return cls(ring_bits=ring_bits, frac_bits=frac_bits, clip=float(clip))
 
@@ -74,11 +77,13 @@ class FixedPoint:
         if not np.isfinite(x).all():
             bad = int((~np.isfinite(x)).sum())
             raise DataError(f"secure aggregation input has {bad} NaN/inf value(s); the node refuses to mask it")
-        clipped = int(np.count_nonzero(np.abs(x) > self.clip))
-        scaled = np.clip(x, -self.clip, self.clip) * 2.0**self.frac_bits  # exact: scaling by a power of two
+        scaled = np.clip(x, -self.clip, self.clip)
+        clipped = int(np.count_nonzero(scaled != x))
+        scaled *= 2.0**self.frac_bits  # exact: scaling by a power of two
         # floor(y + U), U ~ Uniform[0, 1), rounds up with probability frac(y): unbiased stochastic rounding
-        rounded = np.floor(scaled + rng.random(x.shape[0]))
-        return rounded.astype(np.int64).astype(self.dtype), clipped
+        scaled += rng.random(x.shape[0])
+        np.floor(scaled, out=scaled)
+        return scaled.astype(self.signed_dtype).view(self.dtype), clipped
 
     def decode(self, words: np.ndarray) -> np.ndarray:
         """Ring words (a sum of encodings) to float64, reading them as two's-complement signed integers."""

@@ -242,7 +242,9 @@ class _NodeEpochSecrets:
 
     def channel_secret(self, peer: str) -> bytes:
         if peer not in self.channel_secrets:
-            self.channel_secrets[peer] = crypto.x25519_shared(self.channel_private, self.adverts[peer].channel_key)
+            if not self.channel_secrets:
+                self._channel_private_key = crypto.X25519Private(self.channel_private)
+            self.channel_secrets[peer] = self._channel_private_key.exchange(self.adverts[peer].channel_key)
         return self.channel_secrets[peer]
 
 

@@ -362,7 +362,7 @@ def decode(data: bytes) -> Message:
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, over-long integers
         raise MessageError(f"secagg message header is not valid JSON: {type(exc).__name__}") from None
     message = _from_header(header, body=data[9 + size:], what="secagg message")
-    if message.encode() != data:
+    if _canonical(message.header()) != data[9:9 + size]:  # the body is raw words whose size the header fixes
         raise MessageError("secagg message is not in canonical form")
     return message  # type: ignore[return-value]
 

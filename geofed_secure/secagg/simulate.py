@@ -50,6 +50,7 @@ class MaskingFederation:
     rng: crypto.Randomness
     transcript: list[WireRecord] = field(default_factory=list)
     _on_wire: Callable[[WireRecord, Message], None] | None = field(default=None, repr=False)
+    _last_encoded: tuple[Message, bytes] | None = field(default=None, repr=False)
 
     @classmethod
     def provision(cls, node_ids: list[str] | tuple[str, ...], parameters: MaskingParameters, *, seed: int | bytes | None = None,
@@ -67,7 +68,12 @@ class MaskingFederation:
         return cls(provisioning=provisioning, nodes=nodes, server=MaskingServer(provisioning), rng=child("server"))
 
     def _send(self, round_: int, sender: str, receiver: str, message: Message) -> Message:
-        blob = message.encode()
+        # A broadcast is one object sent to many receivers: encode it once.
+        if self._last_encoded is not None and self._last_encoded[0] is message:
+            blob = self._last_encoded[1]
+        else:
+            blob = message.encode()
+            self._last_encoded = (message, blob)
         stage = self.server.stage if sender == SERVER else REPLY_STAGE[type(message)]
         record = WireRecord(round=round_, stage=stage, sender=sender, receiver=receiver, kind=type(message).__name__, data=blob)
         self.transcript.append(record)
