@@ -108,6 +108,16 @@ class Simulator:
         self.weights: dict[str, float] = {}
 
     # -- one round ----------------------------------------------------------------------------------
+    def _train(self, round_: int, node_id: str, node: Node, broadcast, transcript: Transcript):
+        """Deliver the broadcast over the wire and run the node's local round; returns its (local) NodeUpdate."""
+        self.fault_hook("broadcast", round_, node_id)
+        blob = encode_message(broadcast)
+        transcript.record(round_, SERVER, node_id, blob, broadcast)
+        self.fault_hook("local_training", round_, node_id)
+        update = node.handle_broadcast(decode_message(blob))
+        self.fault_hook("upload", round_, node_id)
+        return update
+
     def _federated_round(self, round_: int, transcript: Transcript) -> tuple[dict[str, int], dict[str, str]]:
         if self.secure is not None:
             return self._secure_round(round_, transcript)
@@ -116,12 +126,7 @@ class Simulator:
         broadcasts = self.server.begin_round()
         for node_id, node in self.nodes.items():
             try:
-                self.fault_hook("broadcast", round_, node_id)
-                blob = encode_message(broadcasts[node_id])
-                transcript.record(round_, SERVER, node_id, blob, broadcasts[node_id])
-                self.fault_hook("local_training", round_, node_id)
-                update = node.handle_broadcast(decode_message(blob))
-                self.fault_hook("upload", round_, node_id)
+                update = self._train(round_, node_id, node, broadcasts[node_id], transcript)
                 up_blob = encode_message(update)
                 transcript.record(round_, node_id, SERVER, up_blob, update)
                 self.server.receive(decode_message(up_blob))
@@ -144,12 +149,7 @@ class Simulator:
         broadcasts = self.server.begin_round()
         for node_id, node in self.nodes.items():
             try:
-                self.fault_hook("broadcast", round_, node_id)
-                blob = encode_message(broadcasts[node_id])
-                transcript.record(round_, SERVER, node_id, blob, broadcasts[node_id])
-                self.fault_hook("local_training", round_, node_id)
-                update = node.handle_broadcast(decode_message(blob))
-                self.fault_hook("upload", round_, node_id)
+                update = self._train(round_, node_id, node, broadcasts[node_id], transcript)
                 layout.flatten(update.payload)  # a malformed update is caught here, on the node
                 updates[node_id] = update
                 self.reporter.node_done(round_, node_id, _stats_line(node))
