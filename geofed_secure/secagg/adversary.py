@@ -68,19 +68,28 @@ def _view_target(outgoing: Mapping[str, Message]) -> tuple[tuple[str, ...], tupl
     return None
 
 
-class AliveAndDropped(Adversary):
-    name = "alive_and_dropped"
-    description = ("lists one survivor both alive and dropped to every node, to collect its self-mask share AND its "
-                   "mask-key share (the flwr 1.41 SecAgg+ defect that recovers one node's update)")
-    refused_at = "consistency_check"
+class _ViewAdversary(Adversary):
+    """Rewrites the first message set that carries a survivor view (ConsistencyRequest or UnmaskRequest)."""
 
     def tamper(self, outgoing, ctx):
         view = _view_target(outgoing)
         if view is None:
             return dict(outgoing)
-        alive, dropped = view
+        return self.rewrite(*view, outgoing, ctx.server.provisioning.federation_id, ctx)
+
+    def rewrite(self, alive: tuple[str, ...], dropped: tuple[str, ...], outgoing: Mapping[str, Message], fed: str,
+                ctx: AttackContext) -> dict[str, Message]:
+        raise NotImplementedError
+
+
+class AliveAndDropped(_ViewAdversary):
+    name = "alive_and_dropped"
+    description = ("lists one survivor both alive and dropped to every node, to collect its self-mask share AND its "
+                   "mask-key share (the flwr 1.41 SecAgg+ defect that recovers one node's update)")
+    refused_at = "consistency_check"
+
+    def rewrite(self, alive, dropped, outgoing, fed, ctx):
         victim = alive[0]
-        fed = ctx.server.provisioning.federation_id
         request = ConsistencyRequest(federation_id=fed, round=ctx.round, alive=alive, dropped=tuple(sorted({*dropped, victim})))
         return {v: request for v in outgoing}
 
@@ -188,17 +197,12 @@ class ForgedShares(Adversary):
         return out
 
 
-class CohortBelowFloor(Adversary):
+class CohortBelowFloor(_ViewAdversary):
     name = "cohort_below_floor"
     description = "claims all but two nodes dropped, so the 'sum' would be one other node's input"
     refused_at = "consistency_check"
 
-    def tamper(self, outgoing, ctx):
-        view = _view_target(outgoing)
-        if view is None:
-            return dict(outgoing)
-        alive, dropped = view
-        fed = ctx.server.provisioning.federation_id
+    def rewrite(self, alive, dropped, outgoing, fed, ctx):
         out = {}
         for v in outgoing:
             kept = tuple(sorted({v, next(a for a in alive if a != v)}))
@@ -207,18 +211,13 @@ class CohortBelowFloor(Adversary):
         return out
 
 
-class UnmaskWithoutCheck(Adversary):
+class UnmaskWithoutCheck(_ViewAdversary):
     name = "unmask_without_check"
     description = "declares a node dropped and asks for its mask-key shares without the consistency check"
     refused_at = "unmask"
 
-    def tamper(self, outgoing, ctx):
-        view = _view_target(outgoing)
-        if view is None:
-            return dict(outgoing)
-        alive, dropped = view
+    def rewrite(self, alive, dropped, outgoing, fed, ctx):
         victim = alive[-1]
-        fed = ctx.server.provisioning.federation_id
         forged_sig = {alive[0]: bytes(64)}
         request = UnmaskRequest(federation_id=fed, round=ctx.round, alive=tuple(a for a in alive if a != victim),
                                 dropped=tuple(sorted({*dropped, victim})), signatures=forged_sig)

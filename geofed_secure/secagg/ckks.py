@@ -45,7 +45,7 @@ from geofed_secure.errors import (
     MessageError,
     ProtocolAborted,
 )
-from geofed_secure.secagg.types import SERVER, STAGES, AggregationResult, WireRecord
+from geofed_secure.secagg.types import SERVER, AggregationResult, WireRecord, checked_dropouts
 
 PROTOCOL_ID = "ckks-v1"
 MAGIC = b"GFCK"
@@ -814,12 +814,7 @@ def _checked_inputs(inputs: Mapping[str, np.ndarray], weights: Mapping[str, floa
         raise DataError(f"all inputs must be 1-D arrays of one length, got shapes {sorted({x.shape for x in arrays.values()})}")
     if weights is not None and set(weights) != set(arrays):
         raise DataError("weights must give exactly one weight per input node")
-    dropouts = dict(dropouts or {})
-    for node_id, stage in dropouts.items():
-        if node_id not in arrays:
-            raise DataError(f"dropouts names {node_id!r}, which has no input")
-        if stage not in STAGES:
-            raise ConfigError("dropouts", f"{node_id!r} drops at unknown stage {stage!r}; stages are {', '.join(STAGES)}")
+    dropouts = checked_dropouts(dropouts, arrays)
     return arrays, dict(weights) if weights is not None else {}, dropouts
 
 

@@ -32,7 +32,7 @@ from geofed_secure.secagg.messages import (
     UnmaskResponse,
     decode,
 )
-from geofed_secure.secagg.types import SERVER, STAGES, AggregationResult, WireRecord
+from geofed_secure.secagg.types import SERVER, STAGES, AggregationResult, WireRecord, checked_dropouts
 
 # The stage at which a node sends each kind of reply (a node that drops at stage S sends nothing from S on).
 REPLY_STAGE = {KeyAdvertisement: "advertise_keys", ShareBundle: "share_keys", MaskedInput: "masked_input",
@@ -198,12 +198,7 @@ def simulate_aggregation(inputs: Mapping[str, np.ndarray], *, protocol: str = "m
     inputs, :class:`ConfigError` for bad parameters; all derive from ``GeofedError``.
     """
     vectors = _validated(inputs, weights, clip)
-    dropouts = dict(dropouts or {})
-    for node_id, stage in dropouts.items():
-        if node_id not in vectors:
-            raise DataError(f"dropouts names {node_id!r}, which has no input")
-        if stage not in STAGES:
-            raise ConfigError("dropouts", f"{node_id!r} drops at unknown stage {stage!r}; stages are {', '.join(STAGES)}")
+    dropouts = checked_dropouts(dropouts, vectors)
     if protocol == "ckks":
         if adversary is not None or threshold is not None or neighbors is not None:
             raise ConfigError("protocol", "adversary, threshold and neighbors apply to protocol='masking' only")

@@ -7,15 +7,28 @@ entry point :func:`geofed_secure.secagg.simulate_aggregation` returns an :class:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from geofed_secure.errors import ConfigError, DataError
 
 SERVER = "server"
 
 # Stage names of the pairwise-masking protocol, in order (also the keys of ``dropouts``).
 STAGES = ("advertise_keys", "share_keys", "masked_input", "consistency_check", "unmask")
+
+
+def checked_dropouts(dropouts: Mapping[str, str] | None, node_ids: Collection[str]) -> dict[str, str]:
+    """Validate a dropout schedule (node id -> stage in :data:`STAGES`) against the nodes that have inputs."""
+    dropouts = dict(dropouts or {})
+    for node_id, stage in dropouts.items():
+        if node_id not in node_ids:
+            raise DataError(f"dropouts names {node_id!r}, which has no input")
+        if stage not in STAGES:
+            raise ConfigError("dropouts", f"{node_id!r} drops at unknown stage {stage!r}; stages are {', '.join(STAGES)}")
+    return dropouts
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
