@@ -49,6 +49,13 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--shuffle-anchors", action="store_true", help="null control: every node shuffles its anchor order")
     run.add_argument("--secure", choices=("masking", "ckks", "none"),
                      help="secure aggregation of uploads: pairwise masking (default), CKKS, or none (clear, tests only)")
+    run.add_argument("--dp-epsilon", type=float, dest="dp_epsilon", metavar="E",
+                     help="per-node differential-privacy budget for the whole run (DP-SGD; 0 = off, the default)")
+    run.add_argument("--dp-delta", type=float, dest="dp_delta", metavar="D", help="DP delta (default 1e-5)")
+    run.add_argument("--dp-accountant", choices=("prv", "rdp"), dest="dp_accountant", help="privacy accountant (default prv)")
+    run.add_argument("--dp-max-grad-norm", type=float, dest="dp_max_grad_norm", metavar="C", help="DP-SGD per-sample clip (default 1.0)")
+    run.add_argument("--dp-secure-mode", action="store_true", dest="dp_secure_mode",
+                     help="production DP: OS-entropy noise and sampling, floating-point-robust sampler (not reproducible)")
     run.add_argument("--seed", type=int)
     run.add_argument("--cache-dir", help="feature cache folder (default $GEOFED_CACHE or ~/.cache/geofed-secure)")
     run.add_argument("--out", type=Path, help="output folder (default runs/<federation id>-<time>)")
@@ -58,6 +65,13 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def _apply_overrides(config: RunConfig, args: argparse.Namespace) -> RunConfig:
     fed, model, training, data, secure = config.federation, config.model, config.training, config.data, config.secure
+    privacy = config.privacy
+    for flag, key in (("dp_epsilon", "epsilon"), ("dp_delta", "delta"), ("dp_accountant", "accountant"),
+                      ("dp_max_grad_norm", "max_grad_norm")):
+        if getattr(args, flag) is not None:
+            privacy = dataclasses.replace(privacy, **{key: getattr(args, flag)})
+    if args.dp_secure_mode:
+        privacy = dataclasses.replace(privacy, secure_mode=True)
     if args.rounds is not None:
         fed = dataclasses.replace(fed, rounds=args.rounds)
     if args.seed is not None:
@@ -75,13 +89,14 @@ def _apply_overrides(config: RunConfig, args: argparse.Namespace) -> RunConfig:
     nodes = nodes_from_spec(args.nodes) if args.nodes is not None else config.nodes
     if args.shuffle_anchors:
         nodes = tuple(dataclasses.replace(n, shuffle_anchors=True) for n in nodes)
-    return RunConfig(federation=fed, model=model, training=training, data=data, secure=secure, nodes=nodes)
+    return RunConfig(federation=fed, model=model, training=training, data=data, secure=secure, privacy=privacy, nodes=nodes)
 
 
 def _resolve_config(args: argparse.Namespace) -> tuple[RunConfig, Path, bool]:
     if args.resume is not None:
-        others = [name for name in ("config", "nodes", "lambda_geo", "magnitude", "mode", "seed", "out", "secure")
-                  if getattr(args, name) is not None] + (["shuffle_anchors"] if args.shuffle_anchors else [])
+        others = [name for name in ("config", "nodes", "lambda_geo", "magnitude", "mode", "seed", "out", "secure", "dp_epsilon",
+                                    "dp_delta", "dp_accountant", "dp_max_grad_norm") if getattr(args, name) is not None]
+        others += [name for name in ("shuffle_anchors", "dp_secure_mode") if getattr(args, name)]
         if others:
             raise ConfigError("--resume", f"takes its configuration from the run folder; only --rounds/--cache-dir may be given (got --{others[0].replace('_', '-')})")
         saved = args.resume / "config.json"
@@ -102,7 +117,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config, out, resume = _resolve_config(args)
     console.print(f"[bold]geofed run[/bold]: {len(config.nodes)} nodes, {config.federation.rounds} rounds, "
-                  f"mode={config.federation.mode}, lambda_geo={config.training.lambda_geo}, magnitude={config.model.magnitude}, out={out}")
+                  f"mode={config.federation.mode}, lambda_geo={config.training.lambda_geo}, magnitude={config.model.magnitude}, "
+                  f"secure={config.secure.protocol}, dp_epsilon={config.privacy.epsilon or 'off'}, out={out}")
     t0 = time.perf_counter()
     shown: dict[str, int] = {}
 
@@ -115,12 +131,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     modalities = load_demo_modalities(config, progress=progress)
     console.print(f"  data ready in {time.perf_counter() - t0:.1f} s: "
                   + ", ".join(f"{m} ({len(d.pool)} private, B={len(d.anchors)}{', synthetic' if d.synthetic else ''})" for m, d in modalities.items()))
-    sim = Simulator(config, modalities, out, reporter=ConsoleReporter())
+    reporter = ConsoleReporter()
+    sim = Simulator(config, modalities, out, reporter=reporter)
+    for line in sim.privacy_notice():
+        reporter.log(line)
     result = sim.run(resume=resume)
     plots = write_plots(result.summary, out)
     final = result.summary["final"]
     console.print(f"[bold]done[/bold] in {time.perf_counter() - t0:.1f} s: " + ", ".join(
         f"{k}={v:.3f}" for k, v in final.items() if v is not None))
+    privacy = result.summary["privacy"]
+    if privacy["enabled"]:
+        console.print("  privacy spent (epsilon of budget): " + ", ".join(
+            f"{k} {v['epsilon']:.2f}/{v['epsilon_budget']:g}" for k, v in privacy["nodes"].items()))
     console.print(f"  wrote {out / 'summary.json'}, {', '.join(p.name for p in plots)}, transcript/, checkpoints/, final/")
     return 0
 

@@ -73,6 +73,21 @@ class SecureSection:
 
 
 @dataclass(frozen=True, kw_only=True)
+class PrivacySection:
+    """Record-level differential privacy on every node (DP-SGD + privatised precision weight), one budget per node."""
+
+    epsilon: float = 0.0  # per-node budget for the whole run; 0 = no DP (epsilon infinite)
+    delta: float = 1e-5
+    accountant: str = "prv"  # "prv" (Opacus PRV accountant) | "rdp"
+    max_grad_norm: float = 1.0  # per-sample clipping bound C of DP-SGD
+    secure_mode: bool = False  # true: OS-entropy noise and sampling, floating-point-robust sampler (not reproducible)
+
+    @property
+    def enabled(self) -> bool:
+        return self.epsilon > 0
+
+
+@dataclass(frozen=True, kw_only=True)
 class NodeSpec:
     id: str
     modality: str
@@ -97,6 +112,7 @@ class RunConfig:
     training: TrainingSection = field(default_factory=TrainingSection)
     data: DataSection = field(default_factory=DataSection)
     secure: SecureSection = field(default_factory=SecureSection)
+    privacy: PrivacySection = field(default_factory=PrivacySection)
     nodes: tuple[NodeSpec, ...] = DEMO_NODES
 
     def __post_init__(self) -> None:
@@ -113,7 +129,7 @@ class RunConfig:
 
 
 _SECTIONS = {"federation": FederationSection, "model": ModelSection, "training": TrainingSection, "data": DataSection,
-             "secure": SecureSection}
+             "secure": SecureSection, "privacy": PrivacySection}
 
 
 def _coerce(cls: type, table: Mapping[str, Any], where: str, source: str | None) -> Any:
@@ -224,6 +240,27 @@ def validate(cfg: RunConfig) -> None:
     if not cfg.nodes:
         raise ConfigError("nodes", "a federation needs at least one node")
     _validate_secure(cfg)
+    _validate_privacy(cfg)
+
+
+ACCOUNTANTS = ("prv", "rdp")
+
+
+def _validate_privacy(cfg: RunConfig) -> None:
+    dp = cfg.privacy
+    if not (math.isfinite(dp.epsilon) and dp.epsilon >= 0):
+        raise ConfigError("privacy.epsilon", f"must be a finite number >= 0 (0 = no DP), got {dp.epsilon!r}")
+    if not 0 < dp.delta < 1:
+        raise ConfigError("privacy.delta", f"must be in (0, 1), typically below 1 / (records per node); got {dp.delta!r}")
+    if dp.accountant not in ACCOUNTANTS:
+        raise ConfigError("privacy.accountant", f"must be one of {ACCOUNTANTS}, got {dp.accountant!r}")
+    _positive(dp.max_grad_norm, "privacy.max_grad_norm")
+    if dp.enabled:
+        bridges = [n.id for n in cfg.nodes if n.paired_modality]
+        if bridges:
+            raise ConfigError("privacy.epsilon", f"DP-SGD does not support bridge nodes yet ({bridges[0]}): their InfoNCE loss "
+                              "couples the samples of a batch, so per-sample clipping would not bound one record's influence; "
+                              "remove paired_modality or run without DP")
 
 
 def _validate_secure(cfg: RunConfig) -> None:

@@ -77,3 +77,20 @@ class ProtocolAborted(GeofedError):
 
 class LocalProtocolError(GeofedError):
     """The caller used a protocol session out of order (our own misuse, not the peer's misbehaviour)."""
+
+
+class PrivacyBudgetExceeded(GeofedError):
+    """A node refused to train: one more round would spend more than its differential-privacy budget.
+
+    The node stays as it was (nothing trained, nothing released); the server continues with the other nodes.
+    Raise the budget (``privacy.epsilon``) only with the data owner's consent, or stop the run.
+    """
+
+    def __init__(self, *, node_id: str, round_: int, spent: float, after: float, budget: float, delta: float) -> None:
+        self.node_id = node_id
+        self.round = round_
+        self.spent = spent
+        self.after = after
+        self.budget = budget
+        super().__init__(f"node {node_id} refuses round {round_}: it has spent epsilon {spent:.3f} of its budget "
+                         f"{budget:g} (delta {delta:g}) and the round would bring it to {after:.3f}")

@@ -20,7 +20,7 @@ import torch
 from geofed_secure.alignment.gram import NORM_EPS, _check_finite, _to_numpy64
 from geofed_secure.errors import ConfigError, DataError
 
-__all__ = ["lap_uncertainty", "precision_weight", "normalise_weights"]
+__all__ = ["lap_uncertainty", "precision_weight", "clipped_inverse", "normalise_weights"]
 
 
 def lap_uncertainty(z: torch.Tensor, anchor_z: torch.Tensor) -> torch.Tensor:
@@ -88,9 +88,18 @@ def precision_weight(uncertainty: Any, *, max_inverse: float = 100.0) -> float:
         raise DataError(
             f"LAP uncertainties must lie in [0, 1], got range [{u.min():.6g}, {u.max():.6g}]"
         )
-    inv = np.full_like(u, cap)
+    return float(clipped_inverse(u, cap).mean())
+
+
+def clipped_inverse(u: np.ndarray, cap: float) -> np.ndarray:
+    """Per-sample ``clip(1 / u, 1, cap)`` (``u == 0`` -> ``cap``): each sample's bounded share of the weight.
+
+    >>> clipped_inverse(np.array([0.5, 0.0, 1.0]), 10.0).tolist()
+    [2.0, 10.0, 1.0]
+    """
+    inv = np.full_like(np.asarray(u, np.float64), cap)
     np.divide(1.0, u, out=inv, where=u > 0.0)
-    return float(np.clip(inv, 1.0, cap).mean())
+    return np.clip(inv, 1.0, cap)
 
 
 def normalise_weights(weights: Mapping[str, float]) -> dict[str, float]:

@@ -25,9 +25,13 @@ from geofed_secure.alignment.lap import lap_uncertainty, precision_weight
 from geofed_secure.config import NodeSpec, RunConfig
 from geofed_secure.data.anchors import verify_anchor_digest
 from geofed_secure.data.features import TokenFeatures
-from geofed_secure.errors import DataError, MessageError, TrainingError
+from geofed_secure.errors import ConfigError, DataError, MessageError, TrainingError
 from geofed_secure.model import geodora
 from geofed_secure.model.node_model import NodeModel
+from geofed_secure.privacy.accounting import PrivacyLedger, PrivacyPlan
+from geofed_secure.privacy.dpsgd import DPSGDRound
+from geofed_secure.privacy.mechanisms import private_precision_weight
+from geofed_secure.privacy.noise import noise_generator, sampling_rng
 from geofed_secure.runtime.messages import GRAM_FIELD, WEIGHT_FIELD, WEIGHTED_PREFIX, NodeUpdate, RoundBroadcast
 from geofed_secure.seeding import derive_seed, numpy_rng
 
@@ -94,6 +98,17 @@ class Node:
         self.model = NodeModel(peft_model, in_dim=data.train.dim, n_classes=N_CLASSES, paired_in_dim=paired_dim)
         self._anchors = self._prepare_anchors(data.anchors)
         self._magnitudes = set(map(id, geodora.magnitude_parameters(self.model)))
+        self.privacy = self._privacy_ledger() if config.privacy.enabled else None
+
+    def _privacy_ledger(self) -> PrivacyLedger:
+        """This node's DP plan for the configured rounds, with the noise multiplier calibrated to its budget."""
+        dp, training, n = self.config.privacy, self.config.training, len(self.data.train)
+        if self.data.paired_train is not None:
+            raise ConfigError("privacy.epsilon", f"node {self.node_id} is a bridge node; DP-SGD does not support its InfoNCE loss")
+        plan = PrivacyPlan(epsilon=dp.epsilon, delta=dp.delta, accountant=dp.accountant, max_grad_norm=dp.max_grad_norm,
+                           sample_rate=min(1.0, training.batch_size / n), steps_per_round=training.local_steps,
+                           lap_sample_rate=min(1.0, training.lap_samples / n), rounds=self.config.federation.rounds)
+        return PrivacyLedger(plan, plan.calibrate())
 
     # -- provisioning -------------------------------------------------------------------------------
     def _prepare_anchors(self, anchors: TokenFeatures) -> TokenFeatures:
@@ -131,7 +146,8 @@ class Node:
         try:
             payload = self.local_round(broadcast.round, consensus=consensus)
         except Exception:
-            self.load_state_dict(snapshot)  # a failed round leaves the node as it was
+            # A failed round leaves the node as it was, except its privacy ledger: steps taken stay spent.
+            self.load_state_dict(snapshot, privacy=False)
             raise
         return NodeUpdate(federation_id=broadcast.federation_id, round=broadcast.round, node_id=self.node_id,
                           anchor_digest=self.anchor_digest, payload=payload)
@@ -145,7 +161,13 @@ class Node:
 
     # -- local training -----------------------------------------------------------------------------
     def local_round(self, round_: int, *, consensus: torch.Tensor | None) -> dict[str, np.ndarray]:
-        """Train for ``training.local_steps`` steps and build the upload payload (summable fields)."""
+        """Train for ``training.local_steps`` steps and build the upload payload (summable fields).
+
+        Under DP (``privacy.epsilon > 0``) the node first checks that the round fits its budget and raises
+        :class:`PrivacyBudgetExceeded` before touching anything if it does not.
+        """
+        if self.privacy is not None:
+            self.privacy.check_round(self.node_id, round_)
         cfg = self.config.training
         seed = self.config.federation.seed
         rng = numpy_rng(seed, "batches", self.node_id, round_)
@@ -153,38 +175,16 @@ class Node:
         model = self.model
         model.train()
         trainable = [p for p in model.parameters() if p.requires_grad]
-        direction_params = [p for p in trainable if id(p) not in self._magnitudes]
         optimizer = torch.optim.Adam(trainable, lr=cfg.lr)
-        use_geo = consensus is not None and cfg.lambda_geo > 0
-        train = self.data.train
-        task_losses, geo_losses = [], []
-        for _ in range(cfg.local_steps):
-            index = rng.choice(len(train), size=min(cfg.batch_size, len(train)), replace=False)
-            tokens, mask = self._tensors(train, index)
-            z = model.embed(tokens, mask)
-            loss = F.cross_entropy(model.head(z), torch.from_numpy(train.labels[index]))
-            if self.data.paired_train is not None:
-                z_pair = model.embed(*self._tensors(self.data.paired_train, index), paired=True)
-                loss = loss + info_nce(z, z_pair, cfg.contrastive_temperature)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            task_losses.append(float(loss.detach()))
-            if use_geo:
-                geo, grads = self.geometric_gradients(consensus)
-                for param in direction_params:
-                    if id(param) in grads:
-                        scaled = cfg.lambda_geo * grads[id(param)]
-                        param.grad = scaled if param.grad is None else param.grad + scaled
-                geo_losses.append(geo)
-            if not all(torch.isfinite(p.grad).all() for p in trainable if p.grad is not None):
-                raise TrainingError(f"{self.node_id}: non-finite gradient in round {round_}; lower training.lr or check the data")
-            optimizer.step()
+        consensus = consensus if cfg.lambda_geo > 0 else None
+        if self.privacy is None:
+            task_losses, geo_losses = self._train_steps(round_, optimizer, trainable, rng, consensus)
+        else:
+            task_losses, geo_losses = self._train_steps_private(round_, optimizer, consensus)
         model.eval()
         with torch.no_grad():
             anchor_z = self.embed(self._anchors)
-            lap_index = rng.choice(len(train), size=min(cfg.lap_samples, len(train)), replace=False)
-            weight = precision_weight(lap_uncertainty(self.embed(train.subset(lap_index)), anchor_z),
-                                      max_inverse=cfg.max_inverse_uncertainty)
+            weight = self._precision_weight(round_, rng, anchor_z)
             gram = gram_upper(cosine_gram(anchor_z))
         payload = {GRAM_FIELD: gram.numpy().astype(np.float32), WEIGHT_FIELD: np.array([weight], np.float32)}
         shared = geodora.get_lora_b(model.backbone)
@@ -196,11 +196,95 @@ class Node:
             payload[WEIGHTED_PREFIX + key] = (np.float32(weight) * value.numpy()).astype(np.float32)
         self.last_round = round_
         self.last_stats = LocalRoundStats(
-            task_loss=float(np.mean(task_losses)),
+            task_loss=float(np.mean(task_losses)) if task_losses else float("nan"),
             geo_loss=float(np.mean(geo_losses)) if geo_losses else None,
             precision_weight=float(weight),
         )
         return payload
+
+    def _task_loss(self, index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss, pooled z) of the private task on ``index``; a bridge node adds its InfoNCE term."""
+        train = self.data.train
+        z = self.model.embed(*self._tensors(train, index))
+        loss = F.cross_entropy(self.model.head(z), torch.from_numpy(train.labels[index]))
+        if self.data.paired_train is not None:
+            z_pair = self.model.embed(*self._tensors(self.data.paired_train, index), paired=True)
+            loss = loss + info_nce(z, z_pair, self.config.training.contrastive_temperature)
+        return loss, z
+
+    def _train_steps(self, round_: int, optimizer: torch.optim.Optimizer, trainable: list[torch.nn.Parameter],
+                     rng: np.random.Generator, consensus: torch.Tensor | None) -> tuple[list[float], list[float]]:
+        """Non-private local steps: fixed-size batches without replacement, task + lambda * geometric gradient."""
+        cfg = self.config.training
+        task_losses, geo_losses = [], []
+        for _ in range(cfg.local_steps):
+            index = rng.choice(len(self.data.train), size=min(cfg.batch_size, len(self.data.train)), replace=False)
+            loss, _ = self._task_loss(index)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            task_losses.append(float(loss.detach()))
+            if consensus is not None:
+                geo, grads = self.geometric_gradients(consensus)
+                for param in trainable:
+                    if id(param) in grads:
+                        scaled = cfg.lambda_geo * grads[id(param)]
+                        param.grad = scaled if param.grad is None else param.grad + scaled
+                geo_losses.append(geo)
+            if not all(torch.isfinite(p.grad).all() for p in trainable if p.grad is not None):
+                raise TrainingError(f"{self.node_id}: non-finite gradient in round {round_}; lower training.lr or check the data")
+            optimizer.step()
+        return task_losses, geo_losses
+
+    def _train_steps_private(self, round_: int, optimizer: torch.optim.Optimizer,
+                             consensus: torch.Tensor | None) -> tuple[list[float], list[float]]:
+        """DP-SGD local steps (:mod:`geofed_secure.privacy.dpsgd`): Poisson batches, per-sample clipping, noise;
+        the public anchor gradient is added after the noise, outside the accounting."""
+        cfg, ledger, dp = self.config.training, self.privacy, self.config.privacy
+        assert ledger is not None
+        seed = self.config.federation.seed
+        sampler = sampling_rng(dp.secure_mode, seed, self.node_id, round_)
+        n = len(self.data.train)
+        task_losses, geo_losses = [], []
+        with DPSGDRound(self.model, optimizer, noise_multiplier=ledger.noise_multiplier, max_grad_norm=dp.max_grad_norm,
+                        expected_batch_size=ledger.plan.sample_rate * n, step_hook=ledger.optimizer_hook(),
+                        secure_mode=dp.secure_mode, seed=seed, purpose=("sgd", self.node_id, round_)) as private:
+            for _ in range(cfg.local_steps):
+                private.zero_grad()
+                index = np.flatnonzero(sampler.random(n) < ledger.plan.sample_rate)
+                if len(index):
+                    loss, _ = self._task_loss(index)
+                    private.private_backward(loss)
+                    task_losses.append(float(loss.detach()))
+                else:
+                    private.empty_batch()
+                public: dict[int, torch.Tensor] = {}
+                if consensus is not None:
+                    with private.hooks_off():
+                        geo, grads = self.geometric_gradients(consensus)
+                    public = {k: cfg.lambda_geo * g for k, g in grads.items()}
+                    geo_losses.append(geo)
+                try:
+                    private.step(public)
+                except TrainingError as exc:
+                    raise TrainingError(f"{self.node_id}, round {round_}: {exc}") from None
+        return task_losses, geo_losses
+
+    def _precision_weight(self, round_: int, rng: np.random.Generator, anchor_z: torch.Tensor) -> float:
+        """Eq. 6 on private samples; under DP the privatised release of :mod:`geofed_secure.privacy.mechanisms`."""
+        cfg, train = self.config.training, self.data.train
+        if self.privacy is None:
+            lap_index = rng.choice(len(train), size=min(cfg.lap_samples, len(train)), replace=False)
+            return precision_weight(lap_uncertainty(self.embed(train.subset(lap_index)), anchor_z),
+                                    max_inverse=cfg.max_inverse_uncertainty)
+        dp, seed, rate = self.config.privacy, self.config.federation.seed, self.privacy.plan.lap_sample_rate
+        lap_index = np.flatnonzero(sampling_rng(dp.secure_mode, seed, "weight", self.node_id, round_).random(len(train)) < rate)
+        u = lap_uncertainty(self.embed(train.subset(lap_index)), anchor_z).numpy() if len(lap_index) else np.zeros(0)
+        weight = private_precision_weight(
+            u, expected_count=rate * len(train), max_inverse=cfg.max_inverse_uncertainty,
+            noise_multiplier=self.privacy.noise_multiplier, secure_mode=dp.secure_mode,
+            generator=noise_generator(dp.secure_mode, seed, "weight", self.node_id, round_))
+        self.privacy.record_release()
+        return weight
 
     def geometric_gradients(self, consensus: torch.Tensor) -> tuple[float, dict[int, torch.Tensor]]:
         """1 - CKA(G_k, G_bar) on the public anchors and its gradient, keyed by ``id(param)``.
@@ -258,9 +342,14 @@ class Node:
         shared = geodora.get_lora_b(self.model.backbone) | geodora.get_magnitudes(self.model.backbone)
         state |= {f"shared/{k}": v for k, v in shared.items()}
         state["meta/last_round"] = torch.tensor([self.last_round], dtype=torch.int64)
+        if self.privacy is not None:
+            state |= self.privacy.state_dict()
         return state
 
-    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+    def load_state_dict(self, state: Mapping[str, torch.Tensor], *, privacy: bool = True) -> None:
+        """Restore a :meth:`state_dict`; ``privacy=False`` keeps the current (spent) privacy ledger."""
         self.model.load_local_state({k[6:]: v for k, v in state.items() if k.startswith("local/")})
         geodora.load_shared_state(self.model.backbone, {k[7:]: v for k, v in state.items() if k.startswith("shared/")})
         self.last_round = int(state["meta/last_round"][0])
+        if privacy and self.privacy is not None:
+            self.privacy.load_state_dict(state)

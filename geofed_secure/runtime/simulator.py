@@ -24,10 +24,12 @@ import torch
 
 from geofed_secure.config import RunConfig
 from geofed_secure.data.demo import ModalityData
-from geofed_secure.errors import CheckpointError, DataError, GeofedError
+from geofed_secure.errors import CheckpointError, DataError, GeofedError, PrivacyBudgetExceeded
 from geofed_secure.model import geodora
 from geofed_secure.model.backbone import load_backbone
 from geofed_secure.node.node import Node
+from geofed_secure.privacy import PRIVACY_COVERAGE
+from geofed_secure.privacy.noise import SECURE_MODE_OFF_NOTICE
 from geofed_secure.runtime.evaluation import Evaluation, evaluate
 from geofed_secure.runtime.federation import FederationData, build_federation
 from geofed_secure.runtime.messages import decode_message, encode_message
@@ -168,11 +170,17 @@ class Simulator:
             self.reporter.log(f"round {round_}: clipped coordinates per node {outcome.clipped} (secure.clip = {self.config.secure.clip})")
         return dict(outcome.bytes_sent), failures
 
-    def _local_round(self, round_: int) -> None:
+    def _local_round(self, round_: int) -> dict[str, str]:
+        failures: dict[str, str] = {}
         for node_id, node in self.nodes.items():
-            self.fault_hook("local_training", round_, node_id)
-            node.local_round(round_, consensus=None)
-            self.reporter.node_done(round_, node_id, _stats_line(node))
+            try:
+                self.fault_hook("local_training", round_, node_id)
+                node.local_round(round_, consensus=None)
+                self.reporter.node_done(round_, node_id, _stats_line(node))
+            except PrivacyBudgetExceeded as exc:  # this node stops; the others go on
+                failures[node_id] = f"{type(exc).__name__}: {exc}"
+                self.reporter.log(f"round {round_}: node {node_id} left out ({type(exc).__name__}: {exc})")
+        return failures
 
     # -- the run ------------------------------------------------------------------------------------
     def run(self, *, resume: bool = False) -> RunResult:
@@ -199,8 +207,7 @@ class Simulator:
                 evaluation = evaluate(self.nodes, self._eval_anchors(), self.server.global_state,
                                       eval_samples=self.config.data.eval_samples)
             else:
-                self._local_round(round_)
-                uploaded, failures = {}, {}
+                uploaded, failures = {}, self._local_round(round_)
                 evaluation = evaluate(self.nodes, self._eval_anchors(), None, eval_samples=self.config.data.eval_samples)
             seconds = time.perf_counter() - t0
             record = _round_record(round_, evaluation, uploaded, failures, self.weights, self.nodes, seconds)
@@ -261,6 +268,28 @@ class Simulator:
             out |= {"spec": "protocols/ckks-v1/SPEC.md", "server_sees": "ciphertexts; the sum after a node decrypts it"}
         return out
 
+    def _privacy_summary(self) -> dict[str, Any]:
+        dp = self.config.privacy
+        if not dp.enabled:
+            return {"enabled": False, "epsilon": None,
+                    "note": "no differential privacy: uploads and the final model carry each node's data (epsilon infinite)"}
+        return {"enabled": True, "secure_mode": dp.secure_mode, "unit": "one record (add/remove adjacency)",
+                "covers": PRIVACY_COVERAGE,
+                "nodes": {k: n.privacy.summary() for k, n in self.nodes.items() if n.privacy is not None}}
+
+    def privacy_notice(self) -> list[str]:
+        """Lines for the run log: each node's calibrated noise, and what secure_mode off means."""
+        dp = self.config.privacy
+        if not dp.enabled:
+            return []
+        lines = [f"DP-SGD on every node: budget epsilon {dp.epsilon:g} at delta {dp.delta:g} ({dp.accountant} accountant), "
+                 f"per-sample clip {dp.max_grad_norm:g}; noise multipliers "
+                 + ", ".join(f"{k} {n.privacy.noise_multiplier:.3f} (q {n.privacy.plan.sample_rate:.3f})"
+                             for k, n in self.nodes.items() if n.privacy is not None)]
+        if not dp.secure_mode:
+            lines.append(SECURE_MODE_OFF_NOTICE)
+        return lines
+
     def _summary(self) -> dict[str, Any]:
         shared = sum(int(np.prod(v.shape)) for v in self.server.global_state.values())
         backbone_params = sum(p.numel() for p in self.server_model.parameters())
@@ -279,6 +308,7 @@ class Simulator:
                 for k, n in self.nodes.items()
             ],
             "secure_aggregation": self._secure_summary(),
+            "privacy": self._privacy_summary(),
             "communication": {"shared_parameters": shared, "full_model_parameters": int(backbone_params),
                               "full_model_bytes_float32": int(backbone_params) * 4},
             "rounds": self.history,

@@ -1,0 +1,99 @@
+"""DP-SGD for one node's local round: Opacus per-sample gradients (hooks mode), clipping, noise, accounting.
+
+Used by :class:`geofed_secure.node.Node` when ``privacy.epsilon > 0``. Per optimizer step:
+
+1. the PRIVATE task loss of a Poisson batch is back-propagated with Opacus's hooks on: every trainable tensor
+   (modality adapter, head, GeoDoRA B, DoRA magnitude m) gets per-sample gradients;
+2. :meth:`DPSGDRound.public_gradients` runs the PUBLIC anchor (CKA) pass with the hooks off and returns plain
+   gradients by ``torch.autograd.grad``: they never touch ``grad_sample``, so they are neither clipped nor noised;
+3. :meth:`DPSGDRound.step`: Opacus's ``pre_step`` clips each per-sample gradient to ``max_grad_norm``, sums, adds
+   N(0, (sigma C)^2), scales by the expected batch size and calls the accountant's step hook (exactly one
+   accountant step); then the public gradient is added and the wrapped optimizer (Adam) steps.
+
+Adding the public gradient after the noise is sound: it depends only on public anchors and on parameters that are
+already the output of DP steps, so it is post-processing (DESIGN.md section 7). An empty Poisson batch still takes a
+step (noise only), as the accounting assumes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+
+import torch
+from opacus import GradSampleModule
+from opacus.optimizers import DPOptimizer
+from torch import nn
+
+from geofed_secure.errors import TrainingError
+from geofed_secure.privacy.dora_opacus import prepare_geodora_for_opacus
+from geofed_secure.privacy.noise import noise_generator
+
+
+@contextlib.contextmanager
+def _quiet_hooks() -> Iterator[None]:
+    # The adapter's input (frozen encoder tokens) needs no gradient; torch warns about that for every full hook.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        yield
+
+
+class DPSGDRound(contextlib.AbstractContextManager):
+    """Opacus around ``model`` and ``optimizer`` for one local round; hooks are removed on exit."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *, noise_multiplier: float,
+                 max_grad_norm: float, expected_batch_size: float, step_hook: Callable[[object], None],
+                 secure_mode: bool, seed: int, purpose: Sequence[object]) -> None:
+        self.model = model
+        self.params = [p for group in optimizer.param_groups for p in group["params"]]
+        self.secure_mode = secure_mode
+        self._seed, self._purpose, self._steps = seed, tuple(purpose), 0
+        prepare_geodora_for_opacus(model)
+        self.module = GradSampleModule(model, batch_first=True, loss_reduction="mean", strict=True)
+        # Opacus divides the noisy sum by expected_batch_size (an int there); Poisson sampling keeps it as a float.
+        self.optimizer = DPOptimizer(optimizer, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
+                                     expected_batch_size=expected_batch_size, loss_reduction="mean",
+                                     secure_mode=secure_mode)
+        self.optimizer.attach_step_hook(step_hook)
+
+    def __exit__(self, *exc: object) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.module._close()  # remove hooks and grad_sample attributes: the model is plain again (merge, export)
+        return None
+
+    def private_backward(self, loss: torch.Tensor) -> None:
+        """Back-propagate the private loss of a non-empty batch: fills per-sample gradients."""
+        with _quiet_hooks():
+            loss.backward()
+
+    def empty_batch(self) -> None:
+        """A Poisson batch with no sample: zero per-sample gradients, so the step adds noise only."""
+        for p in self.params:
+            p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype)
+
+    @contextlib.contextmanager
+    def hooks_off(self) -> Iterator[None]:
+        """For passes over PUBLIC data: no activations or backprops are captured."""
+        self.module.disable_hooks()
+        try:
+            with _quiet_hooks():
+                yield
+        finally:
+            self.module.enable_hooks()
+
+    def step(self, public_gradients: Mapping[int, torch.Tensor]) -> None:
+        """Clip + noise + account the private gradients, add the public ones (by ``id(param)``), step."""
+        self._steps += 1
+        self.optimizer.generator = noise_generator(self.secure_mode, self._seed, *self._purpose, self._steps)
+        if not self.optimizer.pre_step():  # never skipped here: no gradient accumulation across calls
+            raise TrainingError("DP optimizer skipped a step (gradient accumulation is not used by geofed)")
+        for p in self.params:
+            if id(p) in public_gradients:
+                p.grad = p.grad + public_gradients[id(p)]
+        if not all(torch.isfinite(p.grad).all() for p in self.params if p.grad is not None):
+            raise TrainingError("non-finite gradient after DP noise; lower training.lr or check the data")
+        self.optimizer.original_optimizer.step()
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
