@@ -80,6 +80,7 @@ class PrivacySection:
     delta: float = 1e-5
     accountant: str = "prv"  # "prv" (Opacus PRV accountant) | "rdp"
     max_grad_norm: float = 1.0  # per-sample clipping bound C of DP-SGD
+    grad_sample_mode: str = "ghost"  # Opacus per-sample clipping: "ghost" (norms only, two backward passes) | "hooks"
     secure_mode: bool = False  # true: OS-entropy noise and sampling, floating-point-robust sampler (not reproducible)
 
     @property
@@ -244,6 +245,7 @@ def validate(cfg: RunConfig) -> None:
 
 
 ACCOUNTANTS = ("prv", "rdp")
+GRAD_SAMPLE_MODES = ("ghost", "hooks")
 
 
 def _validate_privacy(cfg: RunConfig) -> None:
@@ -255,6 +257,8 @@ def _validate_privacy(cfg: RunConfig) -> None:
     if dp.accountant not in ACCOUNTANTS:
         raise ConfigError("privacy.accountant", f"must be one of {ACCOUNTANTS}, got {dp.accountant!r}")
     _positive(dp.max_grad_norm, "privacy.max_grad_norm")
+    if dp.grad_sample_mode not in GRAD_SAMPLE_MODES:
+        raise ConfigError("privacy.grad_sample_mode", f"must be one of {GRAD_SAMPLE_MODES}, got {dp.grad_sample_mode!r}")
     if dp.enabled:
         bridges = [n.id for n in cfg.nodes if n.paired_modality]
         if bridges:

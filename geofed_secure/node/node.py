@@ -202,15 +202,15 @@ class Node:
         )
         return payload
 
-    def _task_loss(self, index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """(loss, pooled z) of the private task on ``index``; a bridge node adds its InfoNCE term."""
+    def _task_loss(self, index: np.ndarray, *, per_sample: bool = False) -> torch.Tensor:
+        """The private task loss on ``index`` (mean, or one value per record); a bridge node adds its InfoNCE term."""
         train = self.data.train
         z = self.model.embed(*self._tensors(train, index))
-        loss = F.cross_entropy(self.model.head(z), torch.from_numpy(train.labels[index]))
-        if self.data.paired_train is not None:
+        loss = F.cross_entropy(self.model.head(z), torch.from_numpy(train.labels[index]), reduction="none" if per_sample else "mean")
+        if self.data.paired_train is not None:  # never under DP (config validation): InfoNCE couples the batch
             z_pair = self.model.embed(*self._tensors(self.data.paired_train, index), paired=True)
             loss = loss + info_nce(z, z_pair, self.config.training.contrastive_temperature)
-        return loss, z
+        return loss
 
     def _train_steps(self, round_: int, optimizer: torch.optim.Optimizer, trainable: list[torch.nn.Parameter],
                      rng: np.random.Generator, consensus: torch.Tensor | None) -> tuple[list[float], list[float]]:
@@ -219,7 +219,7 @@ class Node:
         task_losses, geo_losses = [], []
         for _ in range(cfg.local_steps):
             index = rng.choice(len(self.data.train), size=min(cfg.batch_size, len(self.data.train)), replace=False)
-            loss, _ = self._task_loss(index)
+            loss = self._task_loss(index)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             task_losses.append(float(loss.detach()))
@@ -247,14 +247,15 @@ class Node:
         task_losses, geo_losses = [], []
         with DPSGDRound(self.model, optimizer, noise_multiplier=ledger.noise_multiplier, max_grad_norm=dp.max_grad_norm,
                         expected_batch_size=ledger.plan.sample_rate * n, step_hook=ledger.optimizer_hook(),
-                        secure_mode=dp.secure_mode, seed=seed, purpose=("sgd", self.node_id, round_)) as private:
+                        secure_mode=dp.secure_mode, seed=seed, purpose=("sgd", self.node_id, round_),
+                        grad_sample_mode=dp.grad_sample_mode) as private:
             for _ in range(cfg.local_steps):
                 private.zero_grad()
                 index = np.flatnonzero(sampler.random(n) < ledger.plan.sample_rate)
                 if len(index):
-                    loss, _ = self._task_loss(index)
+                    loss = self._task_loss(index, per_sample=True)
                     private.private_backward(loss)
-                    task_losses.append(float(loss.detach()))
+                    task_losses.append(float(loss.detach().mean()))
                 else:
                     private.empty_batch()
                 public: dict[int, torch.Tensor] = {}

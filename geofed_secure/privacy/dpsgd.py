@@ -23,10 +23,13 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import torch
 from opacus import GradSampleModule
-from opacus.optimizers import DPOptimizer
+from opacus.grad_sample import GradSampleModuleFastGradientClipping
+from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
+from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
 from torch import nn
 
-from geofed_secure.errors import TrainingError
+from geofed_secure.config import GRAD_SAMPLE_MODES
+from geofed_secure.errors import ConfigError, TrainingError
 from geofed_secure.privacy.dora_opacus import prepare_geodora_for_opacus
 from geofed_secure.privacy.noise import noise_generator
 
@@ -44,17 +47,25 @@ class DPSGDRound(contextlib.AbstractContextManager):
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *, noise_multiplier: float,
                  max_grad_norm: float, expected_batch_size: float, step_hook: Callable[[object], None],
-                 secure_mode: bool, seed: int, purpose: Sequence[object]) -> None:
+                 secure_mode: bool, seed: int, purpose: Sequence[object], grad_sample_mode: str = "ghost") -> None:
+        if grad_sample_mode not in GRAD_SAMPLE_MODES:
+            raise ConfigError("privacy.grad_sample_mode", f"must be one of {GRAD_SAMPLE_MODES}, got {grad_sample_mode!r}")
         self.model = model
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
         self.secure_mode = secure_mode
+        self.ghost = grad_sample_mode == "ghost"
         self._seed, self._purpose, self._steps = seed, tuple(purpose), 0
         prepare_geodora_for_opacus(model)
-        self.module = GradSampleModule(model, batch_first=True, loss_reduction="mean", strict=True)
         # Opacus divides the noisy sum by expected_batch_size (an int there); Poisson sampling keeps it as a float.
-        self.optimizer = DPOptimizer(optimizer, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
-                                     expected_batch_size=expected_batch_size, loss_reduction="mean",
-                                     secure_mode=secure_mode)
+        dp_args = dict(noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
+                       expected_batch_size=expected_batch_size, loss_reduction="mean", secure_mode=secure_mode)
+        if self.ghost:
+            self.module = GradSampleModuleFastGradientClipping(model, batch_first=True, loss_reduction="mean", strict=True,
+                                                               max_grad_norm=max_grad_norm, use_ghost_clipping=True)
+            self.optimizer = DPOptimizerFastGradientClipping(optimizer, **dp_args)
+        else:
+            self.module = GradSampleModule(model, batch_first=True, loss_reduction="mean", strict=True)
+            self.optimizer = DPOptimizer(optimizer, **dp_args)
         self.optimizer.attach_step_hook(step_hook)
 
     def __exit__(self, *exc: object) -> None:
@@ -62,15 +73,25 @@ class DPSGDRound(contextlib.AbstractContextManager):
         self.module._close()  # remove hooks and grad_sample attributes: the model is plain again (merge, export)
         return None
 
-    def private_backward(self, loss: torch.Tensor) -> None:
-        """Back-propagate the private loss of a non-empty batch: fills per-sample gradients."""
+    def private_backward(self, per_sample_loss: torch.Tensor) -> None:
+        """Back-propagate the private loss (one value per record) of a non-empty batch.
+
+        hooks: one backward fills per-sample gradients, which the optimizer clips. ghost: Opacus's two passes, the
+        first computing per-sample gradient NORMS only, the second the gradient of the norm-weighted loss.
+        """
         with _quiet_hooks():
-            loss.backward()
+            if self.ghost:
+                DPTensorFastGradientClipping(self.module, self.optimizer, per_sample_loss, "mean").backward()
+            else:
+                per_sample_loss.mean().backward()
 
     def empty_batch(self) -> None:
-        """A Poisson batch with no sample: zero per-sample gradients, so the step adds noise only."""
+        """A Poisson batch with no sample: a zero clipped sum, so the step adds noise only."""
         for p in self.params:
-            p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype)
+            if self.ghost:
+                p.grad = torch.zeros_like(p)
+            else:
+                p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype)
 
     @contextlib.contextmanager
     def hooks_off(self) -> Iterator[None]:
