@@ -65,8 +65,8 @@ def epsilon_of(history: Sequence[Step], delta: float, kind: str) -> float:
     accountant.history = steps
     try:
         with warnings.catch_warnings():
-            # RDP at a very small multiplier: "optimal order is the largest alpha"; the bound is then loose, still valid.
-            warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+            # RDP at an extreme multiplier: "optimal order is the largest/smallest alpha"; the bound is loose, still valid.
+            warnings.filterwarnings("ignore", message="Optimal order is the (largest|smallest) alpha")
             eps = float(accountant.get_epsilon(delta=delta))
     except (ValueError, RuntimeError, OverflowError, FloatingPointError):  # PRV domain too small: far outside budget
         return math.inf

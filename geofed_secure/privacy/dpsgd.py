@@ -2,13 +2,16 @@
 
 Used by :class:`geofed_secure.node.Node` when ``privacy.epsilon > 0``. Per optimizer step:
 
-1. the PRIVATE task loss of a Poisson batch is back-propagated with Opacus's hooks on: every trainable tensor
-   (modality adapter, head, GeoDoRA B, DoRA magnitude m) gets per-sample gradients;
-2. :meth:`DPSGDRound.public_gradients` runs the PUBLIC anchor (CKA) pass with the hooks off and returns plain
-   gradients by ``torch.autograd.grad``: they never touch ``grad_sample``, so they are neither clipped nor noised;
-3. :meth:`DPSGDRound.step`: Opacus's ``pre_step`` clips each per-sample gradient to ``max_grad_norm``, sums, adds
-   N(0, (sigma C)^2), scales by the expected batch size and calls the accountant's step hook (exactly one
-   accountant step); then the public gradient is added and the wrapped optimizer (Adam) steps.
+1. the PRIVATE task loss of a Poisson batch (one value per record) is back-propagated with Opacus's hooks on, for
+   every trainable tensor (modality adapter, head, GeoDoRA B, DoRA magnitude m). ``grad_sample_mode = "ghost"``
+   (default): Opacus's ghost clipping, a first backward pass computing per-sample gradient NORMS and a second one
+   computing the gradient of the norm-weighted loss, i.e. the sum of clipped per-sample gradients; ``"hooks"``:
+   per-sample gradients are materialised and the optimizer clips them;
+2. :meth:`DPSGDRound.hooks_off` runs the PUBLIC anchor (CKA) pass with the hooks off, and the node takes its plain
+   gradient by ``torch.autograd.grad``: it never reaches Opacus, so it is neither clipped nor noised;
+3. :meth:`DPSGDRound.step`: Opacus's ``pre_step`` clips (hooks mode), sums, adds N(0, (sigma C)^2), scales by the
+   expected batch size and calls the accountant's step hook (exactly one accountant step); then the public gradient
+   is added and the wrapped optimizer (Adam) steps.
 
 Adding the public gradient after the noise is sound: it depends only on public anchors and on parameters that are
 already the output of DP steps, so it is post-processing (DESIGN.md section 7). An empty Poisson batch still takes a
@@ -70,7 +73,7 @@ class DPSGDRound(contextlib.AbstractContextManager):
 
     def __exit__(self, *exc: object) -> None:
         self.optimizer.zero_grad(set_to_none=True)
-        self.module._close()  # remove hooks and grad_sample attributes: the model is plain again (merge, export)
+        self.module.cleanup()  # remove hooks and grad_sample attributes: the model is plain again (merge, export)
         return None
 
     def private_backward(self, per_sample_loss: torch.Tensor) -> None:

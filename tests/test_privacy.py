@@ -1,0 +1,418 @@
+"""Differential privacy on the node: per-sample gradients of GeoDoRA, clipping, the public anchor gradient,
+accounting, the privatised precision weight, budgets, checkpoints, and the runtime around them."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from opacus import GradSampleModule
+from opacus.accountants.utils import get_noise_multiplier
+
+from conftest import with_sections
+from geofed_secure.alignment.lap import precision_weight
+from geofed_secure.cli import _apply_overrides, _build_parser, _resolve_config
+from geofed_secure.config import NodeSpec, PrivacySection, RunConfig, config_from_dict
+from geofed_secure.errors import CheckpointError, ConfigError, PrivacyBudgetExceeded
+from geofed_secure.model import geodora
+from geofed_secure.model.node_model import NodeModel
+from geofed_secure.node.node import Node
+from geofed_secure.privacy import (
+    PrivacyLedger, PrivacyPlan, calibrate_noise_multiplier, epsilon_of, prepare_geodora_for_opacus, private_precision_weight,
+)
+from geofed_secure.privacy.dpsgd import DPSGDRound
+from geofed_secure.runtime.federation import build_federation
+from geofed_secure.runtime.simulator import Simulator
+from geofed_secure.server.server import RoundFailed
+
+MODES = ("ghost", "hooks")
+
+
+# -- a tiny GeoDoRA node model without dropout (so a batch and a per-sample loop see the same function) ------------
+def tiny_model(seed: int = 0) -> NodeModel:
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(seed)
+    backbone = BertModel(BertConfig(vocab_size=32, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                    intermediate_size=64, max_position_embeddings=32, hidden_dropout_prob=0.0,
+                                    attention_probs_dropout_prob=0.0))
+    model = NodeModel(geodora.apply_geodora(backbone, geodora.GeoDoRAConfig(rank=2), federation_seed=1), in_dim=12, n_classes=10)
+    with torch.no_grad():  # move B and m away from their initial values so every term of the DoRA gradient is non-zero
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.1 * torch.randn_like(p))
+    return model.train()
+
+
+def batch(n: int = 5, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 4, 12, generator=gen)
+    mask = torch.ones(n, 4, dtype=torch.bool)
+    mask[1, 3:] = False  # one padded sample
+    return x, mask, torch.randint(0, 10, (n,), generator=gen)
+
+
+def per_sample_loss(model: NodeModel, x, mask, y) -> torch.Tensor:
+    return F.cross_entropy(model.head(model.embed(x, mask)), y, reduction="none")
+
+
+def trainable(model: NodeModel) -> list[tuple[str, torch.nn.Parameter]]:
+    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+
+def loop_gradients(model: NodeModel, x, mask, y) -> list[dict[str, torch.Tensor]]:
+    """Reference: one plain autograd backward per sample."""
+    out = []
+    for i in range(len(x)):
+        model.zero_grad()
+        per_sample_loss(model, x[i:i + 1], mask[i:i + 1], y[i:i + 1]).sum().backward()
+        out.append({n: p.grad.detach().clone() for n, p in trainable(model)})
+    return out
+
+
+def test_geodora_per_sample_gradients_equal_an_explicit_loop():
+    # Prepare: Opacus hooks on the Opacus-ready GeoDoRA model, and an untouched copy for the loop.
+    model = tiny_model()
+    reference = copy.deepcopy(model)
+    assert prepare_geodora_for_opacus(model) == 4  # query + value in 2 layers
+    x, mask, y = batch()
+    # Execute
+    GradSampleModule(model, batch_first=True, loss_reduction="mean")
+    per_sample_loss(model, x, mask, y).mean().backward()
+    expected = loop_gradients(reference, x, mask, y)
+    # Assert: every trainable tensor (adapter, head, B, DoRA magnitude) matches the loop
+    names = [n for n, _ in trainable(model)]
+    assert any("lora_magnitude_vector" in n for n in names) and any("lora_B" in n for n in names)
+    assert any(n.startswith("adapter.") for n in names) and any(n.startswith("head.") for n in names)
+    for name, param in trainable(model):
+        for i in range(len(x)):
+            assert torch.allclose(param.grad_sample[i], expected[i][name], atol=1e-6, rtol=1e-5), name
+
+
+def test_stock_peft_dora_is_not_opacus_ready():
+    """Why dora_opacus exists: without it Opacus cannot compute DoRA's per-sample gradients (DESIGN.md 7)."""
+    model = tiny_model()
+    x, mask, y = batch()
+    GradSampleModule(model, batch_first=True, loss_reduction="mean")
+    with pytest.raises(TypeError):
+        per_sample_loss(model, x, mask, y).mean().backward()
+
+
+def test_prepared_model_computes_the_same_function():
+    model, reference = tiny_model(), tiny_model()
+    prepare_geodora_for_opacus(model)
+    prepare_geodora_for_opacus(model)  # idempotent
+    x, mask, _ = batch()
+    assert torch.allclose(model.embed(x, mask), reference.embed(x, mask), atol=1e-6)
+    assert model.state_dict().keys() == reference.state_dict().keys()
+
+
+def _dp_round(model, optimizer, *, sigma, clip, mode, ledger=None, expected=5.0, seed=3):
+    hook = ledger.optimizer_hook() if ledger else (lambda opt: None)
+    return DPSGDRound(model, optimizer, noise_multiplier=sigma, max_grad_norm=clip, expected_batch_size=expected,
+                      step_hook=hook, secure_mode=False, seed=seed, purpose=("test",), grad_sample_mode=mode)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_clipped_sum_equals_explicit_loop(mode):
+    # Prepare: no noise, a clip bound below most per-sample norms, SGD with lr 1 so the update IS the gradient.
+    model = tiny_model()
+    reference = copy.deepcopy(model)
+    x, mask, y = batch()
+    clip = 0.05
+    grads = loop_gradients(reference, x, mask, y)
+    norms = [torch.sqrt(sum((g ** 2).sum() for g in sample.values())) for sample in grads]
+    assert sum(float(n) > clip for n in norms) >= 3  # clipping is active
+    expected = {n: sum(min(1.0, clip / (float(norm) + 1e-6)) * g[n] for g, norm in zip(grads, norms)) / 5.0
+                for n in grads[0]}
+    before = {n: p.detach().clone() for n, p in trainable(model)}
+    optimizer = torch.optim.SGD([p for _, p in trainable(model)], lr=1.0)
+    # Execute
+    with _dp_round(model, optimizer, sigma=0.0, clip=clip, mode=mode) as dp:
+        dp.private_backward(per_sample_loss(model, x, mask, y))
+        dp.step({})
+    # Assert
+    for name, param in trainable(model):
+        assert torch.allclose(before[name] - param.detach(), expected[name], atol=1e-6), name
+    assert not any(hasattr(p, "grad_sample") and p.grad_sample is not None for _, p in trainable(model))  # hooks gone
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_public_gradient_is_neither_clipped_nor_noised_and_one_accountant_step_per_step(mode):
+    # Prepare: two identical models and noise streams; a public gradient far above the clip bound.
+    model_a = tiny_model()
+    model_b = copy.deepcopy(model_a)
+    x, mask, y = batch()
+    anchors = torch.randn(6, 4, 12, generator=torch.Generator().manual_seed(9))
+    anchor_mask = torch.ones(6, 4, dtype=torch.bool)
+    plain = copy.deepcopy(model_a)
+    params = [p for _, p in trainable(plain)]
+    public_loss = plain.embed(anchors, anchor_mask).pow(2).mean() * 100.0
+    grads = torch.autograd.grad(public_loss, params, allow_unused=True)  # the head is not in the anchor pass
+    public = {n: g for (n, _), g in zip(trainable(plain), grads) if g is not None}
+    assert torch.sqrt(sum((g ** 2).sum() for g in public.values())) > 100 * 1e-3
+    plan = PrivacyPlan(epsilon=10.0, delta=1e-5, accountant="rdp", max_grad_norm=1e-3, sample_rate=0.1,
+                       steps_per_round=3, lap_sample_rate=0.5, rounds=1)
+    ledgers = [PrivacyLedger(plan, 1.0), PrivacyLedger(plan, 1.0)]
+    updates = []
+    # Execute: 3 steps each; model_b also gets the public gradient (computed with hooks off, as the node does)
+    for model, ledger, with_public in ((model_a, ledgers[0], False), (model_b, ledgers[1], True)):
+        before = {n: p.detach().clone() for n, p in trainable(model)}
+        optimizer = torch.optim.SGD([p for _, p in trainable(model)], lr=1.0)
+        with _dp_round(model, optimizer, sigma=1.0, clip=1e-3, mode=mode, ledger=ledger) as dp:
+            dp.zero_grad()
+            dp.private_backward(per_sample_loss(model, x, mask, y))
+            extra = {}
+            if with_public:
+                with dp.hooks_off():
+                    live = dict(trainable(model))
+                    extra = {id(live[n]): g for n, g in public.items()}
+            dp.step(extra)
+        updates.append({n: before[n] - p.detach() for n, p in trainable(model)})
+    # Assert: the difference of the two updates is exactly the public gradient (same noise, same private part)
+    for name in public:
+        assert torch.allclose(updates[1][name] - updates[0][name], public[name], atol=1e-5), name
+    for ledger in ledgers:
+        assert ledger.steps == 1 and ledger.accountant.history == [(1.0, 0.1, 1)]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_empty_poisson_batch_still_adds_noise_and_is_accounted(mode):
+    model = tiny_model()
+    before = {n: p.detach().clone() for n, p in trainable(model)}
+    plan = PrivacyPlan(epsilon=10.0, delta=1e-5, accountant="rdp", max_grad_norm=1.0, sample_rate=0.1,
+                       steps_per_round=1, lap_sample_rate=0.5, rounds=1)
+    ledger = PrivacyLedger(plan, 2.0)
+    optimizer = torch.optim.SGD([p for _, p in trainable(model)], lr=1.0)
+    with _dp_round(model, optimizer, sigma=2.0, clip=1.0, mode=mode, ledger=ledger, expected=4.0) as dp:
+        dp.empty_batch()
+        dp.step({})
+    moved = torch.cat([(before[n] - p.detach()).flatten() for n, p in trainable(model)])
+    assert ledger.steps == 1
+    assert abs(float(moved.std()) - 2.0 * 1.0 / 4.0) < 0.05  # pure noise of std sigma C / E|B|
+
+
+# -- accounting -----------------------------------------------------------------------------------------------------
+def test_calibration_matches_opacus_for_one_mechanism_and_meets_the_budget():
+    for kind in ("rdp", "prv"):
+        sigma = calibrate_noise_multiplier(3.0, 1e-5, kind, ((0.04, 480),))
+        reference = get_noise_multiplier(target_epsilon=3.0, target_delta=1e-5, sample_rate=0.04, steps=480,
+                                         accountant=kind, epsilon_tolerance=0.01)
+        assert abs(sigma - reference) / reference < 0.02, (kind, sigma, reference)
+        eps = epsilon_of([(sigma, 0.04, 480)], 1e-5, kind)
+        assert 0.98 * 3.0 <= eps <= 3.0
+
+
+def test_calibration_covers_every_mechanism_of_the_plan():
+    plan = PrivacyPlan(epsilon=2.0, delta=1e-5, accountant="rdp", max_grad_norm=1.0, sample_rate=0.05, steps_per_round=8,
+                       lap_sample_rate=0.3, rounds=6)
+    sigma = plan.calibrate()
+    with_weight = epsilon_of([(sigma, 0.05, 48), (sigma, 0.3, 6)], 1e-5, "rdp")
+    without = epsilon_of([(sigma, 0.05, 48)], 1e-5, "rdp")
+    assert with_weight <= 2.0 and without < with_weight  # the weight releases are part of the budget
+
+
+def test_interleaving_does_not_change_epsilon_and_impossible_budgets_are_refused():
+    interleaved = [(1.1, 0.05, 8), (1.1, 0.3, 1)] * 4
+    assert epsilon_of(interleaved, 1e-5, "prv") == epsilon_of([(1.1, 0.05, 32), (1.1, 0.3, 4)], 1e-5, "prv")
+    with pytest.raises(ConfigError, match="cannot be met"):
+        calibrate_noise_multiplier(1e-4, 1e-12, "rdp", ((1.0, 100000),))
+
+
+# -- the privatised precision weight --------------------------------------------------------------------------------
+def test_private_weight_without_noise_is_the_clipped_mean_and_noise_has_the_stated_scale():
+    u = np.random.default_rng(0).uniform(0.0, 0.2, 200)
+    exact = private_precision_weight(u, expected_count=200, max_inverse=20.0, noise_multiplier=0.0,
+                                     generator=torch.Generator().manual_seed(0), secure_mode=False)
+    assert exact == pytest.approx(precision_weight(u, max_inverse=20.0), rel=1e-12)
+    draws = [private_precision_weight(np.full(100, 0.1), expected_count=100, max_inverse=20.0, noise_multiplier=0.5,
+                                      generator=torch.Generator().manual_seed(s), secure_mode=False) for s in range(2000)]
+    assert np.std(draws) == pytest.approx(0.5 * 19.0 / 100, rel=0.08)  # sigma (U - 1) / E|S|
+    assert min(draws) >= 1.0 and max(draws) <= 20.0
+
+
+def test_one_record_moves_the_weight_by_at_most_its_sensitivity():
+    rng = np.random.default_rng(1)
+    base = rng.uniform(0.0, 1.0, 50)
+    for extra in (0.0, 1.0, 0.5):  # the most and least influential records
+        kw = dict(expected_count=50, max_inverse=100.0, noise_multiplier=0.0, secure_mode=False)
+        a = private_precision_weight(base, generator=torch.Generator(), **kw)
+        b = private_precision_weight(np.append(base, extra), generator=torch.Generator(), **kw)
+        assert abs(b - a) <= 99.0 / 50 + 1e-9
+
+
+# -- the node -------------------------------------------------------------------------------------------------------
+def dp_config(tiny_config, **privacy):
+    return tiny_config.replace(privacy=PrivacySection(**({"epsilon": 4.0, "accountant": "rdp"} | privacy)))
+
+
+def make_node(config, tiny_modalities, tiny_backbone_dir, node_id="img-a") -> Node:
+    fed = build_federation(config, tiny_modalities)
+    spec = next(n for n in config.nodes if n.id == node_id)
+    from geofed_secure.model.backbone import load_backbone
+    return Node(spec, fed.nodes[node_id], config, anchor_digest=fed.anchor_digest,
+                backbone_factory=lambda: load_backbone(str(tiny_backbone_dir)))
+
+
+def test_node_refuses_a_round_past_its_budget_and_stays_unchanged(tiny_config, tiny_modalities, tiny_backbone_dir):
+    config = dp_config(with_sections(tiny_config, federation={"rounds": 2}))
+    node = make_node(config, tiny_modalities, tiny_backbone_dir)
+    plan = node.privacy.plan
+    assert plan.sample_rate == 16 / len(node.data.train) and plan.lap_sample_rate == 64 / len(node.data.train)
+    node.local_round(1, consensus=None)
+    node.local_round(2, consensus=None)
+    assert node.privacy.steps == 2 * config.training.local_steps and node.privacy.releases == 2
+    spent = node.privacy.spent()
+    assert spent <= 4.0
+    state = {k: v.clone() for k, v in node.state_dict().items()}
+    with pytest.raises(PrivacyBudgetExceeded, match="refuses round 3") as info:
+        node.local_round(3, consensus=None)
+    assert info.value.budget == 4.0 and info.value.after > 4.0
+    after = node.state_dict()
+    assert all(torch.equal(state[k], after[k]) for k in state) and node.privacy.spent() == spent
+
+
+def test_dp_upload_weight_is_noised(tiny_config, tiny_modalities, tiny_backbone_dir):
+    plain = make_node(tiny_config, tiny_modalities, tiny_backbone_dir)
+    private = make_node(dp_config(tiny_config), tiny_modalities, tiny_backbone_dir)
+    w_plain = float(plain.local_round(1, consensus=None)["precision_weight"][0])
+    w_private = float(private.local_round(1, consensus=None)["precision_weight"][0])
+    assert w_plain != w_private and 1.0 <= w_private <= tiny_config.training.max_inverse_uncertainty
+
+
+def test_secure_mode_noise_is_not_reproducible_but_the_default_is(tiny_config, tiny_modalities, tiny_backbone_dir):
+    def upload(secure_mode):
+        node = make_node(dp_config(tiny_config, secure_mode=secure_mode), tiny_modalities, tiny_backbone_dir)
+        return node.local_round(1, consensus=None)
+
+    key = next(k for k in upload(False) if k.startswith("weighted/"))
+    assert np.array_equal(upload(False)[key], upload(False)[key])
+    assert not np.array_equal(upload(True)[key], upload(True)[key])
+
+
+# -- the runtime ----------------------------------------------------------------------------------------------------
+def test_summary_reports_privacy_per_node_and_the_run_log_explains_secure_mode(tiny_config, tiny_modalities, tmp_path):
+    config = dp_config(with_sections(tiny_config, federation={"rounds": 2}), accountant="prv")
+    sim = Simulator(config, tiny_modalities, tmp_path)
+    notice = " ".join(sim.privacy_notice())
+    assert "secure_mode is OFF" in notice and "subtract the noise" in notice
+    summary = sim.run().summary
+    privacy = json.loads((tmp_path / "summary.json").read_text())["privacy"]
+    assert privacy == json.loads(json.dumps(summary["privacy"]))
+    assert privacy["enabled"] and set(privacy["nodes"]) == {n.id for n in config.nodes}
+    for node in privacy["nodes"].values():
+        assert {"epsilon", "delta", "accountant", "noise_multiplier", "sample_rate", "steps", "max_grad_norm"} <= set(node)
+        assert 0 < node["epsilon"] <= 4.0 and node["accountant"] == "prv" and node["steps"] == 2 * 3
+    assert "precision weight p_k" in privacy["covers"]
+    assert Simulator(tiny_config, tiny_modalities, tmp_path / "plain").privacy_notice() == []
+
+
+def test_a_node_out_of_budget_is_left_out_and_the_others_continue(tiny_config, tiny_modalities, tmp_path):
+    config = dp_config(with_sections(tiny_config, federation={"rounds": 1}))
+    sim = Simulator(config, tiny_modalities, tmp_path)
+    spent = sim.nodes["txt"].privacy
+    spent.accountant.history = [(spent.noise_multiplier, 1.0, 10_000)]  # e.g. its budget went to another study
+    record = sim.run().summary["rounds"][0]
+    assert "PrivacyBudgetExceeded" in record["nodes"]["txt"]["failure"]
+    assert all(record["nodes"][k]["failure"] is None and record["nodes"][k]["bytes_uploaded"] > 0 for k in ("img-a", "img-b", "tab"))
+
+
+def test_resume_keeps_the_spent_budget_and_refuses_extra_rounds(tiny_config, tiny_modalities, tmp_path):
+    config = dp_config(with_sections(tiny_config, federation={"rounds": 2}))
+    reference = Simulator(config, tiny_modalities, tmp_path / "ref").run()
+
+    def crash_in_round_2(stage, round_, node_id):
+        if stage == "local_training" and round_ == 2 and node_id == "txt":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        Simulator(config, tiny_modalities, tmp_path / "run", fault_hook=crash_in_round_2).run()
+    resumed = Simulator(config, tiny_modalities, tmp_path / "run").run(resume=True)
+    for key, value in reference.global_state.items():
+        assert np.array_equal(value, resumed.global_state[key]), key
+    assert resumed.summary["privacy"] == reference.summary["privacy"]
+    # One more round than planned: every node refuses, the round fails, the last good checkpoint stays.
+    longer = with_sections(config, federation={"rounds": 3})
+    with pytest.raises(RoundFailed, match="refuses round 3: it has spent epsilon"):
+        Simulator(longer, tiny_modalities, tmp_path / "run").run(resume=True)
+    assert (tmp_path / "run" / "checkpoints" / "LATEST").read_text().strip().endswith("2")
+
+
+def test_checkpoint_without_privacy_state_is_refused_for_a_dp_node(tiny_config, tiny_modalities, tiny_backbone_dir):
+    plain = make_node(tiny_config, tiny_modalities, tiny_backbone_dir)
+    private = make_node(dp_config(tiny_config), tiny_modalities, tiny_backbone_dir)
+    with pytest.raises(CheckpointError, match="without DP"):
+        private.load_state_dict(plain.state_dict())
+
+
+def test_dp_composes_with_masking(tiny_config, tiny_modalities, tmp_path):
+    config = dp_config(with_sections(tiny_config, federation={"rounds": 1}, secure={"protocol": "masking"}))
+    summary = Simulator(config, tiny_modalities, tmp_path, secure_seed=1).run().summary
+    assert summary["secure_aggregation"]["protocol"] == "masking"
+    assert all(0 < v["epsilon"] <= 4.0 and v["weight_releases"] == 1 for v in summary["privacy"]["nodes"].values())
+
+
+# -- configuration and command line ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("privacy, field", [
+    ({"epsilon": -1.0}, "privacy.epsilon"), ({"epsilon": float("nan")}, "privacy.epsilon"), ({"delta": 0.0}, "privacy.delta"),
+    ({"delta": 1.0}, "privacy.delta"), ({"accountant": "gdp"}, "privacy.accountant"), ({"max_grad_norm": 0.0}, "privacy.max_grad_norm"),
+    ({"grad_sample_mode": "functorch"}, "privacy.grad_sample_mode"), ({"secure_mode": "yes"}, "privacy.secure_mode"),
+    ({"epsilon": 1.0, "sigma": 2.0}, "privacy.sigma"),
+])
+def test_bad_privacy_config_names_the_field(privacy, field):
+    with pytest.raises(ConfigError) as info:
+        config_from_dict({"privacy": privacy})
+    assert info.value.field == field
+
+
+def test_dp_refuses_bridge_nodes():
+    nodes = [{"id": "bridge", "modality": "image", "paired_modality": "text"}, {"id": "t", "modality": "text"},
+             {"id": "b", "modality": "tabular"}]
+    with pytest.raises(ConfigError, match="InfoNCE"):
+        config_from_dict({"privacy": {"epsilon": 3.0}, "nodes": nodes})
+    config_from_dict({"nodes": nodes})  # fine without DP
+
+
+def test_cli_flags_set_the_privacy_section(tmp_path):
+    args = _build_parser().parse_args(["run", "--dp-epsilon", "3", "--dp-delta", "1e-6", "--dp-accountant", "rdp",
+                                       "--dp-max-grad-norm", "0.5", "--dp-secure-mode"])
+    privacy = _apply_overrides(RunConfig(), args).privacy
+    assert privacy == PrivacySection(epsilon=3.0, delta=1e-6, accountant="rdp", max_grad_norm=0.5, secure_mode=True)
+    assert _apply_overrides(RunConfig(), _build_parser().parse_args(["run"])).privacy == PrivacySection()
+    (tmp_path / "config.json").write_text(json.dumps(dataclasses.asdict(RunConfig())))
+    with pytest.raises(ConfigError, match="--dp-epsilon"):
+        _resolve_config(_build_parser().parse_args(["run", "--resume", str(tmp_path), "--dp-epsilon", "8"]))
+
+
+def test_demo_toml_spells_out_the_privacy_defaults():
+    from geofed_secure.config import load_config
+
+    assert load_config("examples/demo.toml").privacy == PrivacySection()
+    assert not PrivacySection().enabled and PrivacySection(epsilon=1.0).enabled
+    assert NodeSpec(id="x", modality="image")  # unchanged node spec
+
+
+def test_a_failed_round_rolls_back_the_model_but_not_the_spent_budget(tiny_config, tiny_modalities, tiny_backbone_dir,
+                                                                      monkeypatch):
+    from geofed_secure.errors import TrainingError
+    from geofed_secure.runtime.messages import RoundBroadcast
+
+    node = make_node(dp_config(tiny_config), tiny_modalities, tiny_backbone_dir)
+    state = {k: v.clone() for k, v in node.state_dict().items() if not k.startswith("privacy/")}
+    broadcast = RoundBroadcast(federation_id=tiny_config.federation.id, round=1, anchor_digest=node.anchor_digest,
+                               global_state={k: v.numpy() for k, v in geodora.get_lora_b(node.model.backbone).items()})
+
+    def fail(*args, **kwargs):
+        raise TrainingError("injected failure after the DP steps")
+
+    monkeypatch.setattr(node, "_precision_weight", fail)
+    with pytest.raises(TrainingError, match="injected"):
+        node.handle_broadcast(broadcast)
+    after = node.state_dict()
+    assert all(torch.equal(state[k], after[k]) for k in state)  # model as before the round
+    assert node.privacy.steps == tiny_config.training.local_steps  # ... but the steps taken stay spent
