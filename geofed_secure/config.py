@@ -81,6 +81,7 @@ class PrivacySection:
     accountant: str = "prv"  # "prv" (Opacus PRV accountant) | "rdp"
     max_grad_norm: float = 1.0  # per-sample clipping bound C of DP-SGD
     grad_sample_mode: str = "ghost"  # Opacus per-sample clipping: "ghost" (norms only, two backward passes) | "hooks"
+    weight_budget_share: float = 0.1  # the precision-weight releases alone may cost this share of epsilon
     secure_mode: bool = False  # true: OS-entropy noise and sampling, floating-point-robust sampler (not reproducible)
 
     @property
@@ -257,6 +258,8 @@ def _validate_privacy(cfg: RunConfig) -> None:
     if dp.accountant not in ACCOUNTANTS:
         raise ConfigError("privacy.accountant", f"must be one of {ACCOUNTANTS}, got {dp.accountant!r}")
     _positive(dp.max_grad_norm, "privacy.max_grad_norm")
+    if not 0 < dp.weight_budget_share < 1:
+        raise ConfigError("privacy.weight_budget_share", f"must be in (0, 1), got {dp.weight_budget_share!r}")
     if dp.grad_sample_mode not in GRAD_SAMPLE_MODES:
         raise ConfigError("privacy.grad_sample_mode", f"must be one of {GRAD_SAMPLE_MODES}, got {dp.grad_sample_mode!r}")
     if dp.enabled:

@@ -23,7 +23,7 @@ from geofed_secure.model import geodora
 from geofed_secure.model.node_model import NodeModel
 from geofed_secure.node.node import Node
 from geofed_secure.privacy import (
-    PrivacyLedger, PrivacyPlan, calibrate_noise_multiplier, epsilon_of, prepare_geodora_for_opacus, private_precision_weight,
+    PrivacyLedger, PrivacyPlan, calibrate_noise_multiplier, canonical_history, epsilon_of, prepare_geodora_for_opacus, private_precision_weight,
 )
 from geofed_secure.privacy.dpsgd import DPSGDRound
 from geofed_secure.runtime.federation import build_federation
@@ -158,7 +158,7 @@ def test_public_gradient_is_neither_clipped_nor_noised_and_one_accountant_step_p
     assert torch.sqrt(sum((g ** 2).sum() for g in public.values())) > 100 * 1e-3
     plan = PrivacyPlan(epsilon=10.0, delta=1e-5, accountant="rdp", max_grad_norm=1e-3, sample_rate=0.1,
                        steps_per_round=3, lap_sample_rate=0.5, rounds=1)
-    ledgers = [PrivacyLedger(plan, 1.0), PrivacyLedger(plan, 1.0)]
+    ledgers = [PrivacyLedger(plan, 1.0, 5.0), PrivacyLedger(plan, 1.0, 5.0)]
     updates = []
     # Execute: 3 steps each; model_b also gets the public gradient (computed with hooks off, as the node does)
     for model, ledger, with_public in ((model_a, ledgers[0], False), (model_b, ledgers[1], True)):
@@ -187,7 +187,7 @@ def test_empty_poisson_batch_still_adds_noise_and_is_accounted(mode):
     before = {n: p.detach().clone() for n, p in trainable(model)}
     plan = PrivacyPlan(epsilon=10.0, delta=1e-5, accountant="rdp", max_grad_norm=1.0, sample_rate=0.1,
                        steps_per_round=1, lap_sample_rate=0.5, rounds=1)
-    ledger = PrivacyLedger(plan, 2.0)
+    ledger = PrivacyLedger(plan, 2.0, 5.0)
     optimizer = torch.optim.SGD([p for _, p in trainable(model)], lr=1.0)
     with _dp_round(model, optimizer, sigma=2.0, clip=1.0, mode=mode, ledger=ledger, expected=4.0) as dp:
         dp.empty_batch()
@@ -208,13 +208,16 @@ def test_calibration_matches_opacus_for_one_mechanism_and_meets_the_budget():
         assert 0.98 * 3.0 <= eps <= 3.0
 
 
-def test_calibration_covers_every_mechanism_of_the_plan():
+@pytest.mark.parametrize("share", [0.1, 0.5])
+def test_calibration_splits_the_budget_and_covers_every_mechanism(share):
     plan = PrivacyPlan(epsilon=2.0, delta=1e-5, accountant="rdp", max_grad_norm=1.0, sample_rate=0.05, steps_per_round=8,
-                       lap_sample_rate=0.3, rounds=6)
-    sigma = plan.calibrate()
-    with_weight = epsilon_of([(sigma, 0.05, 48), (sigma, 0.3, 6)], 1e-5, "rdp")
-    without = epsilon_of([(sigma, 0.05, 48)], 1e-5, "rdp")
-    assert with_weight <= 2.0 and without < with_weight  # the weight releases are part of the budget
+                       lap_sample_rate=0.3, rounds=6, weight_budget_share=share)
+    sigma, weight_sigma = plan.calibrate()
+    weights_alone = epsilon_of([(weight_sigma, 0.3, 6)], 1e-5, "rdp")
+    total = epsilon_of([(sigma, 0.05, 48), (weight_sigma, 0.3, 6)], 1e-5, "rdp")
+    sgd_alone = epsilon_of([(sigma, 0.05, 48)], 1e-5, "rdp")
+    assert 0.98 * share * 2.0 <= weights_alone <= share * 2.0
+    assert 0.98 * 2.0 <= total <= 2.0 and sgd_alone < total  # the weight releases are part of the budget
 
 
 def test_interleaving_does_not_change_epsilon_and_impossible_budgets_are_refused():
@@ -267,6 +270,9 @@ def test_node_refuses_a_round_past_its_budget_and_stays_unchanged(tiny_config, t
     node.local_round(1, consensus=None)
     node.local_round(2, consensus=None)
     assert node.privacy.steps == 2 * config.training.local_steps and node.privacy.releases == 2
+    ledger = node.privacy
+    assert canonical_history(ledger.accountant.history) == [(ledger.noise_multiplier, plan.sample_rate, 6),
+                                                            (ledger.weight_noise_multiplier, plan.lap_sample_rate, 2)]
     spent = node.privacy.spent()
     assert spent <= 4.0
     state = {k: v.clone() for k, v in node.state_dict().items()}
@@ -361,7 +367,7 @@ def test_dp_composes_with_masking(tiny_config, tiny_modalities, tmp_path):
 @pytest.mark.parametrize("privacy, field", [
     ({"epsilon": -1.0}, "privacy.epsilon"), ({"epsilon": float("nan")}, "privacy.epsilon"), ({"delta": 0.0}, "privacy.delta"),
     ({"delta": 1.0}, "privacy.delta"), ({"accountant": "gdp"}, "privacy.accountant"), ({"max_grad_norm": 0.0}, "privacy.max_grad_norm"),
-    ({"grad_sample_mode": "functorch"}, "privacy.grad_sample_mode"), ({"secure_mode": "yes"}, "privacy.secure_mode"),
+    ({"grad_sample_mode": "functorch"}, "privacy.grad_sample_mode"), ({"weight_budget_share": 1.0}, "privacy.weight_budget_share"), ({"secure_mode": "yes"}, "privacy.secure_mode"),
     ({"epsilon": 1.0, "sigma": 2.0}, "privacy.sigma"),
 ])
 def test_bad_privacy_config_names_the_field(privacy, field):

@@ -107,8 +107,9 @@ class Node:
             raise ConfigError("privacy.epsilon", f"node {self.node_id} is a bridge node; DP-SGD does not support its InfoNCE loss")
         plan = PrivacyPlan(epsilon=dp.epsilon, delta=dp.delta, accountant=dp.accountant, max_grad_norm=dp.max_grad_norm,
                            sample_rate=min(1.0, training.batch_size / n), steps_per_round=training.local_steps,
-                           lap_sample_rate=min(1.0, training.lap_samples / n), rounds=self.config.federation.rounds)
-        return PrivacyLedger(plan, plan.calibrate())
+                           lap_sample_rate=min(1.0, training.lap_samples / n), rounds=self.config.federation.rounds,
+                           weight_budget_share=dp.weight_budget_share)
+        return PrivacyLedger(plan, *plan.calibrate())
 
     # -- provisioning -------------------------------------------------------------------------------
     def _prepare_anchors(self, anchors: TokenFeatures) -> TokenFeatures:
@@ -282,7 +283,7 @@ class Node:
         u = lap_uncertainty(self.embed(train.subset(lap_index)), anchor_z).numpy() if len(lap_index) else np.zeros(0)
         weight = private_precision_weight(
             u, expected_count=rate * len(train), max_inverse=cfg.max_inverse_uncertainty,
-            noise_multiplier=self.privacy.noise_multiplier, secure_mode=dp.secure_mode,
+            noise_multiplier=self.privacy.weight_noise_multiplier, secure_mode=dp.secure_mode,
             generator=noise_generator(dp.secure_mode, seed, "weight", self.node_id, round_))
         self.privacy.record_release()
         return weight

@@ -285,7 +285,9 @@ class Simulator:
         lines = [f"DP-SGD on every node: budget epsilon {dp.epsilon:g} at delta {dp.delta:g} ({dp.accountant} accountant), "
                  f"per-sample clip {dp.max_grad_norm:g}; noise multipliers "
                  + ", ".join(f"{k} {n.privacy.noise_multiplier:.3f} (q {n.privacy.plan.sample_rate:.3f})"
-                             for k, n in self.nodes.items() if n.privacy is not None)]
+                             for k, n in self.nodes.items() if n.privacy is not None)
+                 + f"; precision weights: {dp.weight_budget_share:.0%} of the budget, noise multipliers "
+                 + ", ".join(f"{n.privacy.weight_noise_multiplier:.2f}" for n in self.nodes.values() if n.privacy is not None)]
         if not dp.secure_mode:
             lines.append(SECURE_MODE_OFF_NOTICE)
         return lines
