@@ -25,7 +25,7 @@ from geofed_secure.alignment.lap import lap_uncertainty, precision_weight
 from geofed_secure.config import NodeSpec, RunConfig
 from geofed_secure.data.anchors import verify_anchor_digest
 from geofed_secure.data.features import TokenFeatures
-from geofed_secure.errors import ConfigError, DataError, MessageError, TrainingError
+from geofed_secure.errors import DataError, MessageError, TrainingError
 from geofed_secure.model import geodora
 from geofed_secure.model.node_model import NodeModel
 from geofed_secure.privacy.accounting import PrivacyLedger, PrivacyPlan
@@ -102,9 +102,7 @@ class Node:
 
     def _privacy_ledger(self) -> PrivacyLedger:
         """This node's DP plan for the configured rounds, with the noise multiplier calibrated to its budget."""
-        dp, training, n = self.config.privacy, self.config.training, len(self.data.train)
-        if self.data.paired_train is not None:
-            raise ConfigError("privacy.epsilon", f"node {self.node_id} is a bridge node; DP-SGD does not support its InfoNCE loss")
+        dp, training, n = self.config.privacy, self.config.training, len(self.data.train)  # bridge nodes: refused by config
         plan = PrivacyPlan(epsilon=dp.epsilon, delta=dp.delta, accountant=dp.accountant, max_grad_norm=dp.max_grad_norm,
                            sample_rate=min(1.0, training.batch_size / n), steps_per_round=training.local_steps,
                            lap_sample_rate=min(1.0, training.lap_samples / n), rounds=self.config.federation.rounds,

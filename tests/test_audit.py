@@ -1,0 +1,175 @@
+"""The audit foundation: threat models, views of a recorded transcript, attack metrics, Gram inversion."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score, roc_curve as sk_roc_curve
+
+from conftest import with_sections
+from geofed_secure.audit import (
+    ThreatModel, invert_gram, invert_gram_upper, load_run_view, load_threat_model, membership_result, procrustes_error,
+    select_view, threat_model_from_dict,
+)
+from geofed_secure.audit.metrics import roc_curve, tpr_at_fpr
+from geofed_secure.errors import ConfigError, DataError
+from geofed_secure.runtime.simulator import Simulator
+
+SHIPPED = ("hbc-server", "malicious-server", "server-colluding-with-text-node", "curious-node", "outside-observer")
+
+
+# -- threat models --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_threat_models_load(name):
+    model = load_threat_model(f"threat_models/{name}.toml")
+    assert model.name == name and model.description
+
+
+@pytest.mark.parametrize("data, field", [
+    ({"name": "x"}, "adversary"),
+    ({"name": "x", "adversary": {"role": "admin", "behaviour": "malicious"}}, "adversary.role"),
+    ({"name": "x", "adversary": {"role": "server", "behaviour": "evil"}}, "adversary.behaviour"),
+    ({"name": "x", "adversary": {"role": "node", "behaviour": "malicious"}}, "adversary.nodes"),
+    ({"name": "x", "adversary": {"role": "node", "behaviour": "malicious", "nodes": ["a", "b"]}}, "adversary.nodes"),
+    ({"name": "x", "adversary": {"role": "colluding", "behaviour": "malicious"}}, "adversary.nodes"),
+    ({"name": "x", "adversary": {"role": "server", "behaviour": "malicious", "nodes": ["a"]}}, "adversary.nodes"),
+    ({"name": "x", "adversary": {"role": "observer", "behaviour": "malicious"}, "observes": ["transcript"]}, "observes"),
+    ({"name": "x", "adversary": {"role": "server", "behaviour": "malicious"}, "observes": ["memory"]}, "observes"),
+    ({"name": "x", "adversary": {"role": "server", "behaviour": "malicious", "sees": 1}}, "adversary.sees"),
+    ({"name": "x y", "adversary": {"role": "server", "behaviour": "malicious"}}, "name"),
+    ({"name": "x", "adversary": {"role": "server", "behaviour": "malicious"}, "extra": 1}, "extra"),
+])
+def test_bad_threat_models_name_the_field(data, field):
+    with pytest.raises(ConfigError) as info:
+        threat_model_from_dict(data, source="t.toml")
+    assert info.value.field == field and "t.toml" in str(info.value)
+
+
+def test_missing_or_broken_threat_model_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_threat_model(tmp_path / "nope.toml")
+    (tmp_path / "bad.toml").write_text("name = ")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_threat_model(tmp_path / "bad.toml")
+
+
+# -- views ----------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def recorded_runs(tiny_config, tiny_modalities, tmp_path_factory):
+    out = {}
+    for protocol in ("none", "masking"):
+        config = with_sections(tiny_config, federation={"rounds": 2}, secure={"protocol": protocol})
+        path = tmp_path_factory.mktemp(f"run-{protocol}")
+        Simulator(config, tiny_modalities, path, secure_seed=3).run()
+        out[protocol] = path
+    return out
+
+
+def model(role, nodes=(), observes=("transcript", "final_model")):
+    return ThreatModel(name=f"t-{role}", description="", role=role, behaviour="honest-but-curious", nodes=tuple(nodes),
+                       observes=tuple(observes))
+
+
+def test_server_view_is_every_message_the_server_sends_or_receives(recorded_runs):
+    from geofed_secure.runtime.transcript import Transcript
+
+    transcript = Transcript.load(recorded_runs["none"] / "transcript")
+    view = load_run_view(model("server"), recorded_runs["none"])
+    assert len(view.records) == len(transcript) > 0  # in the simulator every message has the server at one end
+    uploads = [m for _, m in view.messages(type_="NodeUpdate")]
+    assert {u.node_id for u in uploads} == {"img-a", "img-b", "txt", "tab"} and view.rounds == (1, 2)
+    assert view.final_state is not None and all(k.endswith(".lora_B") for k in view.final_state)
+
+
+@pytest.mark.parametrize("protocol", ["none", "masking"])
+def test_a_curious_node_sees_only_its_own_messages(recorded_runs, protocol):
+    view = load_run_view(model("node", ["tab"]), recorded_runs[protocol])
+    assert view.records and all("tab" in (r.sender, r.receiver) for r in view.records)
+    if protocol == "none":
+        assert [m.node_id for _, m in view.messages(type_="NodeUpdate")] == ["tab", "tab"]  # its own uploads only
+    else:
+        assert "NodeUpdate" not in view.types and "MaskedInput" in view.types
+        assert all(r.sender == "tab" for r in view.records if r.type == "MaskedInput")
+
+
+def test_colluding_view_is_the_union_and_the_observer_sees_no_transcript(recorded_runs):
+    run = recorded_runs["masking"]
+    server = load_run_view(model("server"), run)
+    node = load_run_view(model("node", ["txt"]), run)
+    coalition = load_run_view(model("colluding", ["txt"]), run)
+    assert set(coalition.records) == set(server.records) | set(node.records)
+    observer = load_run_view(model("observer", observes=("final_model",)), run)
+    assert observer.records == () and list(observer.messages()) == [] and observer.final_state is not None
+    blind = select_view(model("server", observes=("transcript",)), None, final_state={"x": np.zeros(1)})
+    assert blind.final_state is None
+
+
+def test_masked_uploads_in_a_coalition_view_are_uncorrelated_with_the_plaintext(recorded_runs):
+    """Under masking the strongest transcript view (server + a colluding node) carries no individual update: another
+    node's masked words show no correlation with its plaintext upload (taken from the same-seed plaintext run)."""
+    from geofed_secure.runtime.secure import PayloadLayout
+
+    view = load_run_view(model("colluding", ["txt"]), recorded_runs["masking"])
+    assert "NodeUpdate" not in view.types
+    plain = load_run_view(model("server"), recorded_runs["none"])
+    update = next(m for _, m in plain.messages(type_="NodeUpdate", round_=1) if m.node_id == "img-a")
+    n_anchors = int(round((1 + np.sqrt(1 + 8 * update.payload["gram_upper"].size)) / 2))
+    layout = PayloadLayout.for_round({k[len("weighted/"):]: v for k, v in update.payload.items() if k.startswith("weighted/")}, n_anchors)
+    vector = layout.flatten(update.payload)
+    masked = next(m for _, m in view.messages(type_="MaskedInput", round_=1) if m.node_id == "img-a")
+    words = masked.words.view(np.int64).astype(np.float64)[:vector.size]
+    assert words.size == vector.size
+    assert abs(np.corrcoef(words, vector)[0, 1]) < 5 / np.sqrt(vector.size)
+
+
+# -- metrics --------------------------------------------------------------------------------------------------------
+def test_membership_metrics_match_scikit_learn():
+    rng = np.random.default_rng(0)
+    members, others = rng.normal(1.0, 1.0, 400), rng.normal(0.0, 1.0, 600)
+    result = membership_result(members, others, attack="threshold", threat_model="t", target="n", seed=1, bootstrap=100)
+    labels, scores = np.r_[np.ones(400), np.zeros(600)], np.r_[members, others]
+    assert result.metrics["auc"].value == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+    sk_fpr, sk_tpr, _ = sk_roc_curve(labels, scores, drop_intermediate=False)
+    for target in (0.01, 0.001, 0.1):
+        expected = sk_tpr[sk_fpr <= target + 1e-12].max()
+        assert tpr_at_fpr(*roc_curve(scores, labels), target) == pytest.approx(expected)
+    assert result.metrics["advantage"].value == pytest.approx(np.max(sk_tpr - sk_fpr))
+    auc = result.metrics["auc"]
+    assert auc.low < auc.value < auc.high and auc.high - auc.low < 0.1
+    assert result.trials == 1000 and result.to_dict()["metrics"]["auc"]["value"] == auc.value
+
+
+def test_identical_scores_give_chance_and_bad_scores_are_refused():
+    result = membership_result(np.zeros(50), np.zeros(50), attack="t", threat_model="t", target="n", seed=0, bootstrap=0)
+    assert result.metrics["auc"].value == 0.5 and result.metrics["advantage"].value == 0.0
+    with pytest.raises(DataError):
+        membership_result([], [1.0], attack="t", threat_model="t", target="n", seed=0)
+    with pytest.raises(DataError):
+        membership_result([np.nan], [1.0], attack="t", threat_model="t", target="n", seed=0)
+
+
+# -- Gram inversion -------------------------------------------------------------------------------------------------
+def test_gram_inversion_recovers_embeddings_up_to_rotation():
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(50, 384))
+    zn = z / np.linalg.norm(z, axis=1, keepdims=True)
+    rotation, _ = np.linalg.qr(rng.normal(size=(384, 384)))
+    assert procrustes_error(zn @ rotation, zn) < 1e-12  # the metric ignores rotations ...
+    assert procrustes_error(zn + 0.1 * rng.normal(size=zn.shape), zn) > 0.05  # ... but not noise
+    gram = zn @ zn.T
+    assert procrustes_error(invert_gram(gram), zn) < 1e-10  # B <= d: the Gram determines Z up to rotation
+    errors = [procrustes_error(invert_gram(gram, rank), zn) for rank in (40, 20, 5)]
+    assert errors == sorted(errors) and errors[0] > 0.1  # truncated ranks lose information, monotonically
+    upper = gram[np.triu_indices(50, 1)]
+    assert procrustes_error(invert_gram_upper(upper, 50), zn) < 1e-6  # from the wire format
+
+
+def test_gram_inversion_of_low_dimensional_embeddings_and_bad_input():
+    rng = np.random.default_rng(1)
+    z = rng.normal(size=(30, 8))  # d < B: rank 8
+    gram = z @ z.T
+    assert invert_gram(gram).shape == (30, 8) and procrustes_error(invert_gram(gram), z) < 1e-10
+    with pytest.raises(DataError):
+        invert_gram(np.ones((3, 4)))
+    with pytest.raises(DataError):
+        invert_gram(np.full((3, 3), np.nan))
