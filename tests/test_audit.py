@@ -173,3 +173,46 @@ def test_gram_inversion_of_low_dimensional_embeddings_and_bad_input():
         invert_gram(np.ones((3, 4)))
     with pytest.raises(DataError):
         invert_gram(np.full((3, 3), np.nan))
+
+
+# -- one-run canary audit statistic ---------------------------------------------------------------------------------
+def _reference_p_value(m, r, v, eps, delta):
+    """The paper's statement, term by term (an explicit loop over i)."""
+    from scipy import stats
+
+    q = np.exp(eps) / (1 + np.exp(eps))
+    tail = sum(stats.binom.pmf(k, r, q) for k in range(v, r + 1))
+    alpha = max(sum(stats.binom.pmf(v - j, r, q) for j in range(1, i + 1)) / i for i in range(1, v + 1))
+    return min(1.0, tail + 2 * m * delta * alpha)
+
+
+@pytest.mark.parametrize("m, r, v, eps, delta", [(200, 100, 70, 0.5, 1e-5), (1000, 300, 240, 1.0, 1e-3), (50, 50, 20, 0.0, 0.0)])
+def test_canary_p_value_matches_the_papers_formula(m, r, v, eps, delta):
+    from geofed_secure.audit.canary import p_value
+
+    assert p_value(m, r, v, eps, delta) == pytest.approx(_reference_p_value(m, r, v, eps, delta), rel=1e-9, abs=1e-12)
+
+
+def test_canary_bound_recovers_randomised_response_epsilon_from_below():
+    """epsilon-DP randomised response guesses right with probability e^eps / (1 + e^eps): the bound sits just below."""
+    from geofed_secure.audit.canary import epsilon_lower_bound
+
+    rng = np.random.default_rng(0)
+    for eps in (0.5, 2.0):
+        m = 20000
+        correct = int((rng.random(m) < np.exp(eps) / (1 + np.exp(eps))).sum())
+        bound = epsilon_lower_bound(m, m, correct, delta=0.0)
+        assert 0.9 * eps < bound <= eps * 1.02, (eps, bound)
+    assert epsilon_lower_bound(1000, 1000, 1000, delta=1e-5) > 5  # every guess right: far from private
+    assert epsilon_lower_bound(1000, 0, 0, delta=1e-5) == 0.0  # abstaining proves nothing
+    with pytest.raises(DataError):
+        epsilon_lower_bound(10, 20, 5, delta=1e-5)
+
+
+@pytest.mark.parametrize("module", ["geofed_secure.audit.metrics", "geofed_secure.audit.canary"])
+def test_audit_doctests(module):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module))
+    assert result.attempted > 0 and result.failed == 0

@@ -422,3 +422,12 @@ def test_a_failed_round_rolls_back_the_model_but_not_the_spent_budget(tiny_confi
     after = node.state_dict()
     assert all(torch.equal(state[k], after[k]) for k in state)  # model as before the round
     assert node.privacy.steps == tiny_config.training.local_steps  # ... but the steps taken stay spent
+
+
+def test_privacy_doctests():
+    import doctest
+
+    from geofed_secure.privacy import accounting
+
+    result = doctest.testmod(accounting)
+    assert result.attempted > 0 and result.failed == 0
