@@ -131,10 +131,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     modalities = load_demo_modalities(config, progress=progress)
     console.print(f"  data ready in {time.perf_counter() - t0:.1f} s: "
                   + ", ".join(f"{m} ({len(d.pool)} private, B={len(d.anchors)}{', synthetic' if d.synthetic else ''})" for m, d in modalities.items()))
-    reporter = ConsoleReporter()
-    sim = Simulator(config, modalities, out, reporter=reporter)
-    for line in sim.privacy_notice():
-        reporter.log(line)
+    sim = Simulator(config, modalities, out, reporter=ConsoleReporter())
     result = sim.run(resume=resume)
     plots = write_plots(result.summary, out)
     final = result.summary["final"]

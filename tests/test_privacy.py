@@ -304,10 +304,18 @@ def test_secure_mode_noise_is_not_reproducible_but_the_default_is(tiny_config, t
 # -- the runtime ----------------------------------------------------------------------------------------------------
 def test_summary_reports_privacy_per_node_and_the_run_log_explains_secure_mode(tiny_config, tiny_modalities, tmp_path):
     config = dp_config(with_sections(tiny_config, federation={"rounds": 2}), accountant="prv")
-    sim = Simulator(config, tiny_modalities, tmp_path)
-    notice = " ".join(sim.privacy_notice())
-    assert "secure_mode is OFF" in notice and "subtract the noise" in notice
+    from geofed_secure.runtime.simulator import SilentReporter
+
+    class Recorder(SilentReporter):
+        lines: list[str] = []
+
+        def log(self, message: str) -> None:
+            self.lines.append(message)
+
+    sim = Simulator(config, tiny_modalities, tmp_path, reporter=Recorder())
     summary = sim.run().summary
+    notice = " ".join(Recorder.lines)  # the run log states the calibrated noise and what secure_mode off means
+    assert "secure_mode is OFF" in notice and "subtract the noise" in notice and "noise multipliers img-a" in notice
     privacy = json.loads((tmp_path / "summary.json").read_text())["privacy"]
     assert privacy == json.loads(json.dumps(summary["privacy"]))
     assert privacy["enabled"] and set(privacy["nodes"]) == {n.id for n in config.nodes}

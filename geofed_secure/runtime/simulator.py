@@ -198,6 +198,8 @@ class Simulator:
                 raise CheckpointError(f"{self.out_dir} already holds a run; use --resume {self.out_dir} or another --out")
             config_path.write_text(json.dumps(self.config.to_dict(), indent=1, sort_keys=True))
             transcript = Transcript(transcript_dir)
+        for line in self.privacy_notice():
+            self.reporter.log(line)
         total = self.config.federation.rounds
         for round_ in range(start, total + 1):
             self.reporter.round_started(round_, total)
