@@ -60,7 +60,26 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--cache-dir", help="feature cache folder (default $GEOFED_CACHE or ~/.cache/geofed-secure)")
     run.add_argument("--out", type=Path, help="output folder (default runs/<federation id>-<time>)")
     run.add_argument("--resume", type=Path, metavar="DIR", help="continue the interrupted run in DIR")
+    audit = sub.add_parser("audit", help="audit a finished run from one threat model's view (first version)")
+    audit.add_argument("--threat-model", type=Path, required=True, dest="threat_model", help="threat model TOML (threat_models/)")
+    audit.add_argument("--run", type=Path, required=True, help="run folder written by geofed run")
+    audit.add_argument("--reference-run", type=Path, dest="reference_run",
+                       help="the same configuration and seed run with --secure none: ground truth for scoring attacks")
+    audit.add_argument("--out", type=Path, required=True, help="folder for report.json and report.md")
+    audit.add_argument("--seed", type=int, default=0)
     return parser
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from geofed_secure.audit.runner import audit_run
+    from geofed_secure.audit.threat_model import load_threat_model
+
+    report = audit_run(load_threat_model(args.threat_model), args.run, args.out, reference_run=args.reference_run,
+                       seed=args.seed, progress=console.print)
+    for line in report["verdict"]:
+        console.print(f"  [bold]{line}[/bold]")
+    console.print(f"  wrote {args.out / 'report.json'}, {args.out / 'report.md'}")
+    return 0
 
 
 def _apply_overrides(config: RunConfig, args: argparse.Namespace) -> RunConfig:
@@ -151,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             return cmd_run(args)
+        if args.command == "audit":
+            return cmd_audit(args)
     except GeofedError as exc:
         console.print(f"[red]error[/red] ({type(exc).__name__}): {exc}")
         return 2

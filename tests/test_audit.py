@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score, roc_curve as sk_roc_curve
@@ -216,3 +218,50 @@ def test_audit_doctests(module):
 
     result = doctest.testmod(importlib.import_module(module))
     assert result.attempted > 0 and result.failed == 0
+
+
+# -- geofed audit (first version) -----------------------------------------------------------------------------------
+def test_audit_of_a_plaintext_run_recovers_every_nodes_anchor_geometry(recorded_runs, tmp_path):
+    from geofed_secure.audit.runner import audit_run
+
+    report = audit_run(model("server"), recorded_runs["none"], tmp_path, reference_run=recorded_runs["none"])
+    assert set(report["view"]["uploads"]["in_clear"]) == {"img-a", "img-b", "txt", "tab"}
+    results = {r["target"]: r for r in report["results"]}
+    assert set(results) == {"img-a", "img-b", "txt", "tab"}
+    for r in results.values():
+        assert r["metadata"]["source"] == "own upload in clear" and r["metrics"]["procrustes_error"]["value"] < 1e-6
+        assert r["metrics"]["procrustes_error_no_knowledge"]["value"] > 0.3
+    assert (tmp_path / "report.md").read_text().count("| own upload in clear |") == 4  # one table row per node
+    assert report == json.loads((tmp_path / "report.json").read_text())
+
+
+def test_audit_under_masking_leaves_only_the_consensus(recorded_runs, tmp_path):
+    from geofed_secure.audit.runner import audit_run
+
+    for role, nodes in (("server", ()), ("node", ("tab",)), ("colluding", ("txt",))):
+        report = audit_run(model(role, nodes), recorded_runs["masking"], tmp_path / role, reference_run=recorded_runs["none"])
+        assert report["view"]["uploads"]["in_clear"] == {}
+        assert not set(nodes) & set(report["view"]["uploads"]["masked"])  # its own upload is not counted as learned
+        for r in report["results"]:
+            assert r["metadata"]["source"] == "consensus" and r["metrics"]["procrustes_error"]["value"] > 0.01
+
+
+def test_audit_of_an_outside_observer_and_bad_inputs(recorded_runs, tmp_path):
+    from geofed_secure.audit.runner import audit_run
+
+    report = audit_run(model("observer", observes=("final_model",)), recorded_runs["masking"], tmp_path / "obs",
+                       reference_run=recorded_runs["none"])
+    assert report["results"] == [] and report["view"]["final_model"] and "only the released final model" in report["verdict"][0]
+    with pytest.raises(ConfigError, match="--reference-run"):
+        audit_run(model("server"), recorded_runs["masking"], tmp_path / "x", reference_run=recorded_runs["masking"])
+    with pytest.raises(ConfigError, match="summary.json"):
+        audit_run(model("server"), tmp_path, tmp_path / "y")
+
+
+def test_geofed_audit_command(recorded_runs, tmp_path):
+    from geofed_secure.cli import main
+
+    rc = main(["audit", "--threat-model", "threat_models/hbc-server.toml", "--run", str(recorded_runs["masking"]),
+               "--reference-run", str(recorded_runs["none"]), "--out", str(tmp_path)])
+    assert rc == 0 and (tmp_path / "report.md").is_file()
+    assert main(["audit", "--threat-model", str(tmp_path / "missing.toml"), "--run", ".", "--out", str(tmp_path)]) == 2
