@@ -244,6 +244,7 @@ def test_audit_under_masking_leaves_only_the_consensus(recorded_runs, tmp_path):
         assert not set(nodes) & set(report["view"]["uploads"]["masked"])  # its own upload is not counted as learned
         for r in report["results"]:
             assert r["metadata"]["source"] == "consensus" and r["metrics"]["procrustes_error"]["value"] > 0.01
+            assert 0 < r["metrics"]["procrustes_error_without_node"]["value"] < 2
 
 
 def test_audit_of_an_outside_observer_and_bad_inputs(recorded_runs, tmp_path):

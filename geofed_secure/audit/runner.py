@@ -86,6 +86,9 @@ def gram_inversion_results(view: View, truth: dict[str, np.ndarray], *, seed: in
         metrics = {"procrustes_error": procrustes_error(invert_gram_upper(estimate, n), target),
                    # knowing nothing: orthogonal anchors (identity Gram); an estimate should beat this to carry signal
                    "procrustes_error_no_knowledge": procrustes_error(np.eye(n), target)}
+        others = [g for other, g in truth.items() if other != node_id]
+        if others:  # what the consensus would give WITHOUT this node: the part of the error its participation leaks
+            metrics["procrustes_error_without_node"] = procrustes_error(invert_gram_upper(np.mean(others, axis=0), n), target)
         metrics |= {f"procrustes_error_rank_{r}": procrustes_error(invert_gram_upper(estimate, n, r), target) for r in RANKS}
         results.append(AttackResult(
             attack="gram_inversion", threat_model=view.threat_model.name, target=node_id, trials=n, seed=seed,
@@ -123,7 +126,10 @@ def _verdict(tm: ThreatModel, inv: dict[str, Any], results: list[AttackResult]) 
     for r in results:
         err = r.metrics["procrustes_error"].value
         base = r.metrics["procrustes_error_no_knowledge"].value
-        how = "exactly, up to rotation" if err < 1e-4 else f"with Procrustes error {err:.3f} (0 = exact; knowing nothing: {base:.3f})"
+        without = r.metrics.get("procrustes_error_without_node")
+        how = "exactly, up to rotation" if err < 1e-4 else (
+            f"with Procrustes error {err:.3f} (0 = exact; the others' consensus alone: "
+            f"{without.value if without else float('nan'):.3f}; knowing nothing: {base:.3f})")
         lines.append(f"Gram inversion, {r.target}: anchor embeddings recovered from its {r.metadata['source']} {how}.")
     return lines
 
@@ -173,12 +179,14 @@ def _markdown(report: dict[str, Any]) -> str:
               for form, nodes in inv["uploads"].items()]
     if report["results"]:
         lines += ["", "## Gram inversion (round 1)", "",
-                  "| node | source | anchors | Procrustes error | rank 5 | rank 10 | rank 20 | knowing nothing |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "| node | source | anchors | Procrustes error | rank 5 | rank 10 | rank 20 | consensus without the node | knowing nothing |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for r in report["results"]:
-            m = r["metrics"]
-            lines.append(f"| {r['target']} | {r['metadata']['source']} | {r['metadata']['anchors']} | {m['procrustes_error']['value']:.3g} | "
-                         + " | ".join(f"{m[f'procrustes_error_rank_{k}']['value']:.3g}" for k in RANKS)
-                         + f" | {m['procrustes_error_no_knowledge']['value']:.3g} |")
+            m = {k: v["value"] for k, v in r["metrics"].items()}
+            cells = [r["target"], r["metadata"]["source"], str(r["metadata"]["anchors"]), f"{m['procrustes_error']:.3g}",
+                     *(f"{m[f'procrustes_error_rank_{k}']:.3g}" for k in RANKS),
+                     f"{m['procrustes_error_without_node']:.3g}" if "procrustes_error_without_node" in m else "-",
+                     f"{m['procrustes_error_no_knowledge']:.3g}"]
+            lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "## Verdict", ""] + [f"- {line}" for line in report["verdict"]] + [""]
     return "\n".join(lines)
