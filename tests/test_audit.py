@@ -266,3 +266,53 @@ def test_geofed_audit_command(recorded_runs, tmp_path):
                "--reference-run", str(recorded_runs["none"]), "--out", str(tmp_path)])
     assert rc == 0 and (tmp_path / "report.md").is_file()
     assert main(["audit", "--threat-model", str(tmp_path / "missing.toml"), "--run", ".", "--out", str(tmp_path)]) == 2
+
+
+# -- the canary audit on a real (tiny) node -------------------------------------------------------------------------
+def _canary_audit(tiny_config, tiny_modalities, tiny_backbone_dir, **privacy):
+    from conftest import synthetic_modality
+    from geofed_secure.audit.canary_run import run_canary_audit
+    from geofed_secure.model.backbone import load_backbone
+    from geofed_secure.runtime.federation import build_federation
+
+    config = with_sections(tiny_config, federation={"rounds": 5, "mode": "local-only"},
+                           training={"local_steps": 20, "lr": 0.01, "lambda_geo": 0.0},
+                           privacy={"accountant": "rdp"} | privacy)
+    fed = build_federation(config, tiny_modalities)
+    # Records 240.. of a larger draw from the same class means are held out from every node's data.
+    held_out = synthetic_modality("image", dim=12, tokens=4, seed=1, n_pool=400).pool.subset(np.arange(240, 400))
+    spec = config.nodes[0]
+    return run_canary_audit(config, spec, fed.nodes[spec.id], held_out, anchor_digest=fed.anchor_digest,
+                            backbone_factory=lambda: load_backbone(str(tiny_backbone_dir)), canaries=100, seed=0)
+
+
+def test_canary_audit_detects_memorisation_without_dp(tiny_config, tiny_modalities, tiny_backbone_dir):
+    audit = _canary_audit(tiny_config, tiny_modalities, tiny_backbone_dir, epsilon=0.0)
+    assert audit.accountant_epsilon is None and not audit.failed
+    assert audit.epsilon_lower_bound > 0.5 and audit.correct > audit.guesses * 0.75
+
+
+def test_canary_audit_bound_stays_below_the_accountant_under_dp(tiny_config, tiny_modalities, tiny_backbone_dir):
+    audit = _canary_audit(tiny_config, tiny_modalities, tiny_backbone_dir, epsilon=2.0)
+    assert 0 < audit.accountant_epsilon <= 2.0
+    assert audit.epsilon_lower_bound <= audit.accountant_epsilon and not audit.failed
+
+
+def test_canary_audit_refutes_a_dp_implementation_that_lies(tiny_config, tiny_modalities, tiny_backbone_dir, monkeypatch):
+    """A broken DP-SGD (no noise, no effective clipping) whose accountant still records the calibrated noise, and so
+    claims epsilon 0.5, is caught by the canary audit."""
+    import opacus.optimizers.optimizer_fast_gradient_clipping as ghost_optimizer
+    import torch
+
+    from geofed_secure.privacy import dpsgd
+
+    honest_init = dpsgd.DPSGDRound.__init__
+
+    def no_clipping(self, model, optimizer, **kwargs):
+        honest_init(self, model, optimizer, **(kwargs | {"max_grad_norm": 1e6}))
+
+    monkeypatch.setattr(dpsgd.DPSGDRound, "__init__", no_clipping)
+    monkeypatch.setattr(ghost_optimizer, "_generate_noise", lambda std, reference, **kw: torch.zeros_like(reference))
+    audit = _canary_audit(tiny_config, tiny_modalities, tiny_backbone_dir, epsilon=0.5, accountant="prv")
+    assert audit.accountant_epsilon <= 0.5 and audit.epsilon_lower_bound > 0.5
+    assert audit.failed and audit.to_dict()["failed"] is True

@@ -12,12 +12,13 @@ Attacks consume views only; they never reach into a node's memory.
 """
 
 from geofed_secure.audit.canary import epsilon_lower_bound
+from geofed_secure.audit.canary_run import CanaryAudit, run_canary_audit
 from geofed_secure.audit.attacks.gram_inversion import invert_gram, invert_gram_upper, procrustes_error
 from geofed_secure.audit.metrics import AttackResult, Interval, membership_result
 from geofed_secure.audit.threat_model import ThreatModel, load_threat_model, threat_model_from_dict
 from geofed_secure.audit.views import View, load_run_view, select_view
 
 __all__ = [
-    "AttackResult", "Interval", "ThreatModel", "View", "epsilon_lower_bound", "invert_gram", "invert_gram_upper", "load_run_view",
+    "AttackResult", "CanaryAudit", "Interval", "run_canary_audit", "ThreatModel", "View", "epsilon_lower_bound", "invert_gram", "invert_gram_upper", "load_run_view",
     "load_threat_model", "membership_result", "procrustes_error", "select_view", "threat_model_from_dict",
 ]

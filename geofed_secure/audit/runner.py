@@ -11,8 +11,9 @@ What it does today, on a run written by ``geofed run``:
    uploads are those of the audited run, since round 1 starts from the same public state). Error = Procrustes
    distance between the embeddings recovered from the estimate and those determined by the true Gram.
 
+The canary audit of a node's DP training is separate (:mod:`geofed_secure.audit.canary_run`, it trains the node).
 Not yet (issue 5): running a plan of sharing schemes x protections itself, membership inference, extraction,
-prototype leakage, the canary audit on a real run (the statistic exists: :mod:`geofed_secure.audit.canary`), plots.
+prototype leakage, plots.
 """
 
 from __future__ import annotations
