@@ -439,3 +439,12 @@ def test_privacy_doctests():
 
     result = doctest.testmod(accounting)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_dp_recipe_example_differs_from_the_demo_only_in_the_recipe():
+    from geofed_secure.config import load_config
+
+    recipe, demo = load_config("examples/dp-recipe.toml"), RunConfig()
+    assert recipe.privacy == dataclasses.replace(demo.privacy, epsilon=8.0)
+    assert recipe.training == dataclasses.replace(demo.training, batch_size=256, lr=0.005)
+    assert recipe.replace(privacy=demo.privacy, training=demo.training) == demo
