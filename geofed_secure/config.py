@@ -178,15 +178,19 @@ def config_from_dict(data: Mapping[str, Any], *, source: str | None = None) -> R
         raise
 
 
-def load_config(path: str | Path) -> RunConfig:
+def read_toml(path: str | Path, *, option: str) -> dict[str, Any]:
+    """Parse a TOML file; a missing or malformed file is a :class:`ConfigError` naming the command-line ``option``."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except FileNotFoundError:
-        raise ConfigError("--config", f"file {path} does not exist") from None
+        raise ConfigError(option, f"file {path} does not exist") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError("--config", f"{path} is not valid TOML: {exc}") from None
-    return config_from_dict(data, source=str(path))
+        raise ConfigError(option, f"{path} is not valid TOML: {exc}") from None
+
+
+def load_config(path: str | Path) -> RunConfig:
+    return config_from_dict(read_toml(path, option="--config"), source=str(path))
 
 
 SECURE_PROTOCOLS = ("masking", "ckks", "none")

@@ -17,7 +17,7 @@ from opacus.accountants.utils import get_noise_multiplier
 from conftest import with_sections
 from geofed_secure.alignment.lap import precision_weight
 from geofed_secure.cli import _apply_overrides, _build_parser, _resolve_config
-from geofed_secure.config import NodeSpec, PrivacySection, RunConfig, config_from_dict
+from geofed_secure.config import PrivacySection, RunConfig, config_from_dict
 from geofed_secure.errors import CheckpointError, ConfigError, PrivacyBudgetExceeded
 from geofed_secure.model import geodora
 from geofed_secure.model.node_model import NodeModel
@@ -408,7 +408,6 @@ def test_demo_toml_spells_out_the_privacy_defaults():
 
     assert load_config("examples/demo.toml").privacy == PrivacySection()
     assert not PrivacySection().enabled and PrivacySection(epsilon=1.0).enabled
-    assert NodeSpec(id="x", modality="image")  # unchanged node spec
 
 
 def test_a_failed_round_rolls_back_the_model_but_not_the_spent_budget(tiny_config, tiny_modalities, tiny_backbone_dir,

@@ -18,11 +18,11 @@ Roles (what the role sees in a transcript is fixed by the role; ``observes`` can
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from geofed_secure.config import read_toml
 from geofed_secure.errors import ConfigError
 
 ROLES = ("server", "node", "colluding", "observer")
@@ -104,11 +104,4 @@ def threat_model_from_dict(data: dict[str, Any], *, source: str | None = None) -
 
 def load_threat_model(path: str | Path) -> ThreatModel:
     """Read and validate a threat-model TOML file; errors name the field and the file."""
-    path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError("--threat-model", f"file {path} does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError("--threat-model", f"{path} is not valid TOML: {exc}") from None
-    return threat_model_from_dict(data, source=str(path))
+    return threat_model_from_dict(read_toml(path, option="--threat-model"), source=str(path))
