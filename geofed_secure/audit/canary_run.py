@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from geofed_secure.audit.canary import epsilon_lower_bound
 from geofed_secure.config import NodeSpec, RunConfig
-from geofed_secure.data.features import TokenFeatures
+from geofed_secure.data.features import TokenFeatures, concat_features
 from geofed_secure.errors import ConfigError
 from geofed_secure.node.node import N_CLASSES, Node, NodeData
 from geofed_secure.seeding import numpy_rng
@@ -65,17 +65,6 @@ def make_canaries(pool: TokenFeatures, m: int, seed: int) -> tuple[TokenFeatures
     return TokenFeatures(records.tokens, records.mask, wrong.astype(np.int64)), rng.random(m) < 0.5
 
 
-def _concat(a: TokenFeatures, b: TokenFeatures) -> TokenFeatures:
-    length = max(a.tokens.shape[1], b.tokens.shape[1])
-
-    def pad(f: TokenFeatures) -> tuple[np.ndarray, np.ndarray]:
-        extra = length - f.tokens.shape[1]
-        return (np.pad(f.tokens, ((0, 0), (0, extra), (0, 0))), np.pad(f.mask, ((0, 0), (0, extra))))
-
-    (ta, ma), (tb, mb) = pad(a), pad(b)
-    return TokenFeatures(np.concatenate([ta, tb]), np.concatenate([ma, mb]), np.concatenate([a.labels, b.labels]))
-
-
 @torch.no_grad()
 def canary_scores(node: Node, canaries: TokenFeatures) -> np.ndarray:
     """Negative cross-entropy of each canary under the node's trained model (higher = more likely trained on)."""
@@ -92,7 +81,7 @@ def run_canary_audit(config: RunConfig, spec: NodeSpec, data: NodeData, canary_p
     if not 0 < guess_fraction <= 0.5:
         raise ConfigError("guess_fraction", f"must be in (0, 0.5], got {guess_fraction}")
     records, included = make_canaries(canary_pool, canaries, seed)
-    train = _concat(data.train, records.subset(np.flatnonzero(included)))
+    train = concat_features(data.train, records.subset(np.flatnonzero(included)))
     node = Node(spec, replace(data, train=train), config, anchor_digest=anchor_digest, backbone_factory=backbone_factory)
     for round_ in range(1, config.federation.rounds + 1):
         node.local_round(round_, consensus=None)

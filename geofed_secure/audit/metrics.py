@@ -124,3 +124,37 @@ def membership_result(member_scores: Sequence[float], nonmember_scores: Sequence
                         seed=seed, roc=roc_curve(scores, labels),
                         metadata={"members": int(members.size), "nonmembers": int(others.size), "bootstrap": bootstrap,
                                   **(metadata or {})})
+
+
+def membership_grid_result(scores: np.ndarray, membership: np.ndarray, *, attack: str, threat_model: str, target: str,
+                           seed: int, bootstrap: int = 200, confidence: float = 0.95,
+                           metadata: Mapping[str, Any] | None = None) -> AttackResult:
+    """Metrics of a membership attack scored on a grid of (target run, candidate) pairs, ``scores`` and ``membership``
+    both ``[runs, candidates]``, with TWO-WAY bootstrap intervals: runs and candidates are resampled independently
+    and every (run, candidate) pair of the two samples is a trial (Owen 2007). Trials of one run share its model and
+    trials of one candidate share its record, so resampling trials one by one (:func:`membership_result`) would
+    understate the uncertainty."""
+    s, m = np.asarray(scores, np.float64), np.asarray(membership, bool)
+    if s.ndim != 2 or s.shape != m.shape:
+        raise DataError(f"membership_grid_result: scores {s.shape} and membership {m.shape} must be equal [runs, candidates]")
+    members, others = s[m], s[~m]
+    flat_scores, flat_labels = _scores_and_labels(members, others)
+    point = _point_metrics(flat_scores, flat_labels)
+    rng = np.random.default_rng(seed)
+    samples: dict[str, list[float]] = {k: [] for k in point}
+    for _ in range(bootstrap):
+        grid = np.ix_(rng.integers(0, s.shape[0], s.shape[0]), rng.integers(0, s.shape[1], s.shape[1]))
+        ms, ls = m[grid].ravel(), s[grid].ravel()
+        if ms.all() or not ms.any():
+            continue
+        for key, value in _point_metrics(ls, ms.astype(np.float64)).items():
+            samples[key].append(value)
+    tail = (1 - confidence) / 2
+    metrics = {k: Interval(value=v, low=float(np.quantile(samples[k], tail)) if samples[k] else v,
+                           high=float(np.quantile(samples[k], 1 - tail)) if samples[k] else v, confidence=confidence)
+               for k, v in point.items()}
+    return AttackResult(attack=attack, threat_model=threat_model, target=target, metrics=metrics, trials=int(m.size),
+                        seed=seed, roc=roc_curve(flat_scores, flat_labels),
+                        metadata={"members": int(m.sum()), "nonmembers": int((~m).sum()), "runs": int(s.shape[0]),
+                                  "bootstrap": bootstrap, "interval": "two-way bootstrap over runs and candidates",
+                                  **(metadata or {})})

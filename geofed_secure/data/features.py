@@ -54,3 +54,13 @@ def validate_features(features: TokenFeatures, *, where: str) -> None:
         raise DataError(f"{where}: {bad} sample(s) contain NaN or inf features; re-encode or drop them")
     if not m.any(axis=1).all():
         raise DataError(f"{where}: every sample needs at least one unmasked token")
+
+
+def concat_features(*parts: TokenFeatures) -> TokenFeatures:
+    """Rows of ``parts`` one after the other, token axes padded (masked) to the longest."""
+    if not parts:
+        raise DataError("concat_features needs at least one TokenFeatures")
+    length = max(p.tokens.shape[1] for p in parts)
+    tokens = [np.pad(p.tokens, ((0, 0), (0, length - p.tokens.shape[1]), (0, 0))) for p in parts]
+    masks = [np.pad(p.mask, ((0, 0), (0, length - p.mask.shape[1]))) for p in parts]
+    return TokenFeatures(np.concatenate(tokens), np.concatenate(masks), np.concatenate([p.labels for p in parts]))

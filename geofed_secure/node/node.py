@@ -80,9 +80,13 @@ class Node:
         *,
         anchor_digest: str,
         backbone_factory: Callable[[], torch.nn.Module],
+        randomness_id: str | None = None,
     ) -> None:
         self.spec = spec
         self.node_id = spec.id
+        # Batches, DP noise and sampling derive from (federation seed, randomness_id, round); the initial weights
+        # from (federation seed, spec.id). The audit's repeated training runs of one node vary only the former.
+        self.randomness_id = randomness_id or spec.id
         self.config = config
         self.anchor_digest = anchor_digest
         self.data = data
@@ -169,8 +173,8 @@ class Node:
             self.privacy.check_round(self.node_id, round_)
         cfg = self.config.training
         seed = self.config.federation.seed
-        rng = numpy_rng(seed, "batches", self.node_id, round_)
-        torch.manual_seed(derive_seed(seed, "torch", self.node_id, round_))
+        rng = numpy_rng(seed, "batches", self.randomness_id, round_)
+        torch.manual_seed(derive_seed(seed, "torch", self.randomness_id, round_))
         model = self.model
         model.train()
         trainable = [p for p in model.parameters() if p.requires_grad]
@@ -241,12 +245,12 @@ class Node:
         cfg, ledger, dp = self.config.training, self.privacy, self.config.privacy
         assert ledger is not None
         seed = self.config.federation.seed
-        sampler = sampling_rng(dp.secure_mode, seed, self.node_id, round_)
+        sampler = sampling_rng(dp.secure_mode, seed, self.randomness_id, round_)
         n = len(self.data.train)
         task_losses, geo_losses = [], []
         with DPSGDRound(self.model, optimizer, noise_multiplier=ledger.noise_multiplier, max_grad_norm=dp.max_grad_norm,
                         expected_batch_size=ledger.plan.sample_rate * n, step_hook=ledger.optimizer_hook(),
-                        secure_mode=dp.secure_mode, seed=seed, purpose=("sgd", self.node_id, round_),
+                        secure_mode=dp.secure_mode, seed=seed, purpose=("sgd", self.randomness_id, round_),
                         grad_sample_mode=dp.grad_sample_mode) as private:
             for _ in range(cfg.local_steps):
                 private.zero_grad()
@@ -277,12 +281,12 @@ class Node:
             return precision_weight(lap_uncertainty(self.embed(train.subset(lap_index)), anchor_z),
                                     max_inverse=cfg.max_inverse_uncertainty)
         dp, seed, rate = self.config.privacy, self.config.federation.seed, self.privacy.plan.lap_sample_rate
-        lap_index = np.flatnonzero(sampling_rng(dp.secure_mode, seed, "weight", self.node_id, round_).random(len(train)) < rate)
+        lap_index = np.flatnonzero(sampling_rng(dp.secure_mode, seed, "weight", self.randomness_id, round_).random(len(train)) < rate)
         u = lap_uncertainty(self.embed(train.subset(lap_index)), anchor_z).numpy() if len(lap_index) else np.zeros(0)
         weight = private_precision_weight(
             u, expected_count=rate * len(train), max_inverse=cfg.max_inverse_uncertainty,
             noise_multiplier=self.privacy.weight_noise_multiplier, secure_mode=dp.secure_mode,
-            generator=noise_generator(dp.secure_mode, seed, "weight", self.node_id, round_))
+            generator=noise_generator(dp.secure_mode, seed, "weight", self.randomness_id, round_))
         self.privacy.record_release()
         return weight
 

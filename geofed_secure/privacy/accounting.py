@@ -136,12 +136,19 @@ class PrivacyPlan:
         the smallest that keeps the composition of BOTH within ``epsilon``. (With one shared multiplier the weight
         releases, at a sampling rate near 0.4 on the demo, took 95% of the budget: 7.6 of epsilon 8.)
         """
-        weights = ((self.lap_sample_rate, self.rounds),)
-        weight_sigma = calibrate_noise_multiplier(self.weight_budget_share * self.epsilon, self.delta, self.accountant, weights)
-        sgd = ((self.sample_rate, self.steps_per_round * self.rounds),)
-        sigma = calibrate_noise_multiplier(self.epsilon, self.delta, self.accountant, sgd,
-                                           fixed=((weight_sigma, self.lap_sample_rate, self.rounds),))
-        return sigma, weight_sigma
+        return _calibrated(self)
+
+
+@functools.lru_cache(maxsize=64)
+def _calibrated(plan: PrivacyPlan) -> tuple[float, float]:
+    """:meth:`PrivacyPlan.calibrate`, memoised: a pure function of the (frozen) plan, and each calibration costs
+    several accountant evaluations (the audit trains one node many times with the same plan)."""
+    weights = ((plan.lap_sample_rate, plan.rounds),)
+    weight_sigma = calibrate_noise_multiplier(plan.weight_budget_share * plan.epsilon, plan.delta, plan.accountant, weights)
+    sgd = ((plan.sample_rate, plan.steps_per_round * plan.rounds),)
+    sigma = calibrate_noise_multiplier(plan.epsilon, plan.delta, plan.accountant, sgd,
+                                       fixed=((weight_sigma, plan.lap_sample_rate, plan.rounds),))
+    return sigma, weight_sigma
 
 
 class PrivacyLedger:

@@ -1,0 +1,116 @@
+"""Audit plans (``audits/plan.toml``): which sharing schemes, protections and attacks ``geofed audit`` runs, and how.
+
+A plan is independent of the threat model: the experiment it describes (:mod:`geofed_secure.audit.experiment`)
+trains the target node and the other demo nodes once, and every threat model's report reads the same
+experiment through its own view (:mod:`geofed_secure.audit.protections`). ``audits/plan.toml`` spells out every
+key with its default (a test keeps the two equal).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from geofed_secure.config import read_toml
+from geofed_secure.errors import ConfigError
+
+SCHEMES = ("gram", "prototypes", "raw_embeddings")
+PROTECTIONS = ("none", "masking", "ckks")
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuditPlan:
+    seed: int = 0
+    target: str = "clinic-images-a"  # the node attacked (a demo node id)
+    runs: int = 12  # training runs of the target per privacy level: each is the target once, the others its shadows
+    schemes: tuple[str, ...] = SCHEMES  # alignment signals compared (the method's B update is always audited too)
+    protections: tuple[str, ...] = PROTECTIONS  # how uploads travel, without DP
+    epsilons: tuple[float, ...] = (8.0, 1.0)  # DP-SGD budgets of the target (uploads then in clear: the worst case)
+    rounds: int = 4  # local rounds of every training run (x local_steps steps)
+    local_steps: int = 8
+    batch_size: int = 32
+    lr: float = 2e-3
+    lambda_geo: float = 1.0  # CKA weight against the other nodes' consensus Gram
+    extraction_anchors: tuple[int, ...] = (10, 25, 50, 100)  # B for the extraction / inversion sweep (of 150 public)
+    extraction_draws: int = 3  # random anchor draws per B and run
+    canaries: int = 100  # one-run canary audit per privacy level (0 = skip)
+    bootstrap: int = 200  # bootstrap resamples for confidence intervals
+    cache_dir: str = ""  # "" -> $GEOFED_CACHE or ~/.cache/geofed-secure (features and experiment results)
+
+    def __post_init__(self) -> None:
+        def fail(key: str, problem: str) -> ConfigError:
+            return ConfigError(key, problem)
+
+        if not 3 <= self.runs <= 256:
+            raise fail("runs", f"must be between 3 and 256 (each run is the target once, the rest are shadows), got {self.runs}")
+        for key in ("rounds", "local_steps", "batch_size", "extraction_draws"):
+            if getattr(self, key) < 1:
+                raise fail(key, f"must be >= 1, got {getattr(self, key)}")
+        for key in ("canaries", "bootstrap"):
+            if getattr(self, key) < 0:
+                raise fail(key, f"must be >= 0, got {getattr(self, key)}")
+        if not (self.lr > 0 and math.isfinite(self.lr)) or not (self.lambda_geo >= 0 and math.isfinite(self.lambda_geo)):
+            raise fail("lr", f"lr must be > 0 and lambda_geo >= 0, got {self.lr}, {self.lambda_geo}")
+        for key, allowed in (("schemes", SCHEMES), ("protections", PROTECTIONS)):
+            values = getattr(self, key)
+            bad = [v for v in values if v not in allowed]
+            if bad or len(set(values)) != len(values):
+                raise fail(key, f"must be distinct values of {allowed}, got {list(values)}")
+        if not self.protections and not self.epsilons:
+            raise fail("protections", "the plan audits nothing: give at least one protection or one epsilon")
+        if any(not (e > 0 and math.isfinite(e)) for e in self.epsilons) or len(set(self.epsilons)) != len(self.epsilons):
+            raise fail("epsilons", f"must be distinct finite budgets > 0, got {list(self.epsilons)}")
+        if any(not 3 <= b <= 140 for b in self.extraction_anchors):
+            raise fail("extraction_anchors", f"each B must be in [3, 140] (150 public samples, >= 10 held out), got {list(self.extraction_anchors)}")
+
+    @property
+    def levels(self) -> tuple[float | None, ...]:
+        """Privacy levels trained: None (no DP) when any protection is audited, then every epsilon."""
+        return ((None,) if self.protections else ()) + tuple(self.epsilons)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def digest(self, *, exclude: tuple[str, ...] = ("cache_dir", "bootstrap")) -> str:
+        """SHA-256 of what determines the experiment's training runs (cache key)."""
+        data = {k: v for k, v in self.to_dict().items() if k not in exclude}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def plan_from_dict(data: dict[str, Any], *, source: str | None = None) -> AuditPlan:
+    known = {f.name: f for f in fields(AuditPlan)}
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in known:
+            raise ConfigError(key, f"unknown key; known: {sorted(known)}", source=source)
+        default = known[key].default
+        if isinstance(default, tuple):
+            item = float if key == "epsilons" else int if key == "extraction_anchors" else str
+            ok = isinstance(value, list) and all(isinstance(v, item) or (item is float and isinstance(v, int))
+                                                 for v in value) and not any(isinstance(v, bool) for v in value)
+            if not ok:
+                raise ConfigError(key, f"must be a list of {item.__name__}, got {value!r}", source=source)
+            value = tuple(float(v) if item is float else v for v in value)
+        elif isinstance(default, float):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(key, f"must be a number, got {value!r}", source=source)
+            value = float(value)
+        elif isinstance(value, bool) or not isinstance(value, type(default)):
+            raise ConfigError(key, f"must be {type(default).__name__}, got {value!r}", source=source)
+        values[key] = value
+    try:
+        return AuditPlan(**values)
+    except ConfigError as exc:
+        raise ConfigError(exc.field, str(exc).split(": ", 1)[1], source=source) from None
+
+
+def load_plan(path: str | Path | None) -> AuditPlan:
+    """The plan in ``path`` (TOML), or the default plan when None; errors name the key and the file."""
+    if path is None:
+        return AuditPlan()
+    return plan_from_dict(read_toml(path, option="--plan"), source=str(path))

@@ -1,0 +1,242 @@
+"""The audit report: a plain verdict computed from the results, Markdown tables, and PNG plots.
+
+Everything here reads :class:`AttackResult` objects or their ``to_dict()`` form; nothing is measured here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from geofed_secure.audit.metrics import AttackResult
+
+MEMBERSHIP = ("lira_release", "prototype_threshold", "prototype_lira", "prototype_threshold_node_encoder",
+              "prototype_lira_node_encoder", "model_threshold", "model_lira", "model_rmia")
+
+
+def _find(report: dict[str, Any], attack: str, **meta: Any) -> list[dict[str, Any]]:
+    return [r for r in report["results"] if r["attack"] == attack
+            and all(r["metadata"].get(k) == v for k, v in meta.items())]
+
+
+def _ci(metric: dict[str, float], digits: int = 3) -> str:
+    return f"{metric['value']:.{digits}f} [{metric['low']:.{digits}f}, {metric['high']:.{digits}f}]"
+
+
+def verdict(report: dict[str, Any]) -> list[str]:
+    """Plain sentences on the paper's claims and on DP, each with the numbers that support it."""
+    lines: list[str] = []
+    tm = report["threat_model"]["name"]
+    for cell in report["views"]:
+        gram = _find(report, "lira_release", release="gram", protection=cell)
+        proto = (_find(report, "prototype_lira", protection=cell) + _find(report, "prototype_threshold", protection=cell)
+                 + _find(report, "lira_release", release="prototypes", protection=cell))
+        if gram and proto:
+            g = gram[0]["metrics"]
+            p = max(proto, key=lambda r: r["metrics"]["auc"]["value"])
+            pm = p["metrics"]
+            g_leaks, p_leaks = g["auc"]["low"] > 0.5, pm["auc"]["low"] > 0.5
+            if p_leaks and not g_leaks:
+                finding = "prototypes leak membership and the Gram does not measurably: consistent with the paper's claim."
+            elif g_leaks and not p_leaks:
+                finding = "the Gram leaks membership and prototypes do not measurably: CONTRADICTS the paper's claim."
+            elif g_leaks and p_leaks:
+                finding = ("both leak; the Gram leaks " + ("less" if g["auc"]["high"] < pm["auc"]["low"] else "more"
+                           if g["auc"]["low"] > pm["auc"]["high"] else "not measurably less") + " than prototypes.")
+            else:
+                finding = "neither leaks membership measurably (both AUC intervals include 0.5) at this experiment's power."
+            lines.append(f"[{cell}] Membership from the Gram of public anchors: AUC {_ci(g['auc'])}, TPR at 1% FPR "
+                         f"{g['tpr_at_0.01_fpr']['value']:.3f}; from prototypes of private data ({p['attack']}): AUC "
+                         f"{_ci(pm['auc'])}, TPR at 1% FPR {pm['tpr_at_0.01_fpr']['value']:.3f}; against {tm}, {finding}")
+        upper = _find(report, "prototype_lira_node_encoder", protection=cell)
+        if upper:
+            u = upper[0]["metrics"]
+            lines.append(f"[{cell}] Upper bound, an adversary that also holds the node's trained encoder: membership from "
+                         f"prototypes AUC {_ci(u['auc'])}, TPR at 1% FPR {u['tpr_at_0.01_fpr']['value']:.3f}. (A Gram of public "
+                         "anchors is a function of that encoder and public inputs: it adds nothing for such an adversary.)")
+        for release in ("gram", "raw_embeddings"):
+            rows = [r for r in _find(report, "extraction", release=release, protection=cell)]
+            if rows:
+                best = max(rows, key=lambda r: r["metadata"]["anchors"])
+                m = best["metrics"]
+                better = m["procrustes_error"]["high"] < m["baseline_procrustes_error"]["low"]
+                lines.append(
+                    f"[{cell}] Extraction from the {release.replace('_', ' ')} (B = {best['metadata']['anchors']}): held-out "
+                    f"Procrustes error {_ci(m['procrustes_error'])} vs {m['baseline_procrustes_error']['value']:.3f} for the "
+                    f"public model; downstream agreement {m['downstream_agreement']['value']:.3f} vs "
+                    f"{m['baseline_downstream_agreement']['value']:.3f}. "
+                    + ("The release lets the adversary reproduce the node's encoder better than the public model: the "
+                       "paper's claim that a Gram prevents reverse-engineering is REFUTED for this view." if better and release == "gram"
+                       else "The release enables extraction beyond the public model." if better
+                       else "No extraction beyond the public model was measured for this view."))
+    for level in report["experiment"]["levels"]:
+        rows = _find(report, "model_lira", protection=level)
+        if rows:
+            m = rows[0]["metrics"]
+            lines.append(f"[{level}] Reference ceiling, the node's trained model: LiRA AUC {_ci(m['auc'])}, TPR at 0.1% FPR "
+                         f"{m['tpr_at_0.001_fpr']['value']:.4f}.")
+    for row in _find(report, "canary_one_run"):
+        md = row["metadata"]
+        bound = row["metrics"]["epsilon_lower_bound"]["value"]
+        if md["accountant_epsilon"] is None:
+            lines.append(f"[{md['protection']}] Canary audit without DP: empirical epsilon lower bound {bound:.2f} "
+                         f"({row['metrics']['correct_guesses']['value']:.0f}/{row['trials']} correct guesses).")
+        else:
+            lines.append(f"[{md['protection']}] Canary audit: empirical epsilon lower bound {bound:.2f} vs accountant "
+                         f"{md['accountant_epsilon']:.2f}: " + ("FAILURE of the DP implementation (bound above the "
+                                                                "accountant)" if md["failed"] else "consistent with the accountant."))
+    for cell, kinds in report["views"].items():
+        hidden = [r for r, k in kinds.items() if k == "hidden"]
+        if hidden:
+            lines.append(f"[{cell}] Not in {tm}'s view: {', '.join(hidden)}.")
+    return lines
+
+
+def write_markdown(report: dict[str, Any]) -> str:
+    tm, exp, plan = report["threat_model"], report["experiment"], report["plan"]
+    out = [f"# Audit: {tm['name']}", "", tm["description"], "",
+           f"- adversary: role {tm['role']}, {tm['behaviour']}, nodes {tm['nodes'] or '-'}, observes {', '.join(tm['observes'])}",
+           f"- target: `{exp['target']}` ({exp['modality']}), pool of {exp['pool']} private records, B = {exp['anchors']} "
+           f"public anchors; {exp['runs']} training runs per privacy level, each on a random half of the pool "
+           f"(each run is the target once, the others are its shadows)",
+           f"- retrained: {exp['retrained']}",
+           f"- plan digest `{report['plan_digest'][:16]}`, seed {report['seed']}; this audit took {report.get('seconds', 0)} s; "
+           f"training the experiment took {round(exp['seconds'].get('total', 0), 1)} s when it ran (it is cached and "
+           "shared by every threat model's audit of the same plan)",
+           "", "Privacy levels trained: " + "; ".join(
+               f"{k}: held-out accuracy {v['heldout_accuracy']:.3f}" + (f", accountant epsilon {v['accountant_epsilon']:.2f}"
+                                                                        if v["accountant_epsilon"] is not None else "")
+               for k, v in exp["levels"].items()),
+           "", "## Verdict", ""] + [f"- {line}" for line in report["verdict"]]
+    out += ["", "## What the adversary sees", "", "| cell | " + " | ".join(["update", *plan["schemes"]]) + " |",
+            "|---|" + "---|" * (1 + len(plan["schemes"]))]
+    out += [f"| {cell} | " + " | ".join(kinds.get(r, "-") for r in ["update", *plan["schemes"]]) + " |"
+            for cell, kinds in report["views"].items()]
+    out += ["", "`individual`: the node's own upload; `aggregate`: a sum with the uploads of nodes the adversary does not "
+            "control (it subtracts its own and its simulation of the others); `hidden`: not in the view.", "",
+            "## Membership inference", "",
+            "| cell | release | attack | AUC [95% CI] | TPR at 1% FPR | TPR at 0.1% FPR | advantage | trials |",
+            "|---|---|---|---|---|---|---|---|"]
+    for r in report["results"]:
+        if r["attack"] in MEMBERSHIP:
+            m, md = r["metrics"], r["metadata"]
+            out.append(f"| {md['protection']} | {md['release']} | {r['attack']} | {_ci(m['auc'])} | {_ci(m['tpr_at_0.01_fpr'])} "
+                       f"| {_ci(m['tpr_at_0.001_fpr'], 4)} | {_ci(m['advantage'])} | {r['trials']} |")
+    rows = [r for r in report["results"] if r["attack"].startswith("prototype_label_inference")]
+    if rows:
+        out += ["", "## Prototype leakage: label inference", "",
+                "Labels of the node's records (outside the run) guessed as the class of the nearest released prototype, "
+                "against the nearest public-anchor class centroid in the same embedding (interval over runs).", "",
+                "| cell | adversary's embedding | accuracy from prototypes | public baseline | trials |", "|---|---|---|---|---|"]
+        out += [f"| {r['metadata']['protection']} | {r['metadata']['embedding']} | {_ci(r['metrics']['accuracy'])} | "
+                f"{_ci(r['metrics']['public_baseline_accuracy'])} | {r['trials']} |" for r in rows]
+    rows = [r for r in report["results"] if r["attack"] == "extraction"]
+    if rows:
+        out += ["", "## Functional extraction and Gram inversion", "",
+                "Held-out public inputs, after orthogonal alignment. Anchor error: the released anchor embeddings (a Gram "
+                "inverted by eigendecomposition) against the node's true ones; ranks 5 / 10 / 20 truncate the inversion.", "",
+                "| cell | release | B | held-out Procrustes error | public-model baseline | downstream agreement | baseline agreement "
+                "| anchor error | rank 5 | rank 10 | rank 20 | trials |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            m, md = r["metrics"], r["metadata"]
+            ranks = [f"{m[k]['value']:.3f}" if k in m else "-" for k in
+                     (f"anchor_procrustes_error_rank_{x}" for x in (5, 10, 20))]
+            out.append(f"| {md['protection']} | {md['release']} | {md['anchors']} | {_ci(m['procrustes_error'])} | "
+                       f"{_ci(m['baseline_procrustes_error'])} | {m['downstream_agreement']['value']:.3f} | "
+                       f"{m['baseline_downstream_agreement']['value']:.3f} | {m['anchor_procrustes_error']['value']:.3f} | "
+                       + " | ".join(ranks) + f" | {r['trials']} |")
+    rows = [r for r in report["results"] if r["attack"] == "canary_one_run"]
+    if rows:
+        out += ["", "## One-run canary audit (reference: the node's trained model)", "",
+                "| level | accountant epsilon | correct / guesses | empirical lower bound (95%) | failed |", "|---|---|---|---|---|"]
+        out += [f"| {r['metadata']['protection']} | " + ("-" if r["metadata"]["accountant_epsilon"] is None else
+                                                        f"{r['metadata']['accountant_epsilon']:.2f}")
+                + f" | {r['metrics']['correct_guesses']['value']:.0f} / {r['trials']} | "
+                f"{r['metrics']['epsilon_lower_bound']['value']:.3f} | {r['metadata']['failed']} |" for r in rows]
+    if report.get("plots"):
+        out += ["", "## Plots", ""] + [f"![{p}]({p})" for p in report["plots"]]
+    return "\n".join(out) + "\n"
+
+
+def write_plots(results: Sequence[AttackResult], report: dict[str, Any], out_dir: Path) -> list[Path]:
+    """roc.png (log-log ROC), leakage_vs_epsilon.png, extraction_vs_anchors.png (those with data)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    first_cell = next(iter(report["views"]), None)
+    curves = [r for r in results if r.roc is not None and r.metadata.get("protection") in (first_cell, "no-dp")
+              and (r.threat_model != "reference:node-model" or r.metadata.get("protection") == "no-dp")]
+    if curves:
+        fig, ax = plt.subplots(figsize=(6.5, 5.5))
+        for r in curves:
+            fpr, tpr = r.roc
+            ok = (fpr > 0) & (tpr > 0)
+            ax.plot(fpr[ok], tpr[ok], label=f"{r.metadata['release']}: {r.attack} (AUC {r.metrics['auc'].value:.3f})")
+        ax.plot([1e-4, 1], [1e-4, 1], "k--", lw=0.8, label="chance")
+        ax.set(xscale="log", yscale="log", xlim=(1e-4, 1), ylim=(1e-4, 1), xlabel="false positive rate",
+               ylabel="true positive rate", title=f"Membership, {report['threat_model']['name']}, {first_cell} (log-log)")
+        ax.legend(fontsize=6.5, loc="lower right")
+        fig.tight_layout()
+        written.append(out_dir / "roc.png")
+        fig.savefig(written[-1], dpi=120)
+        plt.close(fig)
+    levels = report["experiment"]["levels"]
+    eps_cells = {name: (v["epsilon"] if v["epsilon"] is not None else None) for name, v in levels.items()}
+    series: dict[str, list[tuple[float, float, float, float]]] = {}
+    finite = [e for e in eps_cells.values() if e is not None]
+    no_dp_x = 2 * max(finite) if finite else 1.0
+    for r in results:
+        cell = r.metadata.get("protection")
+        if cell not in eps_cells or r.attack not in ("lira_release", "prototype_lira", "model_lira"):
+            continue
+        if r.attack == "lira_release" and cell == "no-dp":
+            continue  # no-dp release cells are named by protection; the in-clear one is "none"
+        x = eps_cells[cell] if eps_cells[cell] is not None else no_dp_x
+        auc = r.metrics["auc"]
+        series.setdefault(f"{r.metadata['release']}: {r.attack}", []).append((x, auc.value, auc.low, auc.high))
+    for r in results:  # the in-clear release cell is the no-DP point of the release curves
+        if r.metadata.get("protection") == "none" and r.attack in ("lira_release", "prototype_lira"):
+            auc = r.metrics["auc"]
+            series.setdefault(f"{r.metadata['release']}: {r.attack}", []).append((no_dp_x, auc.value, auc.low, auc.high))
+    if finite and series:
+        fig, ax = plt.subplots(figsize=(6.5, 4.5))
+        for name, pts in sorted(series.items()):
+            pts.sort()
+            xs, ys, lo, hi = map(np.array, zip(*pts))
+            ax.errorbar(xs, ys, yerr=[ys - lo, hi - ys], marker="o", capsize=3, label=name)
+        ax.axhline(0.5, color="k", ls="--", lw=0.8)
+        ax.set(xscale="log", xlabel="epsilon (rightmost point: no DP)", ylabel="membership AUC (95% CI)",
+               title="Leakage vs epsilon (uploads in clear)")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        written.append(out_dir / "leakage_vs_epsilon.png")
+        fig.savefig(written[-1], dpi=120)
+        plt.close(fig)
+    ext = [r for r in results if r.attack == "extraction" and r.metadata.get("protection") == first_cell]
+    if ext:
+        fig, ax = plt.subplots(figsize=(6.5, 4.5))
+        for release in sorted({r.metadata["release"] for r in ext}):
+            rows = sorted((r for r in ext if r.metadata["release"] == release), key=lambda r: r.metadata["anchors"])
+            bs = [r.metadata["anchors"] for r in rows]
+            ax.errorbar(bs, [r.metrics["procrustes_error"].value for r in rows],
+                        yerr=[[r.metrics["procrustes_error"].value - r.metrics["procrustes_error"].low for r in rows],
+                              [r.metrics["procrustes_error"].high - r.metrics["procrustes_error"].value for r in rows]],
+                        marker="o", capsize=3, label=f"extracted from {release.replace('_', ' ')}")
+        first = sorted({r.metadata["release"] for r in ext})[0]  # every release has its own baseline draw: show one
+        rows = sorted((r for r in ext if r.metadata["release"] == first), key=lambda r: r.metadata["anchors"])
+        ax.plot([r.metadata["anchors"] for r in rows], [r.metrics["baseline_procrustes_error"].value for r in rows], "k--",
+                label="public initial model (baseline)")
+        ax.set(xlabel="public anchors B", ylabel="held-out Procrustes error (lower = better extraction)",
+               title=f"Extraction fidelity vs B, {first_cell}")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        written.append(out_dir / "extraction_vs_anchors.png")
+        fig.savefig(written[-1], dpi=120)
+        plt.close(fig)
+    return written

@@ -1,0 +1,240 @@
+"""``geofed audit --threat-model FILE [--plan FILE] --out DIR``: attack the federation from one adversary's view.
+
+Runs (or loads from the cache) the plan's experiment (:mod:`geofed_secure.audit.experiment`), then for every cell
+of the plan (a protection without DP, or a DP budget with uploads in clear) and every release the adversary sees
+(:mod:`geofed_secure.audit.protections`) it runs the attacks and collects one :class:`AttackResult` each:
+
+- ``lira_release``: LiRA on the whole released vector (every release: the B update, Gram, prototypes, raw anchor
+  embeddings), shadows = the other training runs;
+- ``prototype_threshold`` / ``prototype_lira``: membership from cos(e0(x), prototype of x's class);
+  ``prototype_label_inference``: labels of the node's records from the nearest released prototype;
+- ``extraction``: functional extraction of the node's encoder from its anchor release (Gram inverted, or raw
+  embeddings) for each B of the sweep, with Gram inversion errors by rank, against the public-model baseline;
+- reference (not in any federation adversary's view; the ceiling DP must bound): ``model_threshold``, ``model_lira``,
+  ``model_rmia`` on the node's trained model at each privacy level, and the one-run canary audit.
+
+Writes ``report.json`` (every result with metrics, intervals, trials, seed), ``report.md`` and PNG plots.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from geofed_secure.audit.attacks import membership as mia
+from geofed_secure.audit.attacks.extraction import extraction_metrics, fit_extraction, nearest_centroid
+from geofed_secure.audit.attacks.gram_inversion import invert_gram, procrustes_error
+from geofed_secure.audit.attacks.prototypes import label_inference_accuracy, prototype_statistic
+from geofed_secure.audit.experiment import Experiment, TrainedLevel, level_name, run_experiment
+from geofed_secure.audit.metrics import AttackResult, Interval, membership_grid_result
+from geofed_secure.audit.plan import AuditPlan
+from geofed_secure.audit.protections import AGGREGATE, HIDDEN, check_target, observed, observed_public, protocol_sums, release_view
+from geofed_secure.audit.threat_model import ThreatModel
+from geofed_secure.errors import ConfigError
+from geofed_secure.node.node import N_CLASSES
+from geofed_secure.seeding import numpy_rng
+
+INVERSION_RANKS = (5, 10, 20)
+EXTRACTION_RUNS = 4  # target runs used by the extraction sweep (times the plan's draws per B)
+REFERENCE = "reference:node-model"
+
+
+def cells(plan: AuditPlan) -> list[tuple[str, str, str]]:
+    """(cell label, protection, privacy level) for every column of the audit."""
+    out = [(p, p, level_name(None)) for p in plan.protections]
+    return out + [(level_name(e), "none", level_name(e)) for e in plan.epsilons]
+
+
+def _interval(values: list[float], confidence: float = 0.95) -> Interval:
+    v = np.asarray(values, np.float64)
+    tail = (1 - confidence) / 2
+    return Interval(value=float(v.mean()), low=float(np.quantile(v, tail)), high=float(np.quantile(v, 1 - tail)),
+                    confidence=confidence)
+
+
+def _membership(scores: np.ndarray, level: TrainedLevel, *, attack: str, tm: str, target: str, seed: int,
+                bootstrap: int, metadata: dict[str, Any]) -> AttackResult:
+    return membership_grid_result(scores, level.membership, attack=attack, threat_model=tm, target=target, seed=seed,
+                                  bootstrap=bootstrap, metadata=metadata)
+
+
+def _prototype_attacks(exp: Experiment, level: TrainedLevel, obs: np.ndarray, meta: dict[str, Any], tm: str) -> list[AttackResult]:
+    """Membership and label inference from prototypes, for two adversaries: one embedding candidates with the public
+    model ``e0`` (what a server can run), and an upper bound that embeds them with the attacked run's own trained
+    encoder (an adversary that also extracted or obtained the node's encoder)."""
+    plan, n = exp.plan, level.membership.shape[0]
+    shape = (N_CLASSES, exp.e0_pool.shape[1])
+    observed_protos = [obs[i].reshape(shape) for i in range(n)]
+    shadow_protos = [level.releases["prototypes"][j].reshape(shape) for j in range(n)]
+    common = dict(tm=tm, target=exp.target, seed=plan.seed, bootstrap=plan.bootstrap)
+    anchors = slice(0, exp.n_anchors)
+    results = []
+    for suffix, embedding in (("", "public model e0"), ("_node_encoder", "the attacked run's own encoder (upper bound)")):
+        def embed(i: int) -> np.ndarray:
+            return exp.e0_pool if not suffix else level.pool_embeddings[i]
+
+        def public_anchor_embeddings(i: int) -> np.ndarray:
+            return exp.e0_public[anchors] if not suffix else level.public_embeddings[i][anchors]
+
+        target_stats = np.stack([prototype_statistic(observed_protos[i], embed(i), exp.pool_labels) for i in range(n)])
+        if suffix:
+            shadow_stats = np.stack([[prototype_statistic(shadow_protos[j], embed(i), exp.pool_labels) for j in range(n)]
+                                     for i in range(n)])
+        else:
+            shadow_stats = np.stack([prototype_statistic(shadow_protos[j], exp.e0_pool, exp.pool_labels) for j in range(n)])
+        m = meta | {"embedding": embedding}
+        results += [
+            _membership(mia.threshold_scores(target_stats), level, attack=f"prototype_threshold{suffix}",
+                        metadata=m | {"shadows": 0}, **common),
+            _membership(mia.lira_scores(target_stats, level.membership, shadow_stats=shadow_stats), level,
+                        attack=f"prototype_lira{suffix}", metadata=m | {"shadows": n - 1}, **common)]
+        leaked, public = [], []
+        for i in range(n):
+            out = ~level.membership[i]
+            records = embed(i)[out]
+            leaked.append(label_inference_accuracy(observed_protos[i], records, exp.pool_labels[out]))
+            public.append(float((nearest_centroid(records, public_anchor_embeddings(i), exp.public_labels[anchors])
+                                 == exp.pool_labels[out]).mean()))
+        results.append(AttackResult(
+            attack=f"prototype_label_inference{suffix}", threat_model=tm, target=exp.target,
+            metrics={"accuracy": _interval(leaked), "public_baseline_accuracy": _interval(public)},
+            trials=int((~level.membership).sum()), seed=plan.seed,
+            metadata=m | {"note": "labels of the node's records outside the run from the nearest released prototype; "
+                                  "baseline: nearest class centroid of the public anchors in the same embedding; "
+                                  "interval over runs"}))
+    return results
+
+
+def _extraction(exp: Experiment, tm: ThreatModel, level: TrainedLevel, protection: str, release: str,
+                meta: dict[str, Any]) -> list[AttackResult]:
+    plan = exp.plan
+    n_public = exp.e0_public.shape[0]
+    results = []
+    for b in plan.extraction_anchors:
+        rng = numpy_rng(plan.seed, "extraction", release, b)
+        values: dict[str, list[float]] = {}
+        for run in range(min(EXTRACTION_RUNS, level.membership.shape[0])):
+            truth = level.public_embeddings[run].astype(np.float64)
+            for _ in range(plan.extraction_draws):
+                index = np.sort(rng.choice(n_public, size=b, replace=False))
+                held = np.setdiff1d(np.arange(n_public), index)
+                seen = observed_public(exp, tm, level, protection, release, run, index)
+                if seen is None:
+                    return []
+                released = invert_gram(seen) if release == "gram" else seen
+                extracted, aligned = fit_extraction(exp.e0_public[index], released, exp.e0_public[held])
+                got = extraction_metrics(extracted, aligned, truth[held], truth[index], exp.public_labels[index])
+                base = extraction_metrics(exp.e0_public[held], exp.e0_public[index], truth[held], truth[index],
+                                          exp.public_labels[index])
+                got |= {f"baseline_{k}": v for k, v in base.items()}
+                got["anchor_procrustes_error"] = procrustes_error(released, truth[index])
+                if release == "gram":
+                    got |= {f"anchor_procrustes_error_rank_{r}": procrustes_error(invert_gram(seen, r), truth[index])
+                            for r in INVERSION_RANKS if r < b}
+                for key, value in got.items():
+                    values.setdefault(key, []).append(value)
+        results.append(AttackResult(attack="extraction", threat_model=tm.name, target=exp.target,
+                                    metrics={k: _interval(v) for k, v in values.items()},
+                                    trials=len(values["procrustes_error"]), seed=plan.seed,
+                                    metadata=meta | {"anchors": b, "heldout": n_public - b,
+                                                     "note": "release (Gram: inverted) rotated onto e0, ridge map of the node's "
+                                                             "departure from e0, scored on held-out public inputs after "
+                                                             "orthogonal alignment; baseline = the public initial model e0"}))
+    return results
+
+
+def _model_attacks(exp: Experiment, level: TrainedLevel, meta: dict[str, Any]) -> list[AttackResult]:
+    plan, n = exp.plan, level.membership.shape[0]
+    conf = np.stack([mia.logit_confidence(level.pool_logits[i], exp.pool_labels) for i in range(n)])
+    prob = np.stack([mia.true_label_probability(level.pool_logits[i], exp.pool_labels) for i in range(n)])
+    pop = np.stack([mia.true_label_probability(level.population_logits[i], exp.population_labels) for i in range(n)])
+    common = dict(tm=REFERENCE, target=exp.target, seed=plan.seed, bootstrap=plan.bootstrap)
+    return [
+        _membership(mia.threshold_scores(np.log(np.maximum(prob, 1e-300))), level, attack="model_threshold",
+                    metadata=meta | {"shadows": 0, "statistic": "log p(true label) = minus the loss"}, **common),
+        _membership(mia.lira_scores(conf, level.membership), level, attack="model_lira",
+                    metadata=meta | {"shadows": n - 1, "statistic": "logit-scaled confidence"}, **common),
+        _membership(mia.rmia_scores(prob, pop), level, attack="model_rmia",
+                    metadata=meta | {"reference_models": n - 1, "population": pop.shape[1], "gamma": 1.0}, **common),
+    ]
+
+
+def run_audit(threat_model: ThreatModel, plan: AuditPlan, out_dir: str | Path, *, experiment: Experiment | None = None,
+              progress: Callable[[str], None] = lambda line: None, plots: bool = True) -> dict[str, Any]:
+    """Audit the plan from ``threat_model``'s view; writes report.json, report.md (and plots) into ``out_dir``."""
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    progress(f"audit plan {plan.digest()[:12]}: target {plan.target}, {plan.runs} runs per privacy level, "
+             f"schemes {list(plan.schemes)}, protections {list(plan.protections)}, epsilons {list(plan.epsilons)}")
+    exp = experiment or run_experiment(plan, progress=progress)
+    check_target(threat_model, exp)
+    n_public = exp.e0_public.shape[0]
+    if any(b > n_public - 10 for b in plan.extraction_anchors) and {"gram", "raw_embeddings"} & set(plan.schemes):
+        raise ConfigError("extraction_anchors", f"the target's modality has {n_public} public samples; every B must leave "
+                          f">= 10 held out (B <= {n_public - 10}), got {list(plan.extraction_anchors)}")
+    retrained = ("the target node only, node-locally (no averaging with the others); the other nodes trained once, plus "
+                 "once more as the adversary's simulation")
+    results: list[AttackResult] = []
+    views: dict[str, dict[str, str]] = {}
+    for label, protection, lvl in cells(plan):
+        level = exp.levels[lvl]
+        releases = ("update", *plan.schemes)
+        kinds = {r: release_view(threat_model, protection, r) for r in releases}
+        views[label] = kinds
+        sums = protocol_sums(exp, level, protection, seed=plan.seed) if AGGREGATE in kinds.values() else None
+        progress(f"{label}: views " + ", ".join(f"{r} {k}" for r, k in kinds.items()))
+        for release in releases:
+            obs = observed(exp, threat_model, level, protection, release, sums)
+            if obs is None:
+                continue
+            meta = {"release": release, "protection": label, "epsilon": level.epsilon, "view": kinds[release],
+                    "retrained": retrained}
+            scores = mia.lira_vector_scores(obs, level.membership, shadow_releases=np.asarray(level.releases[release]))
+            results.append(_membership(scores, level, attack="lira_release", tm=threat_model.name, target=exp.target,
+                                       seed=plan.seed, bootstrap=plan.bootstrap, metadata=meta | {"shadows": plan.runs - 1}))
+            if release == "prototypes":
+                results += _prototype_attacks(exp, level, obs, meta, threat_model.name)
+            if release in ("gram", "raw_embeddings"):
+                results += _extraction(exp, threat_model, level, protection, release, meta)
+        progress(f"{label}: {sum(r.metadata.get('protection') == label for r in results)} results")
+    for lvl_name, level in exp.levels.items():
+        results += _model_attacks(exp, level, {"release": "node model", "protection": lvl_name, "epsilon": level.epsilon,
+                                               "view": "reference ceiling (no federation adversary sees the node's model)",
+                                               "retrained": retrained})
+    for lvl_name, canary in exp.canaries.items():
+        results.append(AttackResult(
+            attack="canary_one_run", threat_model=REFERENCE, target=exp.target, trials=int(canary["guesses"]), seed=plan.seed,
+            metrics={"epsilon_lower_bound": Interval(value=canary["epsilon_lower_bound"], low=canary["epsilon_lower_bound"],
+                                                     high=canary["epsilon_lower_bound"], confidence=canary["confidence"]),
+                     "correct_guesses": Interval(value=canary["correct"], low=canary["correct"], high=canary["correct"], confidence=1.0)},
+            metadata={"protection": lvl_name, "epsilon": canary["epsilon_budget"], "accountant_epsilon": canary["accountant_epsilon"],
+                      "canaries": canary["canaries"], "failed": canary["failed"], "release": "node model",
+                      "note": "one-run audit (Steinke, Nasr, Jagielski 2023): a one-sided lower bound"}))
+    from geofed_secure.audit.report import verdict, write_markdown, write_plots
+
+    report = {
+        "threat_model": {"name": threat_model.name, "description": threat_model.description, "role": threat_model.role,
+                         "behaviour": threat_model.behaviour, "nodes": list(threat_model.nodes),
+                         "observes": list(threat_model.observes)},
+        "plan": plan.to_dict(), "plan_digest": plan.digest(), "seed": plan.seed,
+        "experiment": {"target": exp.target, "modality": exp.modality, "pool": int(exp.pool_labels.size),
+                       "anchors": exp.n_anchors, "runs": plan.runs, "other_nodes": list(exp.others.node_ids),
+                       "retrained": retrained, "seconds": dict(exp.seconds),
+                       "levels": {k: {"epsilon": v.epsilon, "heldout_accuracy": float(v.heldout_accuracy.mean()),
+                                      "accountant_epsilon": None if v.epsilon is None else float(np.nanmax(v.accountant_epsilon))}
+                                  for k, v in exp.levels.items()}},
+        "views": views,
+        "results": [r.to_dict() for r in results],
+    }
+    report["verdict"] = verdict(report)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report["plots"] = [p.name for p in write_plots(results, report, out_dir)] if plots else []
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    (out_dir / "report.json").write_text(json.dumps(report, indent=1, allow_nan=True))
+    (out_dir / "report.md").write_text(write_markdown(report))
+    return report

@@ -1,0 +1,328 @@
+"""The audit's attacks against closed-form cases and independent (plain-loop) reference implementations, the
+protection -> view table, the plan file, and `geofed audit --plan` end to end on a tiny federation."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from scipy.stats import norm
+
+from geofed_secure.audit.attacks import membership as mia
+from geofed_secure.audit.attacks.extraction import extraction_metrics, fit_extraction, unit_rows
+from geofed_secure.audit.attacks.gram_inversion import invert_gram
+from geofed_secure.audit.attacks.prototypes import class_prototypes, label_inference_accuracy, prototype_statistic
+from geofed_secure.audit.metrics import membership_result
+from geofed_secure.audit.plan import AuditPlan, load_plan, plan_from_dict
+from geofed_secure.audit.protections import AGGREGATE, HIDDEN, INDIVIDUAL, release_view
+from geofed_secure.audit.threat_model import load_threat_model
+from geofed_secure.errors import ConfigError, DataError
+
+
+def _auc(scores, membership):
+    return membership_result(*mia.trials(scores, membership), attack="t", threat_model="t", target="t", seed=0,
+                             bootstrap=0).metrics["auc"].value
+
+
+def _gaussian_runs(n_runs=64, n_cand=400, delta=1.0, sigma=1.0, spread=2.0, seed=0):
+    """A statistic per (run, candidate): mu_x + delta * member + sigma * noise, mu_x ~ N(0, spread^2)."""
+    rng = np.random.default_rng(seed)
+    membership = rng.random((n_runs, n_cand)) < 0.5
+    mu = rng.normal(0, spread, n_cand)
+    return mu + delta * membership + sigma * rng.normal(size=membership.shape), membership
+
+
+# -- membership: closed forms -----------------------------------------------------------------------------------------
+def test_lira_reaches_the_optimal_auc_of_a_gaussian_shift_and_the_threshold_attack_its_own():
+    stats, membership = _gaussian_runs()
+    # Optimal test between N(mu, 1) and N(mu + 1, 1) with mu known: AUC = Phi(delta / (sigma sqrt 2)) = 0.760.
+    assert _auc(mia.lira_scores(stats, membership), membership) == pytest.approx(norm.cdf(1 / math.sqrt(2)), abs=0.02)
+    # Uncalibrated threshold: member N(0.5... ) -- the candidate spread adds variance: Phi(1 / sqrt(2 (1 + 4))) = 0.624.
+    assert _auc(mia.threshold_scores(stats), membership) == pytest.approx(norm.cdf(1 / math.sqrt(10)), abs=0.02)
+
+
+def test_lira_on_a_statistic_with_no_membership_signal_is_at_chance():
+    stats, membership = _gaussian_runs(delta=0.0)
+    result = membership_result(*mia.trials(mia.lira_scores(stats, membership), membership), attack="lira",
+                               threat_model="t", target="t", seed=1, bootstrap=100)
+    assert result.metrics["auc"].low < 0.5 < result.metrics["auc"].high
+
+
+def _lira_loop(stats, shadow, membership, fixed_variance):
+    n, p = membership.shape
+    out = np.zeros((n, p))
+    for i in range(n):
+        pooled_in, pooled_out, means = [], [], {}
+        for x in range(p):
+            ins = [shadow[j, x] for j in range(n) if j != i and membership[j, x]]
+            outs = [shadow[j, x] for j in range(n) if j != i and not membership[j, x]]
+            means[x] = (np.mean(ins) if ins else 0.0, np.mean(outs) if outs else 0.0, ins, outs)
+            pooled_in += [v - means[x][0] for v in ins]
+            pooled_out += [v - means[x][1] for v in outs]
+        for x in range(p):
+            mi, mo, ins, outs = means[x]
+            if fixed_variance:
+                si = math.sqrt(sum(v * v for v in pooled_in) / (len(pooled_in) - 1))
+                so = math.sqrt(sum(v * v for v in pooled_out) / (len(pooled_out) - 1))
+            elif len(ins) >= 2 and len(outs) >= 2:
+                si, so = np.std(ins, ddof=1), np.std(outs, ddof=1)
+            else:
+                continue  # not compared (see ok below)
+            out[i, x] = norm.logpdf(stats[i, x], mi, si) - norm.logpdf(stats[i, x], mo, so)
+    return out
+
+
+@pytest.mark.parametrize("fixed_variance", [True, False])
+def test_lira_equals_a_plain_loop_implementation(fixed_variance):
+    rng = np.random.default_rng(3)
+    membership = np.zeros((8, 12), bool)
+    for i in range(8):
+        membership[i, rng.permutation(12)[:6]] = True
+    membership[:, 0] = [True, True, False, False, True, False, True, False]  # every candidate has in and out shadows
+    stats, shadow = rng.normal(size=(8, 12)), rng.normal(size=(8, 12))
+    ok = np.array([[membership[np.arange(8) != i, x].sum() >= 2 and (~membership[np.arange(8) != i, x]).sum() >= 2
+                    for x in range(12)] for i in range(8)])
+    got = mia.lira_scores(stats, membership, shadow_stats=shadow, fixed_variance=fixed_variance)
+    want = _lira_loop(stats, shadow, membership, fixed_variance)
+    np.testing.assert_allclose(got[ok], want[ok], rtol=1e-9, atol=1e-9)
+
+
+def test_lira_vector_equals_a_plain_loop_and_sees_a_sum_release():
+    rng = np.random.default_rng(4)
+    n, p, d = 10, 30, 5
+    membership = rng.random((n, p)) < 0.5
+    records = rng.normal(size=(p, d))
+    releases = membership.astype(float) @ records + 0.1 * rng.normal(size=(n, d))  # release = sum of member records
+    got = mia.lira_vector_scores(releases, membership)
+    for i in (0, 7):
+        for x in (0, 11, 29):
+            ins = [releases[j] for j in range(n) if j != i and membership[j, x]]
+            outs = [releases[j] for j in range(n) if j != i and not membership[j, x]]
+            want = np.sum((releases[i] - np.mean(outs, axis=0)) ** 2) - np.sum((releases[i] - np.mean(ins, axis=0)) ** 2)
+            assert got[i, x] == pytest.approx(want, rel=1e-9, abs=1e-9)
+    # Power: the shadows' means carry the other records' imbalance, so more shadow runs give a sharper attack.
+    wide = rng.normal(size=(p, 2000))
+    many = rng.random((40, p)) < 0.5
+    few_auc = _auc(mia.lira_vector_scores(membership.astype(float) @ wide, membership), membership)
+    many_auc = _auc(mia.lira_vector_scores(many.astype(float) @ wide, many), many)
+    assert 0.65 < few_auc < many_auc
+    noisy = many.astype(float) @ wide + 1000 * rng.normal(size=(40, 2000))  # a Gaussian mechanism with huge noise
+    assert abs(_auc(mia.lira_vector_scores(noisy, many), many) - 0.5) < 0.06
+
+
+def test_rmia_equals_a_plain_loop_implementation():
+    rng = np.random.default_rng(5)
+    px, pz = rng.random((6, 9)), rng.random((6, 7))
+    got = mia.rmia_scores(px, pz, gamma=1.5)
+    for i in range(6):
+        refs = [j for j in range(6) if j != i]
+        for x in range(9):
+            ratio_x = px[i, x] / np.mean([px[j, x] for j in refs])
+            want = np.mean([(ratio_x / (pz[i, z] / np.mean([pz[j, z] for j in refs]))) > 1.5 for z in range(7)])
+            assert got[i, x] == pytest.approx(want)
+
+
+def test_logit_confidence_and_probability_match_their_definitions():
+    rng = np.random.default_rng(6)
+    logits, labels = rng.normal(size=(20, 10)) * 5, rng.integers(0, 10, 20)
+    p = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    py = p[np.arange(20), labels]
+    np.testing.assert_allclose(mia.true_label_probability(logits, labels), py, rtol=1e-12)
+    np.testing.assert_allclose(mia.logit_confidence(logits, labels), np.log(py) - np.log(1 - py), rtol=1e-7)
+
+
+def test_membership_attacks_refuse_bad_input():
+    with pytest.raises(DataError, match="at least 3 runs"):
+        mia.lira_scores(np.zeros((2, 4)), np.zeros((2, 4), bool))
+    with pytest.raises(DataError, match="NaN"):
+        mia.lira_scores(np.full((4, 4), np.nan), np.zeros((4, 4), bool))
+    with pytest.raises(DataError, match="match"):
+        mia.lira_vector_scores(np.zeros((4, 3)), np.zeros((5, 4), bool))
+    with pytest.raises(DataError, match="gamma"):
+        mia.rmia_scores(np.ones((3, 2)), np.ones((3, 2)), gamma=0)
+
+
+# -- extraction and prototypes ---------------------------------------------------------------------------------------
+def test_extraction_from_a_gram_equals_extraction_from_raw_embeddings_and_beats_the_public_model():
+    rng = np.random.default_rng(7)
+    public = unit_rows(rng.normal(size=(150, 32)))               # e0 of 150 public inputs
+    node = unit_rows(public @ rng.normal(size=(32, 24)))         # the node's (trained) encoder, a different map
+    index, held = np.arange(60), np.arange(60, 150)
+    labels = np.arange(60) % 10
+    raw = node[index]
+    from_raw, raw_aligned = fit_extraction(public[index], raw, public[held])
+    gram_inverted = invert_gram(raw @ raw.T)                      # the same embeddings up to a rotation
+    from_gram, gram_aligned = fit_extraction(public[index], gram_inverted, public[held])
+    m_raw = extraction_metrics(from_raw, raw_aligned, node[held], node[index], labels)
+    m_gram = extraction_metrics(from_gram, gram_aligned, node[held], node[index], labels)
+    base = extraction_metrics(public[held], public[index], node[held], node[index], labels)
+    assert m_gram["procrustes_error"] == pytest.approx(m_raw["procrustes_error"], abs=1e-6)  # rotation-equivariant
+    assert m_raw["procrustes_error"] < 0.5 * base["procrustes_error"]
+    assert m_raw["downstream_agreement"] > base["downstream_agreement"]
+
+
+def test_extraction_falls_back_to_the_public_model_when_the_node_is_the_public_model():
+    rng = np.random.default_rng(9)
+    public = unit_rows(rng.normal(size=(150, 32)))
+    turned = public @ np.linalg.qr(rng.normal(size=(32, 32)))[0]  # the node = e0 up to a rotation
+    extracted, _ = fit_extraction(public[:20], invert_gram(turned[:20] @ turned[:20].T), public[20:])
+    assert extraction_metrics(extracted, public[:20], turned[20:], turned[:20], np.arange(20) % 10)["procrustes_error"] < 1e-3
+    with pytest.raises(DataError, match="wider"):
+        fit_extraction(public[:20, :4], public[:20], public[20:, :4])
+
+
+def test_prototypes_reveal_labels_and_membership_statistic_is_a_cosine():
+    rng = np.random.default_rng(8)
+    centres = unit_rows(rng.normal(size=(10, 32)))
+    labels = np.repeat(np.arange(10), 20)
+    z = centres[labels] + 0.3 * rng.normal(size=(200, 32))
+    protos = class_prototypes(z, labels, 10)
+    assert label_inference_accuracy(protos, z, labels) > 0.95
+    np.testing.assert_allclose(prototype_statistic(protos, z, labels),
+                               np.sum(unit_rows(z) * unit_rows(protos)[labels], axis=1), rtol=1e-12)
+    protos[3] = 0  # a class the node does not hold is never predicted
+    assert not (np.argmax(unit_rows(z) @ unit_rows(protos).T, axis=1) == 3).all()
+    with pytest.raises(DataError):
+        label_inference_accuracy(np.zeros((10, 32)), z, labels)
+
+
+# -- views of each protection --------------------------------------------------------------------------------------
+EXPECTED_VIEWS = {
+    # threat model: {protection: (update, gram)}
+    "hbc-server": {"none": (INDIVIDUAL, INDIVIDUAL), "masking": (AGGREGATE, AGGREGATE), "ckks": (AGGREGATE, AGGREGATE)},
+    "malicious-server": {"none": (INDIVIDUAL, INDIVIDUAL), "masking": (AGGREGATE, AGGREGATE), "ckks": (AGGREGATE, AGGREGATE)},
+    "server-colluding-with-text-node": {"none": (INDIVIDUAL, INDIVIDUAL), "masking": (AGGREGATE, AGGREGATE),
+                                        "ckks": (INDIVIDUAL, INDIVIDUAL)},
+    "curious-node": {"none": (AGGREGATE, AGGREGATE), "masking": (AGGREGATE, AGGREGATE), "ckks": (AGGREGATE, AGGREGATE)},
+    "outside-observer": {"none": (AGGREGATE, HIDDEN), "masking": (AGGREGATE, HIDDEN), "ckks": (AGGREGATE, HIDDEN)},
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_VIEWS))
+def test_each_threat_model_sees_what_its_protection_allows(name):
+    tm = load_threat_model(f"threat_models/{name}.toml")
+    for protection, (update, gram) in EXPECTED_VIEWS[name].items():
+        assert release_view(tm, protection, "update") == update
+        assert release_view(tm, protection, "gram") == gram
+        assert release_view(tm, protection, "prototypes") == gram
+
+
+# -- plans -----------------------------------------------------------------------------------------------------------
+def test_shipped_plan_spells_out_the_defaults():
+    assert load_plan("audits/plan.toml") == AuditPlan() == load_plan(None)
+
+
+@pytest.mark.parametrize("data, field", [
+    ({"runs": 2}, "runs"), ({"schemes": ["gram", "pixels"]}, "schemes"), ({"protections": ["tls"]}, "protections"),
+    ({"epsilons": [0.0]}, "epsilons"), ({"epsilons": "8"}, "epsilons"), ({"extraction_anchors": [200]}, "extraction_anchors"),
+    ({"lr": -1.0}, "lr"), ({"rounds": 0}, "rounds"), ({"runs": True}, "runs"), ({"target": 3}, "target"),
+    ({"typo": 1}, "typo"), ({"protections": [], "epsilons": []}, "protections"),
+])
+def test_bad_plans_name_the_key_and_file(data, field):
+    with pytest.raises(ConfigError) as info:
+        plan_from_dict(data, source="plan.toml")
+    assert info.value.field == field and "plan.toml" in str(info.value)
+
+
+def test_plan_digest_ignores_where_results_are_cached():
+    assert AuditPlan(cache_dir="/a").digest() == AuditPlan(cache_dir="/b").digest() != AuditPlan(runs=5).digest()
+
+
+# -- end to end on a tiny federation -----------------------------------------------------------------------------------
+TINY_PLAN = AuditPlan(target="img-a", runs=4, rounds=2, local_steps=3, batch_size=16, lr=5e-3, epsilons=(4.0,),
+                      extraction_anchors=(10, 25), extraction_draws=2, canaries=10, bootstrap=20)
+
+
+@pytest.fixture(scope="module")
+def tiny_audit_experiment(tiny_config, tiny_modalities, tmp_path_factory):
+    from geofed_secure.audit.experiment import run_experiment
+
+    plan = AuditPlan(**{**TINY_PLAN.to_dict(), "cache_dir": str(tmp_path_factory.mktemp("audit-cache"))})
+    return plan, run_experiment(plan, base_config=tiny_config, modalities=tiny_modalities)
+
+
+def test_experiment_records_every_release_and_is_cached(tiny_audit_experiment, tiny_config, tiny_modalities):
+    from geofed_secure.audit.experiment import run_experiment
+
+    plan, exp = tiny_audit_experiment
+    assert set(exp.levels) == {"no-dp", "dp-eps4"} and exp.others.node_ids == ("img-b", "txt", "tab")
+    level = exp.levels["no-dp"]
+    assert level.membership.shape == (4, exp.pool_labels.size) and (level.membership.sum(axis=1) == exp.pool_labels.size // 2).all()
+    assert level.releases["gram"].shape == (4, 20 * 19 // 2) and level.releases["prototypes"].shape == (4, 10 * 32)
+    assert np.isnan(level.accountant_epsilon).all() and (exp.levels["dp-eps4"].accountant_epsilon <= 4.0).all()
+    runs_differ = np.abs(level.releases["update"][0] - level.releases["update"][1]).max()
+    assert runs_differ > 0  # different halves, different models
+    again = run_experiment(plan, base_config=tiny_config, modalities=tiny_modalities)  # from the cache: no training
+    np.testing.assert_array_equal(again.levels["dp-eps4"].releases["update"], exp.levels["dp-eps4"].releases["update"])
+    assert set(exp.canaries) == {"no-dp", "dp-eps4"}
+
+
+@pytest.mark.parametrize("name", ["hbc-server", "outside-observer"])
+def test_audit_report_holds_every_result_with_intervals_and_plots(tiny_audit_experiment, tmp_path, name):
+    from geofed_secure.audit.suite import run_audit
+
+    plan, exp = tiny_audit_experiment
+    tm = load_threat_model(f"threat_models/{name}.toml")
+    report = run_audit(tm, plan, tmp_path, experiment=exp)
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved["seed"] == plan.seed and saved["plan"]["runs"] == 4
+    attacks = {(r["attack"], r["metadata"]["release"], r["metadata"]["protection"]) for r in saved["results"]}
+    for r in saved["results"]:
+        assert r["trials"] > 0 and all(m["low"] <= m["value"] <= m["high"] or math.isclose(m["low"], m["high"])
+                                       for m in r["metrics"].values())
+    if name == "hbc-server":
+        assert ("lira_release", "gram", "masking") in attacks and ("prototype_lira", "prototypes", "none") in attacks
+        assert ("extraction", "gram", "none") in attacks and ("model_rmia", "node model", "dp-eps4") in attacks
+        assert {"roc.png", "leakage_vs_epsilon.png", "extraction_vs_anchors.png"} <= set(report["plots"])
+    else:  # the observer holds the final model only: no alignment release, no extraction
+        assert {a[1] for a in attacks if a[0] == "lira_release"} == {"update"}
+        assert not any(a[0] == "extraction" for a in attacks)
+    md = (tmp_path / "report.md").read_text()
+    assert "## Verdict" in md and "## Membership inference" in md
+    for png in report["plots"]:
+        assert (tmp_path / png).stat().st_size > 1000
+
+
+def test_in_clear_gram_gives_exact_inversion_and_masking_does_not(tiny_audit_experiment, tmp_path):
+    from geofed_secure.audit.suite import run_audit
+
+    plan, exp = tiny_audit_experiment
+    report = run_audit(load_threat_model("threat_models/hbc-server.toml"), plan, tmp_path, experiment=exp, plots=False)
+    ext = {(r["metadata"]["protection"], r["metadata"]["anchors"]): r["metrics"] for r in report["results"]
+           if r["attack"] == "extraction" and r["metadata"]["release"] == "gram"}
+    assert ext[("none", 10)]["anchor_procrustes_error"]["high"] < 1e-6  # a Gram in clear = embeddings up to rotation
+    assert ext[("masking", 10)]["anchor_procrustes_error"]["low"] > 1e-3  # the others' residual remains
+
+
+def test_audit_refuses_a_target_inside_the_coalition_and_too_many_anchors(tiny_audit_experiment, tmp_path):
+    import dataclasses
+
+    from geofed_secure.audit.suite import run_audit
+    from geofed_secure.audit.threat_model import threat_model_from_dict
+
+    plan, exp = tiny_audit_experiment
+    tm = threat_model_from_dict({"name": "c", "adversary": {"role": "colluding", "behaviour": "honest-but-curious",
+                                                            "nodes": ["img-a"]}})
+    with pytest.raises(ConfigError, match="own nodes"):
+        run_audit(tm, plan, tmp_path, experiment=exp)
+    with pytest.raises(ConfigError, match="held out"):
+        run_audit(load_threat_model("threat_models/hbc-server.toml"), dataclasses.replace(plan, extraction_anchors=(45,)),
+                  tmp_path, experiment=exp)
+
+
+def test_under_ckks_a_colluding_node_key_decrypts_another_nodes_upload_from_the_servers_transcript():
+    """Why the view table gives a server + ANY colluding node each individual upload under ckks-v1."""
+    from geofed_secure.secagg.ckks import decode_ckks_message, decrypt_chunks, provision_ckks_keys, run_ckks_aggregation
+
+    keys = provision_ckks_keys()
+    inputs = {f"node-{i}": np.random.default_rng(i).normal(size=300) for i in range(4)}
+    result = run_ckks_aggregation(inputs, keys=keys)
+    record = next(r for r in result.transcript if r.kind == "CkksEncryptedInput" and r.sender == "node-1")
+    upload = decode_ckks_message(record.data)
+    colluder_secret = keys.secret_context  # what node-3 was provisioned with
+    recovered = decrypt_chunks(colluder_secret, upload.chunks, upload.length)
+    np.testing.assert_allclose(recovered[:300], inputs["node-1"], atol=1e-5)
+    tm = load_threat_model("threat_models/server-colluding-with-text-node.toml")
+    assert release_view(tm, "ckks", "update") == INDIVIDUAL
