@@ -326,3 +326,36 @@ def test_under_ckks_a_colluding_node_key_decrypts_another_nodes_upload_from_the_
     np.testing.assert_allclose(recovered[:300], inputs["node-1"], atol=1e-5)
     tm = load_threat_model("threat_models/server-colluding-with-text-node.toml")
     assert release_view(tm, "ckks", "update") == INDIVIDUAL
+
+
+def test_geofed_audit_with_a_plan_writes_the_report(tiny_audit_experiment, tmp_path, monkeypatch, capsys):
+    import geofed_secure.audit.suite as suite
+    from geofed_secure.cli import main
+
+    plan, exp = tiny_audit_experiment
+    seen = {}
+
+    def cached(p, progress):  # the tiny federation's experiment stands in for the demo's
+        seen["plan"] = p
+        progress("experiment loaded (test)")
+        return exp
+
+    monkeypatch.setattr(suite, "run_experiment", cached)
+    (tmp_path / "plan.toml").write_text("\n".join(f"{k} = {json.dumps(v)}" for k, v in TINY_PLAN.to_dict().items()) + "\n")
+    rc = main(["audit", "--threat-model", "threat_models/hbc-server.toml", "--plan", str(tmp_path / "plan.toml"),
+               "--out", str(tmp_path / "out"), "--seed", "0", "--cache-dir", str(tmp_path / "cache")])
+    assert rc == 0 and (tmp_path / "out" / "report.json").is_file() and (tmp_path / "out" / "roc.png").is_file()
+    assert seen["plan"].cache_dir == str(tmp_path / "cache") and seen["plan"].runs == 4
+    assert "experiment loaded (test)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--plan", "audits/plan.toml", "--run", "."], "not both"),
+    (["--reference-run", "."], "only with --run"),
+    (["--plan", "missing.toml"], "does not exist"),
+])
+def test_geofed_audit_refuses_conflicting_or_missing_inputs(tmp_path, capsys, argv, message):
+    from geofed_secure.cli import main
+
+    assert main(["audit", "--threat-model", "threat_models/hbc-server.toml", "--out", str(tmp_path), *argv]) == 2
+    assert message in capsys.readouterr().err

@@ -31,6 +31,12 @@ def verdict(report: dict[str, Any]) -> list[str]:
     lines: list[str] = []
     tm = report["threat_model"]["name"]
     for cell in report["views"]:
+        update = _find(report, "lira_release", release="update", protection=cell)
+        if update:
+            u = update[0]["metrics"]
+            lines.append(f"[{cell}] Membership from the GeoDoRA B update ({update[0]['metadata']['view']} view): AUC "
+                         f"{_ci(u['auc'])}, TPR at 0.1% FPR {u['tpr_at_0.001_fpr']['value']:.4f}"
+                         + (": no measurable leakage." if u["auc"]["low"] <= 0.5 else ": LEAKS membership."))
         gram = _find(report, "lira_release", release="gram", protection=cell)
         proto = (_find(report, "prototype_lira", protection=cell) + _find(report, "prototype_threshold", protection=cell)
                  + _find(report, "lira_release", release="prototypes", protection=cell))
@@ -73,11 +79,12 @@ def verdict(report: dict[str, Any]) -> list[str]:
                        else "The release enables extraction beyond the public model." if better
                        else "No extraction beyond the public model was measured for this view."))
     for level in report["experiment"]["levels"]:
-        rows = _find(report, "model_lira", protection=level)
-        if rows:
-            m = rows[0]["metrics"]
-            lines.append(f"[{level}] Reference ceiling, the node's trained model: LiRA AUC {_ci(m['auc'])}, TPR at 0.1% FPR "
-                         f"{m['tpr_at_0.001_fpr']['value']:.4f}.")
+        lira, rmia = _find(report, "model_lira", protection=level), _find(report, "model_rmia", protection=level)
+        if lira and rmia:
+            m, r = lira[0]["metrics"], rmia[0]["metrics"]
+            lines.append(f"[{level}] Reference ceiling, the node's trained model (in no federation adversary's view): LiRA "
+                         f"AUC {_ci(m['auc'])}, RMIA AUC {_ci(r['auc'])}, TPR at 0.1% FPR {m['tpr_at_0.001_fpr']['value']:.4f} "
+                         f"/ {r['tpr_at_0.001_fpr']['value']:.4f}.")
     for row in _find(report, "canary_one_run"):
         md = row["metadata"]
         bound = row["metrics"]["epsilon_lower_bound"]["value"]
