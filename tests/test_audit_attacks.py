@@ -212,6 +212,8 @@ def test_each_threat_model_sees_what_its_protection_allows(name):
 # -- plans -----------------------------------------------------------------------------------------------------------
 def test_shipped_plan_spells_out_the_defaults():
     assert load_plan("audits/plan.toml") == AuditPlan() == load_plan(None)
+    memorising = load_plan("audits/plan-memorising.toml")
+    assert memorising.local_steps == 4 * AuditPlan().local_steps and memorising.digest() != AuditPlan().digest()
 
 
 @pytest.mark.parametrize("data, field", [

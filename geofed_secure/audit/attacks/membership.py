@@ -123,24 +123,35 @@ def lira_vector_scores(target_releases: np.ndarray, membership: np.ndarray, *,
                         f"membership {m.shape} (>= 3 runs)")
     if not (np.isfinite(target).all() and np.isfinite(shadow).all()):
         raise DataError("lira_vector_scores: releases contain NaN or inf")
-    mf = m.astype(np.float64)
-    sum_in = mf.T @ shadow                      # [P, D]: sum of releases of runs with x in
-    sum_all = shadow.sum(axis=0)                # [D]
-    n_in_all = mf.sum(axis=0)                   # [P]
+    # Everything below is an inner product of releases, so it is computed from the [N, N] Gram matrices of the
+    # releases (O(N^2 D + N^2 P)) instead of materialising per-candidate means (O(N P D)). The score is invariant to
+    # translating all releases together; centring on the shadows' mean keeps the squared norms small.
+    centre = shadow.mean(axis=0)
+    x, y = shadow - centre, target - centre
+    gram, cross = x @ x.T, y @ x.T            # gram[j, k] = x_j . x_k; cross[i, j] = y_i . x_j
+    mf = m.astype(np.float64)                 # [N, P]
+    a = mf.T @ gram                           # [P, N]: S_in(c) . x_j, S_in(c) = sum of releases of runs holding c
+    s_in_sq = (a * mf.T).sum(axis=1)          # ||S_in(c)||^2
+    t_dot_s_in = a.sum(axis=1)                # T . S_in(c), T = sum of all releases
     n = m.shape[0]
+    n_in_all = mf.sum(axis=0)
     scores = np.zeros(m.shape)
     for i in range(n):
-        own = shadow[i]
-        s_in = sum_in - np.outer(mf[i], own)
-        n_in = n_in_all - mf[i]
-        s_out = (sum_all - own)[None, :] - s_in
+        mi = mf[i]
+        n_in = n_in_all - mi
         n_out = (n - 1) - n_in
+        # S_in' = S_in - m_i x_i (shadows only), S_out' = (T - x_i) - S_in'
+        s_in_r = mf.T @ cross[i] - mi * cross[i, i]
+        s_in_sq_i = s_in_sq - 2 * mi * a[:, i] + mi * gram[i, i]
+        rest_r = cross[i].sum() - cross[i, i]
+        rest_sq = gram.sum() - 2 * gram[i].sum() + gram[i, i]
+        rest_dot_s_in = (t_dot_s_in - a[:, i]) - mi * (gram[i].sum() - gram[i, i])
+        s_out_r = rest_r - s_in_r
+        s_out_sq = rest_sq - 2 * rest_dot_s_in + s_in_sq_i
         ok = (n_in > 0) & (n_out > 0)
-        mu_in = s_in / np.maximum(n_in, 1)[:, None]
-        mu_out = s_out / np.maximum(n_out, 1)[:, None]
-        r = target[i]
+        n_in_safe, n_out_safe = np.maximum(n_in, 1), np.maximum(n_out, 1)
         # ||r - mu_out||^2 - ||r - mu_in||^2 = 2 r.(mu_in - mu_out) + ||mu_out||^2 - ||mu_in||^2
-        value = 2 * (mu_in - mu_out) @ r + (mu_out ** 2).sum(axis=1) - (mu_in ** 2).sum(axis=1)
+        value = 2 * (s_in_r / n_in_safe - s_out_r / n_out_safe) + s_out_sq / n_out_safe ** 2 - s_in_sq_i / n_in_safe ** 2
         scores[i] = np.where(ok, value, 0.0)
     return scores
 
