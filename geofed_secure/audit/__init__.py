@@ -22,7 +22,7 @@ from geofed_secure.audit.attacks.membership import trials as membership_trials
 from geofed_secure.audit.attacks.prototypes import class_prototypes, label_inference_accuracy, prototype_statistic
 from geofed_secure.audit.canary import epsilon_lower_bound
 from geofed_secure.audit.canary_run import CanaryAudit, run_canary_audit
-from geofed_secure.audit.metrics import AttackResult, Interval, membership_result
+from geofed_secure.audit.metrics import AttackResult, Interval, membership_grid_result, membership_result
 from geofed_secure.audit.plan import AuditPlan, load_plan
 from geofed_secure.audit.protections import release_view
 from geofed_secure.audit.threat_model import ThreatModel, load_threat_model, threat_model_from_dict
@@ -32,6 +32,6 @@ __all__ = [
     "AttackResult", "AuditPlan", "CanaryAudit", "Interval", "ThreatModel", "View", "class_prototypes", "epsilon_lower_bound",
     "extraction_metrics", "fit_extraction", "invert_gram", "invert_gram_upper", "label_inference_accuracy", "lira_scores",
     "lira_vector_scores", "load_plan", "load_run_view", "load_threat_model", "logit_confidence", "membership_result",
-    "membership_trials", "procrustes_error", "prototype_statistic", "release_view", "rmia_scores", "run_canary_audit",
+    "membership_grid_result", "membership_trials", "procrustes_error", "prototype_statistic", "release_view", "rmia_scores", "run_canary_audit",
     "select_view", "threat_model_from_dict", "threshold_scores", "true_label_probability",
 ]
