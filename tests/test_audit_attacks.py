@@ -392,3 +392,25 @@ def test_the_same_experiment_and_seed_give_the_same_report(tiny_audit_experiment
     # CKKS encryption noise (about 1e-6 per coordinate here) comes from SEAL's own CSPRNG, so only the other cells
     # are bit-reproducible; on the tiny model it moves the CKKS cells' AUCs in the third decimal.
     assert without_ckks(first) == without_ckks(second) and len(without_ckks(first)) < len(first["results"])
+
+
+def test_a_corrupt_or_foreign_experiment_cache_is_refused_and_an_unknown_target_named(tiny_audit_experiment, tmp_path,
+                                                                                      tiny_config, tiny_modalities):
+    import dataclasses
+
+    from geofed_secure.audit.experiment import load_experiment, run_experiment, save_experiment
+    from geofed_secure.errors import CheckpointError
+
+    plan, exp = tiny_audit_experiment
+    save_experiment(exp, tmp_path / "ok")
+    assert load_experiment(plan, tmp_path / "ok").levels["no-dp"].membership.shape == exp.levels["no-dp"].membership.shape
+    (tmp_path / "ok" / "experiment.npz").write_bytes(b"not an npz")
+    with pytest.raises(CheckpointError, match="delete the folder"):
+        load_experiment(plan, tmp_path / "ok")
+    save_experiment(exp, tmp_path / "old")
+    meta = json.loads((tmp_path / "old" / "meta.json").read_text())
+    (tmp_path / "old" / "meta.json").write_text(json.dumps(meta | {"version": 0}))
+    with pytest.raises(CheckpointError, match="cache version"):
+        load_experiment(plan, tmp_path / "old")
+    with pytest.raises(ConfigError, match="unknown node 'nobody'"):
+        run_experiment(dataclasses.replace(plan, target="nobody"), base_config=tiny_config, modalities=tiny_modalities)

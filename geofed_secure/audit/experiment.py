@@ -40,7 +40,7 @@ from geofed_secure.audit.attacks.extraction import unit_rows
 from geofed_secure.audit.attacks.prototypes import class_prototypes
 from geofed_secure.audit.canary_run import run_canary_audit
 from geofed_secure.audit.plan import AuditPlan
-from geofed_secure.config import DataSection, FederationSection, PrivacySection, RunConfig, TrainingSection
+from geofed_secure.config import PrivacySection, RunConfig
 from geofed_secure.data.features import TokenFeatures, concat_features
 from geofed_secure.encoders.cache import FeatureCache
 from geofed_secure.errors import CheckpointError, ConfigError
@@ -122,7 +122,7 @@ def _logits(node: Node, features: TokenFeatures) -> tuple[np.ndarray, np.ndarray
     return z.numpy(), node.model.head(z).numpy()
 
 
-def _releases(node: Node, payload: Mapping[str, np.ndarray], train_embeddings: np.ndarray, train_labels: np.ndarray,
+def _releases(payload: Mapping[str, np.ndarray], train_embeddings: np.ndarray, train_labels: np.ndarray,
               public_embeddings: np.ndarray, n_anchors: int) -> dict[str, np.ndarray]:
     update = np.concatenate([payload[k].ravel() for k in sorted(payload) if k.startswith(WEIGHTED_PREFIX)])
     return {"update": update.astype(np.float64), "gram": payload[GRAM_FIELD].astype(np.float64),
@@ -142,7 +142,7 @@ def run_experiment(plan: AuditPlan, *, progress: Callable[[str], None] = lambda 
     config = run_config(plan, base=base_config)
     specs = {n.id: n for n in config.nodes}
     if plan.target not in specs:
-        raise ConfigError("target", f"unknown node {plan.target!r}; the demo nodes are {sorted(specs)}")
+        raise ConfigError("target", f"unknown node {plan.target!r}; the federation's nodes are {sorted(specs)}")
     cache = _cache_path(plan, config)
     if use_cache and (cache / "experiment.npz").is_file():
         progress(f"experiment loaded from the cache {cache}")
@@ -176,7 +176,7 @@ def run_experiment(plan: AuditPlan, *, progress: Callable[[str], None] = lambda 
             payload = _train(node, plan.rounds, None)
             z_train, _ = _logits(node, node_data.train)
             z_public = unit_rows(_logits(node, other_public)[0])
-            rel = _releases(node, payload, z_train, node_data.train.labels, z_public, n_anchors)
+            rel = _releases(payload, z_train, node_data.train.labels, z_public, n_anchors)
             (truth if which == "truth" else estimate)[node_id] = rel
             (public_truth if which == "truth" else public_estimate)[node_id] = z_public.astype(np.float32)
         progress(f"  other node {node_id} trained (its upload, and the adversary's simulation of it)")
@@ -213,7 +213,7 @@ def run_experiment(plan: AuditPlan, *, progress: Callable[[str], None] = lambda 
             z_pool, logits_pool = _logits(node, pool)
             z_public, logits_public = _logits(node, public)
             z_public = unit_rows(z_public)
-            rel = _releases(node, payload, z_pool[members], pool.labels[members], z_public, n_anchors)
+            rel = _releases(payload, z_pool[members], pool.labels[members], z_public, n_anchors)
             for key in RELEASES:
                 rows[key].append(rel[key])
             rows["pool"].append(logits_pool.astype(np.float32))

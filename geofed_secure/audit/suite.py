@@ -33,7 +33,7 @@ from geofed_secure.audit.attacks.prototypes import label_inference_accuracy, pro
 from geofed_secure.audit.experiment import Experiment, TrainedLevel, level_name, run_experiment
 from geofed_secure.audit.metrics import AttackResult, Interval, membership_grid_result
 from geofed_secure.audit.plan import AuditPlan
-from geofed_secure.audit.protections import AGGREGATE, HIDDEN, check_target, observed, observed_public, protocol_sums, release_view
+from geofed_secure.audit.protections import AGGREGATE, check_target, observed, observed_public, protocol_sums, release_view
 from geofed_secure.audit.threat_model import ThreatModel
 from geofed_secure.errors import ConfigError
 from geofed_secure.node.node import N_CLASSES
