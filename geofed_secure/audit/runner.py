@@ -1,6 +1,7 @@
-"""``geofed audit`` (first version): audit a finished run folder from one threat model's view.
+"""``geofed audit --run DIR``: inventory a finished run folder from one threat model's view (the first version).
 
-What it does today, on a run written by ``geofed run``:
+The full audit (sharing schemes x protections x attacks on a trained experiment) is ``geofed audit --plan``
+(:mod:`geofed_secure.audit.suite`). What this one does, on a run written by ``geofed run``:
 
 1. selects the adversary's view (:mod:`geofed_secure.audit.views`) and inventories it: message types, bytes, whose
    uploads it holds in clear, masked or encrypted, which aggregates it sees, whether it holds the final model;
@@ -11,9 +12,8 @@ What it does today, on a run written by ``geofed run``:
    uploads are those of the audited run, since round 1 starts from the same public state). Error = Procrustes
    distance between the embeddings recovered from the estimate and those determined by the true Gram.
 
-The canary audit of a node's DP training is separate (:mod:`geofed_secure.audit.canary_run`, it trains the node).
-Not yet (issue 5): running a plan of sharing schemes x protections itself, membership inference, extraction,
-prototype leakage, plots.
+It reads the run's real transcript, so it also shows what a deployment's messages hold (types, bytes, which
+uploads in clear / masked / encrypted); it runs no membership or extraction attack.
 """
 
 from __future__ import annotations
