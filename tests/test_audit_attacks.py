@@ -214,6 +214,8 @@ def test_shipped_plan_spells_out_the_defaults():
     assert load_plan("audits/plan.toml") == AuditPlan() == load_plan(None)
     memorising = load_plan("audits/plan-memorising.toml")
     assert memorising.local_steps == 4 * AuditPlan().local_steps and memorising.digest() != AuditPlan().digest()
+    high_power = load_plan("audits/plan-high-power.toml")
+    assert high_power.runs == 32 and high_power.levels == (None,)
 
 
 @pytest.mark.parametrize("data, field", [
