@@ -14,25 +14,36 @@ def ci(m: dict) -> str:
     return f"{m['value']:.3f} [{m['low']:.3f}, {m['high']:.3f}]"
 
 
+def tag(result: dict | None) -> str:
+    if result is None:
+        return "not in view"
+    return ci(result["metrics"]["auc"]) + (" (unit)" if result["attack"].endswith("unit") else "")
+
+
 def main(paths: list[str]) -> None:
-    print("| threat model | cell | Gram: LiRA AUC | prototypes: best AUC (attack) | B update: LiRA AUC | Gram extraction error, B = 50 / 100 (public model) |")
+    print("| threat model | cell | Gram: best LiRA AUC | prototypes: best AUC (attack) | B update: best LiRA AUC | Gram extraction error, B = 50 / 100 (public model) |")
     print("|---|---|---|---|---|---|")
     for path in paths:
         report = json.loads(Path(path).read_text())
         name = report["threat_model"]["name"]
         for cell in report["views"]:
             rows = [r for r in report["results"] if r["metadata"].get("protection") == cell]
-            pick = lambda attack, release: next((r for r in rows if r["attack"] == attack and r["metadata"]["release"] == release), None)
-            gram, update = pick("lira_release", "gram"), pick("lira_release", "update")
+
+            def strongest(release: str) -> dict | None:
+                candidates = [r for r in rows if r["attack"] in ("lira_release", "lira_release_unit")
+                              and r["metadata"]["release"] == release]
+                return max(candidates, key=lambda r: r["metrics"]["auc"]["value"], default=None)
+
+            gram, update = strongest("gram"), strongest("update")
             protos = [r for r in rows if r["metadata"]["release"] == "prototypes" and r["attack"] != "prototype_label_inference"
                       and not r["attack"].endswith("node_encoder") and "auc" in r["metrics"]]
             best = max(protos, key=lambda r: r["metrics"]["auc"]["value"], default=None)
             ext = {r["metadata"]["anchors"]: r["metrics"] for r in rows if r["attack"] == "extraction" and r["metadata"]["release"] == "gram"}
             extraction = " / ".join(f"{ext[b]['procrustes_error']['value']:.3f} ({ext[b]['baseline_procrustes_error']['value']:.3f})"
                                     for b in (50, 100) if b in ext) or "not in view"
-            print(f"| {name} | {cell} | {ci(gram['metrics']['auc']) if gram else 'not in view'} | "
+            print(f"| {name} | {cell} | {tag(gram)} | "
                   + (f"{ci(best['metrics']['auc'])} ({best['attack']})" if best else "not in view")
-                  + f" | {ci(update['metrics']['auc']) if update else 'not in view'} | {extraction} |")
+                  + f" | {tag(update)} | {extraction} |")
     print()
     print("| threat model | level | model threshold AUC | model LiRA AUC | model RMIA AUC | RMIA TPR at 1% FPR | canary: correct / guesses, lower bound (accountant) |")
     print("|---|---|---|---|---|---|---|")

@@ -278,6 +278,7 @@ def test_audit_report_holds_every_result_with_intervals_and_plots(tiny_audit_exp
                                        for m in r["metrics"].values())
     if name == "hbc-server":
         assert ("lira_release", "gram", "masking") in attacks and ("prototype_lira", "prototypes", "none") in attacks
+        assert ("lira_release_unit", "update", "dp-eps4") in attacks
         assert ("extraction", "gram", "none") in attacks and ("model_rmia", "node model", "dp-eps4") in attacks
         assert {"roc.png", "leakage_vs_epsilon.png", "extraction_vs_anchors.png"} <= set(report["plots"])
     else:  # the observer holds the final model only: no alignment release, no extraction

@@ -13,13 +13,18 @@ import numpy as np
 
 from geofed_secure.audit.metrics import AttackResult
 
-MEMBERSHIP = ("lira_release", "prototype_threshold", "prototype_lira", "prototype_threshold_node_encoder",
+MEMBERSHIP = ("lira_release", "lira_release_unit", "prototype_threshold", "prototype_lira", "prototype_threshold_node_encoder",
               "prototype_lira_node_encoder", "model_threshold", "model_lira", "model_rmia")
 
 
 def _find(report: dict[str, Any], attack: str, **meta: Any) -> list[dict[str, Any]]:
     return [r for r in report["results"] if r["attack"] == attack
             and all(r["metadata"].get(k) == v for k, v in meta.items())]
+
+
+def _best(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The strongest of several attacks on one release (highest AUC), as a one-element list (empty if none)."""
+    return [max(rows, key=lambda r: r["metrics"]["auc"]["value"])] if rows else []
 
 
 def _ci(metric: dict[str, float], digits: int = 3) -> str:
@@ -31,15 +36,19 @@ def verdict(report: dict[str, Any]) -> list[str]:
     lines: list[str] = []
     tm = report["threat_model"]["name"]
     for cell in report["views"]:
-        update = _find(report, "lira_release", release="update", protection=cell)
+        update = _best(_find(report, "lira_release", release="update", protection=cell)
+                       + _find(report, "lira_release_unit", release="update", protection=cell))
         if update:
             u = update[0]["metrics"]
-            lines.append(f"[{cell}] Membership from the GeoDoRA B update ({update[0]['metadata']['view']} view): AUC "
+            lines.append(f"[{cell}] Membership from the GeoDoRA B update ({update[0]['metadata']['view']} view, "
+                         f"{update[0]['attack']}): AUC "
                          f"{_ci(u['auc'])}, TPR at 0.1% FPR {u['tpr_at_0.001_fpr']['value']:.4f}"
                          + (": no measurable leakage." if u["auc"]["low"] <= 0.5 else ": LEAKS membership."))
-        gram = _find(report, "lira_release", release="gram", protection=cell)
+        gram = _best(_find(report, "lira_release", release="gram", protection=cell)
+                     + _find(report, "lira_release_unit", release="gram", protection=cell))
         proto = (_find(report, "prototype_lira", protection=cell) + _find(report, "prototype_threshold", protection=cell)
-                 + _find(report, "lira_release", release="prototypes", protection=cell))
+                 + _find(report, "lira_release", release="prototypes", protection=cell)
+                 + _find(report, "lira_release_unit", release="prototypes", protection=cell))
         if gram and proto:
             g = gram[0]["metrics"]
             p = max(proto, key=lambda r: r["metrics"]["auc"]["value"])
@@ -54,7 +63,7 @@ def verdict(report: dict[str, Any]) -> list[str]:
                            if g["auc"]["low"] > pm["auc"]["high"] else "not measurably less") + " than prototypes.")
             else:
                 finding = "neither leaks membership measurably (both AUC intervals include 0.5) at this experiment's power."
-            lines.append(f"[{cell}] Membership from the Gram of public anchors: AUC {_ci(g['auc'])}, TPR at 1% FPR "
+            lines.append(f"[{cell}] Membership from the Gram of public anchors ({gram[0]['attack']}): AUC {_ci(g['auc'])}, TPR at 1% FPR "
                          f"{g['tpr_at_0.01_fpr']['value']:.3f}; from prototypes of private data ({p['attack']}): AUC "
                          f"{_ci(pm['auc'])}, TPR at 1% FPR {pm['tpr_at_0.01_fpr']['value']:.3f}; against {tm}, {finding}")
         upper = _find(report, "prototype_lira_node_encoder", protection=cell)

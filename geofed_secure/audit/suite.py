@@ -4,8 +4,8 @@ Runs (or loads from the cache) the plan's experiment (:mod:`geofed_secure.audit.
 of the plan (a protection without DP, or a DP budget with uploads in clear) and every release the adversary sees
 (:mod:`geofed_secure.audit.protections`) it runs the attacks and collects one :class:`AttackResult` each:
 
-- ``lira_release``: LiRA on the whole released vector (every release: the B update, Gram, prototypes, raw anchor
-  embeddings), shadows = the other training runs;
+- ``lira_release`` / ``lira_release_unit``: LiRA on the whole released vector (every release: the B update, Gram,
+  prototypes, raw anchor embeddings), as released and scaled to unit norm; shadows = the other training runs;
 - ``prototype_threshold`` / ``prototype_lira``: membership from cos(e0(x), prototype of x's class);
   ``prototype_label_inference``: labels of the node's records from the nearest released prototype;
 - ``extraction``: functional extraction of the node's encoder from its anchor release (Gram inverted, or raw
@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from geofed_secure.audit.attacks import membership as mia
-from geofed_secure.audit.attacks.extraction import extraction_metrics, fit_extraction, nearest_centroid
+from geofed_secure.audit.attacks.extraction import extraction_metrics, fit_extraction, nearest_centroid, unit_rows
 from geofed_secure.audit.attacks.gram_inversion import invert_gram, procrustes_error
 from geofed_secure.audit.attacks.prototypes import label_inference_accuracy, prototype_statistic
 from geofed_secure.audit.experiment import Experiment, TrainedLevel, level_name, run_experiment
@@ -194,9 +194,16 @@ def run_audit(threat_model: ThreatModel, plan: AuditPlan, out_dir: str | Path, *
                 continue
             meta = {"release": release, "protection": label, "epsilon": level.epsilon, "view": kinds[release],
                     "retrained": retrained}
-            scores = mia.lira_vector_scores(obs, level.membership, shadow_releases=np.asarray(level.releases[release]))
+            shadows = np.asarray(level.releases[release])
+            scores = mia.lira_vector_scores(obs, level.membership, shadow_releases=shadows)
             results.append(_membership(scores, level, attack="lira_release", tm=threat_model.name, target=exp.target,
                                        seed=plan.seed, bootstrap=plan.bootstrap, metadata=meta | {"shadows": plan.runs - 1}))
+            # The same on releases scaled to unit norm: the B update carries the precision weight p_k, whose scale
+            # varies between runs (up to 2.4x the mean on the demo) and misleads the isotropic model.
+            scores = mia.lira_vector_scores(unit_rows(obs), level.membership, shadow_releases=unit_rows(shadows))
+            results.append(_membership(scores, level, attack="lira_release_unit", tm=threat_model.name, target=exp.target,
+                                       seed=plan.seed, bootstrap=plan.bootstrap,
+                                       metadata=meta | {"shadows": plan.runs - 1, "note": "releases scaled to unit norm"}))
             if release == "prototypes":
                 results += _prototype_attacks(exp, level, obs, meta, threat_model.name)
             if release in ("gram", "raw_embeddings"):
