@@ -66,12 +66,14 @@ def verdict(report: dict[str, Any]) -> list[str]:
             lines.append(f"[{cell}] Membership from the Gram of public anchors ({gram[0]['attack']}): AUC {_ci(g['auc'])}, TPR at 1% FPR "
                          f"{g['tpr_at_0.01_fpr']['value']:.3f}; from prototypes of private data ({p['attack']}): AUC "
                          f"{_ci(pm['auc'])}, TPR at 1% FPR {pm['tpr_at_0.01_fpr']['value']:.3f}; against {tm}, {finding}")
-        upper = _find(report, "prototype_lira_node_encoder", protection=cell)
+        upper = _best(_find(report, "prototype_lira_node_encoder", protection=cell)
+                      + _find(report, "prototype_threshold_node_encoder", protection=cell))
         if upper:
             u = upper[0]["metrics"]
             lines.append(f"[{cell}] Upper bound, an adversary that also holds the node's trained encoder: membership from "
-                         f"prototypes AUC {_ci(u['auc'])}, TPR at 1% FPR {u['tpr_at_0.01_fpr']['value']:.3f}. (A Gram of public "
-                         "anchors is a function of that encoder and public inputs: it adds nothing for such an adversary.)")
+                         f"prototypes ({upper[0]['attack']}) AUC {_ci(u['auc'])}, TPR at 1% FPR {u['tpr_at_0.01_fpr']['value']:.3f} "
+                         "(compare the model ceiling below: the encoder itself leaks). A Gram of public anchors is a function "
+                         "of that encoder and public inputs: it adds nothing for such an adversary.")
         for release in ("gram", "raw_embeddings"):
             rows = [r for r in _find(report, "extraction", release=release, protection=cell)]
             if rows:
