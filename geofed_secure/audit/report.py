@@ -179,6 +179,15 @@ def write_markdown(report: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
+def _save(figure: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
 def write_plots(results: Sequence[AttackResult], report: dict[str, Any], out_dir: Path) -> list[Path]:
     """roc.png (log-log ROC), leakage_vs_epsilon.png, extraction_vs_anchors.png (those with data)."""
     import matplotlib
@@ -200,21 +209,16 @@ def write_plots(results: Sequence[AttackResult], report: dict[str, Any], out_dir
         ax.set(xscale="log", yscale="log", xlim=(1e-4, 1), ylim=(1e-4, 1), xlabel="false positive rate",
                ylabel="true positive rate", title=f"Membership, {report['threat_model']['name']}, {first_cell} (log-log)")
         ax.legend(fontsize=6.5, loc="lower right")
-        fig.tight_layout()
-        written.append(out_dir / "roc.png")
-        fig.savefig(written[-1], dpi=120)
-        plt.close(fig)
+        written.append(_save(fig, out_dir / "roc.png"))
     levels = report["experiment"]["levels"]
-    eps_cells = {name: (v["epsilon"] if v["epsilon"] is not None else None) for name, v in levels.items()}
+    eps_cells = {name: v["epsilon"] for name, v in levels.items()}
     series: dict[str, list[tuple[float, float, float, float]]] = {}
     finite = [e for e in eps_cells.values() if e is not None]
     no_dp_x = 2 * max(finite) if finite else 1.0
     for r in results:
         cell = r.metadata.get("protection")
         if cell not in eps_cells or r.attack not in ("lira_release", "prototype_lira", "model_lira"):
-            continue
-        if r.attack == "lira_release" and cell == "no-dp":
-            continue  # no-dp release cells are named by protection; the in-clear one is "none"
+            continue  # release cells without DP are named by protection: their in-clear point is added below
         x = eps_cells[cell] if eps_cells[cell] is not None else no_dp_x
         auc = r.metrics["auc"]
         series.setdefault(f"{r.metadata['release']}: {r.attack}", []).append((x, auc.value, auc.low, auc.high))
@@ -232,10 +236,7 @@ def write_plots(results: Sequence[AttackResult], report: dict[str, Any], out_dir
         ax.set(xscale="log", xlabel="epsilon (rightmost point: no DP)", ylabel="membership AUC (95% CI)",
                title="Leakage vs epsilon (uploads in clear)")
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        written.append(out_dir / "leakage_vs_epsilon.png")
-        fig.savefig(written[-1], dpi=120)
-        plt.close(fig)
+        written.append(_save(fig, out_dir / "leakage_vs_epsilon.png"))
     ext = [r for r in results if r.attack == "extraction" and r.metadata.get("protection") == first_cell]
     if ext:
         fig, ax = plt.subplots(figsize=(6.5, 4.5))
@@ -253,8 +254,5 @@ def write_plots(results: Sequence[AttackResult], report: dict[str, Any], out_dir
         ax.set(xlabel="public anchors B", ylabel="held-out Procrustes error (lower = better extraction)",
                title=f"Extraction fidelity vs B, {first_cell}")
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        written.append(out_dir / "extraction_vs_anchors.png")
-        fig.savefig(written[-1], dpi=120)
-        plt.close(fig)
+        written.append(_save(fig, out_dir / "extraction_vs_anchors.png"))
     return written
