@@ -37,6 +37,8 @@ from geofed_secure.secagg.messages import (
     VERSION,
     ConsistencyRequest,
     ConsistencySignature,
+    GraphSeedReveal,
+    GraphSeeds,
     KeyAdvertisement,
     KeyRoster,
     MaskedInput,
@@ -54,10 +56,15 @@ FAST = settings(max_examples=20, deadline=None, suppress_health_check=[HealthChe
 IDS = ("n0", "n1", "n2", "n3", "n4")
 LENGTH = 3
 SEED = 11
-NODE_EVENTS = ("RoundStart(new epoch)", "RoundStart(same epoch)", "KeyRoster", "ShareDelivery", "ConsistencyRequest",
-               "UnmaskRequest(nobody dropped)", "UnmaskRequest(after check)")
-NODE_REPLIES = (KeyAdvertisement, ShareBundle, MaskedInput, ConsistencySignature, UnmaskResponse)
-SERVER_SENDS = (RoundStart, KeyRoster, ShareDelivery, ConsistencyRequest, UnmaskRequest)
+NODE_EVENTS = ("RoundStart(new epoch)", "RoundStart(same epoch)", "KeyRoster(complete graph)", "KeyRoster(SecAgg+ graph)",
+               "GraphSeeds", "ShareDelivery", "ConsistencyRequest", "UnmaskRequest(nobody dropped)",
+               "UnmaskRequest(after check)")
+NODE_REPLIES = (KeyAdvertisement, GraphSeedReveal, ShareBundle, MaskedInput, ConsistencySignature, UnmaskResponse)
+SERVER_SENDS = (RoundStart, KeyRoster, GraphSeeds, ShareDelivery, ConsistencyRequest, UnmaskRequest)
+# The (state, message) tables run on a SecAgg+ federation (7 nodes, degree 4), whose set-up has the graph-seed reveal;
+# a roster of 5 of them is a complete graph, so both roster events exist for one node.
+TABLE_IDS = (*IDS, "n5", "n6")
+TABLE_DEGREE = 4
 
 
 def vectors(ids=IDS, length=LENGTH, seed=0, scale=1.0):
@@ -72,6 +79,20 @@ def wire(message):
 
 def provision(ids=IDS, *, rounds_per_epoch=3, seed=SEED, **parameters):
     return MaskingFederation.provision(ids, MaskingParameters(rounds_per_epoch=rounds_per_epoch, **parameters), seed=seed)
+
+
+def table_fed(**kwargs):
+    """The federation of the (state, message) tables: 7 nodes, SecAgg+ degree 4 (threshold 3, view quorum 4)."""
+    return provision(TABLE_IDS, degree=TABLE_DEGREE, **kwargs)
+
+
+def table_vectors(seed=0):
+    return vectors(TABLE_IDS, seed=seed)
+
+
+def sent_to(stages, kind, receiver="n0"):
+    """What ``receiver`` got in the first stage whose messages are of ``kind``."""
+    return next(stage.outgoing[receiver] for stage in stages if isinstance(stage.outgoing.get(receiver), kind))
 
 
 def feed(node, message, vector=None):
@@ -141,16 +162,15 @@ def expected_contributors(ids, dropouts, threshold):
     t = threshold if threshold is not None else max(3, len(ids) // 2 + 1)  # provisioned size, not the roster
     if len(members) < 3 or t > len(members) or 2 * t <= len(members):
         return None
-    floor = max(3, t)
-    shared = members - gone("share_keys")
+    floor = max(3, t, len(members) // 2 + 1)  # an answered view lists more than half the epoch's members
+    shared = members - gone("graph_seed") - gone("share_keys")  # the complete graph has no reveal: graph_seed = share_keys
     alive = shared - gone("masked_input")
-    if len(shared) < floor or len(alive) < floor:
+    if len(shared) < max(3, t) or len(alive) < floor:
         return None
     if alive != shared:
-        signers = alive - gone("consistency_check")
-        if len(signers) < floor:
+        if gone("consistency_check") & alive:  # every survivor must sign the view
             return None
-        responders = signers - gone("unmask")
+        responders = alive - gone("unmask")
     else:
         responders = alive - gone("consistency_check") - gone("unmask")
     return tuple(sorted(alive)) if len(responders) >= t else None
@@ -222,7 +242,7 @@ def test_exact_sum_of_exactly_the_contributors_under_any_dropout_schedule(n, rin
     assert expected is not None, f"completed with {result.contributors} although the floor was not met"
     assert result.contributors == expected
     assert set(result.contributors).isdisjoint(v for v, s in dropouts.items()
-                                               if s in ("advertise_keys", "share_keys", "masked_input"))
+                                               if s in ("advertise_keys", "graph_seed", "share_keys", "masked_input"))
     assert_exact(result, inputs, clip, weights)
 
 
@@ -243,7 +263,7 @@ def test_secagg_plus_is_exact_or_refuses_never_wrong(n, neighbors, data):
         return
 
     # Assert
-    early = {v for v, s in dropouts.items() if s in ("advertise_keys", "share_keys", "masked_input")}
+    early = {v for v, s in dropouts.items() if s in ("advertise_keys", "graph_seed", "share_keys", "masked_input")}
     assert result.contributors == tuple(v for v in ids if v not in early)
     assert_exact(result, inputs, 1.0e4)
 
@@ -580,28 +600,31 @@ def test_secagg_plus_never_lets_the_server_learn_a_sum_of_fewer_than_three_input
 
 @functools.lru_cache(maxsize=1)
 def reference_round():
-    """Round 1 of a 5-node federation where n4's masked input is lost, as n0 receives it (deterministic)."""
-    fed = provision()
-    stages = drive(fed, 1, vectors(), silent={"collect_inputs": {"n4"}})
+    """Round 1 of the table federation where n4's masked input is lost, as n0 receives it (deterministic)."""
+    fed = table_fed()
+    stages = drive(fed, 1, table_vectors(), silent={"collect_inputs": {"n4"}})
     inbox = [stage.outgoing["n0"] for stage in stages]
-    start, roster, delivery, check, unmask = inbox
-    nobody = UnmaskRequest(federation_id=fed.provisioning.federation_id, round=1, alive=IDS, dropped=(), signatures={})
+    start, roster, seeds, delivery, check, unmask = inbox
+    small = dataclasses.replace(roster, advertisements=roster.advertisements[:5])  # n0..n4: a complete graph
+    assert node_event(small, TABLE_DEGREE) == "KeyRoster(complete graph)"
+    nobody = UnmaskRequest(federation_id=fed.provisioning.federation_id, round=1, alive=TABLE_IDS, dropped=(), signatures={})
     replies = {type(r): r for stage in stages for r in stage.replies.values()}
-    return {"start": start, "roster": roster, "delivery": delivery, "check": check, "unmask": unmask,
-            "nobody": nobody, "deliveries": {v: stages[2].outgoing[v] for v in IDS}, "replies": replies}
+    return {"start": start, "roster": roster, "small_roster": small, "seeds": seeds, "delivery": delivery, "check": check,
+            "unmask": unmask, "nobody": nobody, "deliveries": {v: sent_to(stages, ShareDelivery, v) for v in TABLE_IDS},
+            "replies": replies}
 
 
-PATH_TO = {"advertised": ("start",), "shared": ("start", "roster"), "masked": ("start", "roster", "delivery"),
-           "signed": ("start", "roster", "delivery", "check"),
-           "ready": ("start", "roster", "delivery", "check", "unmask")}
+PATH_TO = {"advertised": ("start",), "revealed": ("start", "roster"), "shared": ("start", "roster", "seeds"),
+           "masked": ("start", "roster", "seeds", "delivery"), "signed": ("start", "roster", "seeds", "delivery", "check"),
+           "ready": ("start", "roster", "seeds", "delivery", "check", "unmask")}
 
 
 def node_in(state):
     """A fresh n0 (same seed as the reference) driven into ``state`` in round 1 (``ready``: after round 1)."""
-    node = provision().nodes["n0"]
+    node = table_fed().nodes["n0"]
     ref = reference_round()
     for key in PATH_TO.get(state, ()):
-        feed(node, ref[key], vectors()["n0"])
+        feed(node, ref[key], table_vectors()["n0"])
     if state == "aborted":
         with pytest.raises(ProtocolAborted):
             feed(node, ref["check"])
@@ -614,20 +637,22 @@ def event_message(event):
     return {
         "RoundStart(new epoch)": dataclasses.replace(ref["start"], round=2, epoch=2),
         "RoundStart(same epoch)": dataclasses.replace(ref["start"], round=2, epoch=1),
-        "KeyRoster": ref["roster"], "ShareDelivery": ref["delivery"], "ConsistencyRequest": ref["check"],
+        "KeyRoster(complete graph)": ref["small_roster"], "KeyRoster(SecAgg+ graph)": ref["roster"],
+        "GraphSeeds": ref["seeds"], "ShareDelivery": ref["delivery"], "ConsistencyRequest": ref["check"],
         "UnmaskRequest(nobody dropped)": ref["nobody"], "UnmaskRequest(after check)": ref["unmask"],
     }[event]
 
 
-REPLY_TO = {"RoundStart(new epoch)": KeyAdvertisement, "RoundStart(same epoch)": MaskedInput, "KeyRoster": ShareBundle,
+REPLY_TO = {"RoundStart(new epoch)": KeyAdvertisement, "RoundStart(same epoch)": MaskedInput,
+            "KeyRoster(complete graph)": ShareBundle, "KeyRoster(SecAgg+ graph)": GraphSeedReveal, "GraphSeeds": ShareBundle,
             "ShareDelivery": MaskedInput, "ConsistencyRequest": ConsistencySignature,
             "UnmaskRequest(nobody dropped)": UnmaskResponse, "UnmaskRequest(after check)": UnmaskResponse}
 
 
 def test_node_table_names_every_event_and_state():
-    assert set(NODE_TRANSITIONS) == {"ready", "advertised", "shared", "masked", "signed", "aborted"}
+    assert set(NODE_TRANSITIONS) == {"ready", "advertised", "revealed", "shared", "masked", "signed", "aborted"}
     assert {e for row in NODE_TRANSITIONS.values() for e in row} <= set(NODE_EVENTS)
-    assert {node_event(event_message(e)) for e in NODE_EVENTS} == set(NODE_EVENTS)
+    assert {node_event(event_message(e), TABLE_DEGREE) for e in NODE_EVENTS} == set(NODE_EVENTS)
     assert NODE_TRANSITIONS["aborted"] == {}
 
 
@@ -637,7 +662,7 @@ def test_node_state_message_pair(state, event):
     # Prepare
     node = node_in(state)
     message = event_message(event)
-    assert node_event(message) == event
+    assert node_event(message, TABLE_DEGREE) == event
     target = NODE_TRANSITIONS[state].get(event)
 
     if state == "aborted":
@@ -667,7 +692,7 @@ def test_node_state_message_pair(state, event):
 
 
 def test_fresh_node_without_keys_refuses_a_same_epoch_round_start():
-    node = provision().nodes["n0"]
+    node = table_fed().nodes["n0"]
     with pytest.raises(ProtocolAborted):
         feed(node, event_message("RoundStart(same epoch)"))
     assert node.state == "aborted"
@@ -708,12 +733,12 @@ def test_a_round_is_never_masked_twice(state):
     assert node.state == "aborted"
 
 
-@pytest.mark.parametrize("state", ["advertised", "shared", "masked", "signed"])
+@pytest.mark.parametrize("state", ["advertised", "revealed", "shared", "masked", "signed"])
 def test_abandoned_round_returns_to_ready_and_keeps_only_a_finished_set_up(state):
     node = node_in(state)
     node.abandon_round()
     assert node.state == "ready"
-    if state in ("advertised", "shared"):  # unfinished set-up: a same-epoch start has no keys
+    if state in ("advertised", "revealed", "shared"):  # unfinished set-up: a same-epoch start has no keys
         with pytest.raises(ProtocolAborted):
             feed(node, event_message("RoundStart(same epoch)"))
     else:
@@ -725,26 +750,27 @@ def test_abandoned_round_returns_to_ready_and_keeps_only_a_finished_set_up(state
 
 def server_in(state, *, steady=False):
     """A server waiting in ``state``, and the node replies it is waiting for (held back)."""
-    fed = provision()
+    fed = table_fed()
     if state == "idle":
         if steady:
-            drive(fed, 1, vectors())
+            drive(fed, 1, table_vectors())
         return fed, {}
     if state == "aborted":
         with pytest.raises(ProtocolAborted):
-            drive(fed, 1, vectors(), silent={"collect_advertisements": {"n0", "n1", "n2"}})
+            drive(fed, 1, table_vectors(), silent={"collect_advertisements": {"n0", "n1", "n2", "n3", "n4"}})
         return fed, {}
     round_ = 1
     if steady:
-        drive(fed, 1, vectors())
+        drive(fed, 1, table_vectors())
         round_ = 2
     silent = {} if state != "collect_signatures" else {"collect_inputs": {"n4"}}
-    stages = drive(fed, round_, vectors(), until=state, silent=silent)
+    stages = drive(fed, round_, table_vectors(), until=state, silent=silent)
     assert fed.server.state == state
     return fed, stages[-1].replies
 
 
-SERVER_CASES = [("idle", False), ("idle", True), ("collect_advertisements", False), ("collect_shares", False),
+SERVER_CASES = [("idle", False), ("idle", True), ("collect_advertisements", False), ("collect_reveals", False),
+                ("collect_shares", False),
                 ("collect_inputs", False), ("collect_inputs", True), ("collect_signatures", False),
                 ("collect_unmask", False), ("collect_unmask", True), ("aborted", False)]
 
@@ -760,7 +786,7 @@ def test_server_state_message_pair(state, steady, kind):
     fed, held = server_in(state, steady=steady)
     legal = kind.__name__ in SERVER_TRANSITIONS[state]
     ref = reference_round()
-    instance = {RoundStart: ref["start"], KeyRoster: ref["roster"], ShareDelivery: ref["delivery"],
+    instance = {RoundStart: ref["start"], KeyRoster: ref["roster"], GraphSeeds: ref["seeds"], ShareDelivery: ref["delivery"],
                 ConsistencyRequest: ref["check"], UnmaskRequest: ref["unmask"], **ref["replies"]}[kind]
 
     if legal:
@@ -802,12 +828,12 @@ def test_server_driver_calls_follow_the_table(state, steady):
 def round_two(state, *, new_epoch):
     """A federation after round 1 (n4's masked input lost), with round 2 (a new epoch or the steady state) driven
     until n0 is in ``state``. Returns (federation, round-1 stages, round-2 stages)."""
-    fed = provision(rounds_per_epoch=1 if new_epoch else 3)
+    fed = table_fed(rounds_per_epoch=1 if new_epoch else 3)
     lost = {"collect_inputs": {"n4"}}
-    first = drive(fed, 1, vectors(), silent=lost)
-    target = {"advertised": "collect_advertisements", "shared": "collect_shares", "masked": "collect_inputs",
-              "signed": "collect_signatures"}[state]
-    second = drive(fed, 2, vectors(), until=target, silent=lost)
+    first = drive(fed, 1, table_vectors(), silent=lost)
+    target = {"advertised": "collect_advertisements", "revealed": "collect_reveals", "shared": "collect_shares",
+              "masked": "collect_inputs", "signed": "collect_signatures"}[state]
+    second = drive(fed, 2, table_vectors(), until=target, silent=lost)
     assert fed.nodes["n0"].state == state
     assert isinstance(second[0].outgoing["n0"], RoundStart) and (second[0].outgoing["n0"].epoch == 2) is new_epoch
     return fed, first, second
@@ -837,7 +863,7 @@ def test_roster_of_an_earlier_epoch_is_refused(relabel):
 @pytest.mark.parametrize("relabel", [False, True])
 def test_share_delivery_of_an_earlier_epoch_is_refused(relabel):
     fed, first, _ = round_two("shared", new_epoch=True)
-    old = first[2].outgoing["n0"]
+    old = sent_to(first, ShareDelivery)
     with pytest.raises(ProtocolAborted):
         feed(fed.nodes["n0"], dataclasses.replace(old, epoch=2) if relabel else old)
 
@@ -854,7 +880,8 @@ def test_misrouted_share_delivery_is_refused(relabel):
 def test_share_delivery_from_a_stranger_or_with_a_swapped_sender_is_refused():
     ref = reference_round()["delivery"]
     swapped = dict(ref.sealed)
-    swapped["n1"], swapped["n2"] = swapped["n2"], swapped["n1"]
+    a, b = sorted(swapped)[:2]
+    swapped[a], swapped[b] = swapped[b], swapped[a]
     for sealed in (swapped, {**ref.sealed, "n9": next(iter(ref.sealed.values()))}):
         node = node_in("shared")
         with pytest.raises(ProtocolAborted):
@@ -886,9 +913,10 @@ def test_legal_message_for_another_federation_is_refused(state, event):
 
 def test_whole_round_of_another_federation_is_refused():
     # Prepare: same node ids, other federation and keys
-    other = MaskingFederation.provision(IDS, MaskingParameters(rounds_per_epoch=3), seed=SEED, federation_id="other")
-    stages = drive(other, 1, vectors())
-    node = provision().nodes["n0"]
+    other = MaskingFederation.provision(TABLE_IDS, MaskingParameters(rounds_per_epoch=3, degree=TABLE_DEGREE), seed=SEED,
+                                        federation_id="other")
+    stages = drive(other, 1, table_vectors())
+    node = table_fed().nodes["n0"]
 
     # Execute / Assert
     with pytest.raises(ProtocolAborted):
@@ -901,7 +929,7 @@ def test_check_and_unmask_of_an_earlier_round_are_refused_in_the_steady_state():
 
     # Execute / Assert: round 1's check replayed in round 2
     with pytest.raises(ProtocolAborted):
-        feed(fed.nodes["n0"], first[3].outgoing["n0"])
+        feed(fed.nodes["n0"], sent_to(first, ConsistencyRequest))
     assert fed.nodes["n0"].state == "aborted"
 
 
@@ -909,7 +937,7 @@ def test_round_one_signatures_are_refused_in_round_two():
     # Prepare: n0 signed round 2's view (which equals round 1's view: n4 dropped both times)
     fed, first, second = round_two("signed", new_epoch=False)
     check2 = second[-1].outgoing["n0"]
-    round1 = first[4].outgoing["n0"]
+    round1 = sent_to(first, UnmaskRequest)
     assert (check2.alive, check2.dropped) == (round1.alive, round1.dropped)
     replay = dataclasses.replace(round1, round=2)
 
@@ -971,11 +999,12 @@ def test_server_refuses_forged_adverts_bundles_signatures_and_shares():
 
 
 def test_a_lying_node_share_makes_the_server_abort_never_a_wrong_sum():
-    # Prepare: n0 (first in the reconstruction order) returns a wrong self-mask share of n1
+    # Prepare: n0 (first in the reconstruction order) returns a wrong self-mask share of another owner
     fed, responses = server_in("collect_unmask")
     response = responses["n0"]
+    owner = next(o for o in response.self_mask_shares if o != "n0")
     bad = bytes(crypto.SHARE_BYTES - 1) + b"\x01"
-    fed.server.receive(dataclasses.replace(response, self_mask_shares={**response.self_mask_shares, "n1": bad}))
+    fed.server.receive(dataclasses.replace(response, self_mask_shares={**response.self_mask_shares, owner: bad}))
     for v, r in responses.items():
         if v != "n0":
             fed.server.receive(r)
@@ -993,7 +1022,7 @@ def test_a_lying_node_share_makes_the_server_abort_never_a_wrong_sum():
 
 @functools.lru_cache(maxsize=1)
 def valid_wire_messages():
-    result = simulate_aggregation(vectors(), dropouts={"n4": "masked_input"}, seed=3)
+    result = simulate_aggregation(table_vectors(), neighbors=TABLE_DEGREE, dropouts={"n4": "masked_input"}, seed=3)
     out = {}
     for record in result.transcript:
         out.setdefault(record.kind, record.data)

@@ -5,7 +5,20 @@ upload is encoded, recorded and decoded by the server (so the simulator exercise
 the evaluator scores the aggregated model, and a checkpoint is written atomically. ``resume=True`` continues
 from the last checkpoint and, with the same seed, ends with bit-identical global weights: every random stream
 derives from (seed, purpose, node, round) and local optimizers are rebuilt every round, so nothing else needs
-saving. ``fault_hook(stage, round, node_id)`` lets tests inject crashes and dropouts at named stages.
+saving. ``fault_hook(stage, round, node_id)`` lets tests inject crashes and dropouts at named stages (a
+:class:`GeofedError` from the hook is a dropout: the node sends nothing more that round).
+
+The reporter (console), ``summary.json`` and the transcript model what the SERVER learns. A node that fails sends
+only a :class:`~geofed_secure.runtime.messages.FailureNotice` with a typed
+:class:`~geofed_secure.errors.FailureCode` (a dropout sends nothing and is recorded as ``dropped``); the error's
+text, which may depend on private data, goes to the node's own log, ``<run>/nodes/<node_id>/log.jsonl``
+(:mod:`geofed_secure.runtime.nodelog`), which stands for that node's disk. Under secure aggregation the node's
+training statistics (losses, precision weight) and its own clipped-coordinate count go only there; the server's
+outputs carry the sums that secure aggregation reveals (the total clipped count per round) and public facts
+(contributors, bytes, failure codes). With ``secure.protocol = "none"`` (clear uploads, for tests) the server
+sees every upload, weights included, and the console and summary show each node's statistics as before.
+The evaluator's per-node metrics are the omniscient harness of :mod:`geofed_secure.runtime.evaluation`, not a
+server observation.
 """
 
 from __future__ import annotations
@@ -24,22 +37,24 @@ import torch
 
 from geofed_secure.config import RunConfig
 from geofed_secure.data.demo import ModalityData
-from geofed_secure.errors import CheckpointError, DataError, GeofedError, PrivacyBudgetExceeded
+from geofed_secure.errors import CheckpointError, DataError, FailureCode, GeofedError, MessageError, PrivacyBudgetExceeded
 from geofed_secure.model import geodora
 from geofed_secure.model.backbone import load_backbone
-from geofed_secure.node.node import Node
 from geofed_secure.privacy import PRIVACY_COVERAGE
 from geofed_secure.privacy.noise import SECURE_MODE_OFF_NOTICE
+from geofed_secure.node.node import LocalRoundStats, Node
 from geofed_secure.runtime.evaluation import Evaluation, evaluate
 from geofed_secure.runtime.federation import FederationData, build_federation
-from geofed_secure.runtime.messages import decode_message, encode_message
-from geofed_secure.runtime.secure import PayloadLayout, make_aggregator
+from geofed_secure.runtime.messages import FailureNotice, NodeUpdate, RoundBroadcast, decode_message, encode_message
+from geofed_secure.runtime.nodelog import NodeLog
+from geofed_secure.runtime.secure import SecureInputLayout, make_aggregator
 from geofed_secure.runtime.transcript import SERVER, Transcript
 from geofed_secure.server.checkpoint import CheckpointStore
 from geofed_secure.server.server import Server
 
 FaultHook = Callable[[str, int, str], None]
 STAGES = ("broadcast", "local_training", "upload", "aggregate", "checkpoint")
+NODE_LOG = "nodes/{node_id}/log.jsonl"  # relative to the run folder; stands for the node's own disk
 
 
 class Reporter(Protocol):
@@ -104,82 +119,144 @@ class Simulator:
         if len(anchor_counts) != 1:
             raise DataError(f"every modality needs the same number of public anchors, got {sorted(anchor_counts)}")
         self.n_anchors = anchor_counts.pop()
-        self.clipped: dict[str, int] = {}
         self.checkpoints = CheckpointStore(self.out_dir)
         self.history: list[dict[str, Any]] = []
         self.weights: dict[str, float] = {}
+        self.node_logs: dict[str, NodeLog] = {}
+        self._round_stats: dict[str, LocalRoundStats] = {}  # nodes that trained in the current round
 
     # -- one round ----------------------------------------------------------------------------------
-    def _train(self, round_: int, node_id: str, node: Node, broadcast, transcript: Transcript):
-        """Deliver the broadcast over the wire and run the node's local round; returns its (local) NodeUpdate."""
-        self.fault_hook("broadcast", round_, node_id)
-        blob = encode_message(broadcast)
-        transcript.record(round_, SERVER, node_id, blob, broadcast)
-        self.fault_hook("local_training", round_, node_id)
-        update = node.handle_broadcast(decode_message(blob))
-        self.fault_hook("upload", round_, node_id)
+    def _node_round(self, round_: int, node_id: str, node: Node, broadcast: RoundBroadcast,
+                    transcript: Transcript) -> NodeUpdate | None:
+        """The node's side of a round: receive the broadcast over the wire, train, return its (local) NodeUpdate.
+
+        None when the node is out of the round; that is handled here as the node and the network would: a dropout
+        sends nothing (the server records ``dropped``), the node's own error is logged in full on the node and
+        reported to the server as a :class:`FailureNotice` carrying only its code.
+        """
+        try:
+            self.fault_hook("broadcast", round_, node_id)
+            blob = encode_message(broadcast)
+            transcript.record(round_, SERVER, node_id, blob, broadcast)
+            self.fault_hook("local_training", round_, node_id)
+        except GeofedError as exc:
+            self._dropped(round_, node_id, exc)
+            return None
+        try:
+            update = node.handle_broadcast(decode_message(blob))
+        except GeofedError as exc:
+            code = FailureCode.for_node_error(exc)
+            if isinstance(exc, MessageError) and node.last_round >= round_:
+                code = FailureCode.INVALID_UPDATE  # it trained; its own upload failed validation, not the broadcast
+            self._node_failed(round_, node_id, code, exc, transcript)
+            return None
+        self._log_stats(round_, node_id, node)
+        try:
+            self.fault_hook("upload", round_, node_id)
+        except GeofedError as exc:
+            self._dropped(round_, node_id, exc)
+            return None
         return update
 
-    def _federated_round(self, round_: int, transcript: Transcript) -> tuple[dict[str, int], dict[str, str]]:
+    def _log_stats(self, round_: int, node_id: str, node: Node) -> None:
+        stats = node.last_stats
+        if stats is not None:
+            self._round_stats[node_id] = stats
+            self.node_logs[node_id].write(round_, "trained", task_loss=stats.task_loss, geo_loss=stats.geo_loss,
+                                          precision_weight=stats.precision_weight)
+
+    def _dropped(self, round_: int, node_id: str, exc: GeofedError) -> None:
+        """Nothing more arrives from ``node_id`` this round: the server notes the absence, the node its cause."""
+        self.node_logs[node_id].write(round_, "failure", code=FailureCode.DROPPED.value, error=f"{type(exc).__name__}: {exc}")
+        if self.federated:
+            self.server.reject(node_id, FailureCode.DROPPED)
+        self.reporter.log(f"round {round_}: node {node_id} left out ({FailureCode.DROPPED.value}: nothing arrived)")
+
+    def _node_failed(self, round_: int, node_id: str, code: FailureCode, exc: GeofedError,
+                     transcript: Transcript | None) -> None:
+        """The node's own failure: full text in its own log; to the server (if any) a FailureNotice with the code."""
+        self.node_logs[node_id].write(round_, "failure", code=code.value, error=f"{type(exc).__name__}: {exc}")
+        if transcript is not None:
+            node = self.nodes[node_id]
+            notice = FailureNotice(federation_id=self.config.federation.id, round=round_, node_id=node_id,
+                                   anchor_digest=node.anchor_digest, code=code)
+            blob = encode_message(notice)
+            transcript.record(round_, node_id, SERVER, blob, notice)
+            self.server.receive_failure(decode_message(blob))  # type: ignore[arg-type]
+        self.reporter.log(f"round {round_}: node {node_id} left out ({code.value}; the error stays in its own log)")
+
+    def _federated_round(self, round_: int, transcript: Transcript) -> tuple[dict[str, int], dict[str, FailureCode], int | None]:
+        """(bytes each node sent, typed failures as the server recorded them, total clipped count or None)."""
+        self._round_stats = {}
         if self.secure is not None:
             return self._secure_round(round_, transcript)
         uploaded: dict[str, int] = {}
-        failures: dict[str, str] = {}
         broadcasts = self.server.begin_round()
         for node_id, node in self.nodes.items():
+            update = self._node_round(round_, node_id, node, broadcasts[node_id], transcript)
+            if update is None:
+                continue
+            up_blob = encode_message(update)
+            transcript.record(round_, node_id, SERVER, up_blob, update)
             try:
-                update = self._train(round_, node_id, node, broadcasts[node_id], transcript)
-                up_blob = encode_message(update)
-                transcript.record(round_, node_id, SERVER, up_blob, update)
-                self.server.receive(decode_message(up_blob))
-                uploaded[node_id] = len(up_blob)
-                self.reporter.node_done(round_, node_id, _stats_line(node))
-            except GeofedError as exc:  # a node's failure or dropout: the round continues without it
-                self.server.reject(node_id, str(exc))
-                failures[node_id] = f"{type(exc).__name__}: {exc}"
-                self.reporter.log(f"round {round_}: node {node_id} left out ({type(exc).__name__}: {exc})")
+                self.server.receive(decode_message(up_blob))  # type: ignore[arg-type]
+            except GeofedError as exc:  # the server's own verdict on an upload it holds in clear: it may keep why
+                self.server.reject(node_id, FailureCode.REJECTED_BY_SERVER)
+                self.reporter.log(f"round {round_}: the server rejected the upload of {node_id} ({type(exc).__name__}: {exc})")
+                continue
+            uploaded[node_id] = len(up_blob)
+            self.reporter.node_done(round_, node_id, _stats_line(node))  # clear uploads: the server sees p_k anyway
         self.fault_hook("aggregate", round_, SERVER)
         result = self.server.finish_round()
         self.weights = dict(result.weights)
-        return uploaded, failures
+        return uploaded, dict(result.rejected), None
 
-    def _secure_round(self, round_: int, transcript: Transcript) -> tuple[dict[str, int], dict[str, str]]:
+    def _secure_round(self, round_: int, transcript: Transcript) -> tuple[dict[str, int], dict[str, FailureCode], int | None]:
         """Local training as in plaintext mode, but uploads reach the server only as a masked/encrypted sum."""
-        failures: dict[str, str] = {}
-        updates = {}
-        layout = PayloadLayout.for_round(self.server.global_state, self.n_anchors)
+        inputs: dict[str, np.ndarray] = {}
+        layout = SecureInputLayout.for_round(self.server.global_state, self.n_anchors, clip=self.config.secure.clip)
         broadcasts = self.server.begin_round()
         for node_id, node in self.nodes.items():
+            update = self._node_round(round_, node_id, node, broadcasts[node_id], transcript)
+            if update is None:
+                continue
             try:
-                update = self._train(round_, node_id, node, broadcasts[node_id], transcript)
-                layout.flatten(update.payload)  # a malformed update is caught here, on the node
-                updates[node_id] = update
-                self.reporter.node_done(round_, node_id, _stats_line(node))
+                vector, clipped = layout.node_input(update.payload)  # on the node: checks, clips, counts
             except GeofedError as exc:
-                failures[node_id] = f"{type(exc).__name__}: {exc}"
-                self.reporter.log(f"round {round_}: node {node_id} left out ({type(exc).__name__}: {exc})")
+                self._node_failed(round_, node_id, FailureCode.INVALID_UPDATE, exc, transcript)
+                continue
+            self.node_logs[node_id].write(round_, "secure_input", clipped_coordinates=clipped, clip=layout.clip)
+            inputs[node_id] = vector
+            self.reporter.node_done(round_, node_id, f"trained; its statistics stay in {NODE_LOG.format(node_id=node_id)}")
         self.fault_hook("aggregate", round_, SERVER)
-        outcome = self.secure.aggregate(round_, updates, layout, transcript, self.fault_hook)
-        for node_id, reason in outcome.left_out.items():
-            failures[node_id] = reason
-            self.reporter.log(f"round {round_}: node {node_id} left out of the sum ({reason})")
-        self.server.finish_round_from_sums(outcome.sums, outcome.contributors, {**failures})
+        outcome = self.secure.aggregate(round_, inputs, layout, transcript, self.fault_hook)
+        for node_id, code in outcome.left_out.items():
+            stage = outcome.dropped_at.get(node_id)
+            where = f" at secure-aggregation stage {stage}" if stage else ""
+            self.node_logs[node_id].write(round_, "failure", code=code.value, error=f"left out of the sum{where}")
+            self.reporter.log(f"round {round_}: node {node_id} left out of the sum ({code.value}{where})")
+        result = self.server.finish_round_from_sums(outcome.sums, outcome.contributors, outcome.left_out)
         self.weights = {}  # individual precision weights are hidden from the server
-        self.clipped = {k: self.clipped.get(k, 0) + v for k, v in outcome.clipped.items()}
-        if any(outcome.clipped.values()):
-            self.reporter.log(f"round {round_}: clipped coordinates per node {outcome.clipped} (secure.clip = {self.config.secure.clip})")
-        return dict(outcome.bytes_sent), failures
+        clipped_total = layout.clipped_total(outcome.sums, outcome.max_abs_error)
+        if clipped_total != 0:
+            self.reporter.log(f"round {round_}: {clipped_total if clipped_total is not None else 'an unknown number of'} "
+                              f"coordinate(s) clipped to +-{layout.clip:g}, summed over the {len(outcome.contributors)} "
+                              "contributors (no node's own count reaches the server)")
+        return dict(outcome.bytes_sent), dict(result.rejected), clipped_total
 
-    def _local_round(self, round_: int) -> dict[str, str]:
-        failures: dict[str, str] = {}
+    def _local_round(self, round_: int) -> dict[str, FailureCode]:
+        self._round_stats = {}
+        failures: dict[str, FailureCode] = {}
         for node_id, node in self.nodes.items():
             try:
                 self.fault_hook("local_training", round_, node_id)
                 node.local_round(round_, consensus=None)
-                self.reporter.node_done(round_, node_id, _stats_line(node))
             except PrivacyBudgetExceeded as exc:  # this node stops; the others go on
-                failures[node_id] = f"{type(exc).__name__}: {exc}"
-                self.reporter.log(f"round {round_}: node {node_id} left out ({type(exc).__name__}: {exc})")
+                failures[node_id] = FailureCode.for_node_error(exc)
+                self._node_failed(round_, node_id, failures[node_id], exc, None)
+                continue
+            self._log_stats(round_, node_id, node)
+            self.reporter.node_done(round_, node_id, _stats_line(node))  # no server in local-only mode
         return failures
 
     # -- the run ------------------------------------------------------------------------------------
@@ -193,11 +270,14 @@ class Simulator:
             config_path.write_text(json.dumps(self.config.to_dict(), indent=1, sort_keys=True))
             transcript = Transcript.load(transcript_dir, attach=True)
             transcript.truncate(self._transcript_len)
+            self.node_logs = {k: NodeLog.resume(self.out_dir / NODE_LOG.format(node_id=k), last_round=start - 1)
+                              for k in self.nodes}
         else:
             if self.checkpoints.latest_round() is not None:
                 raise CheckpointError(f"{self.out_dir} already holds a run; use --resume {self.out_dir} or another --out")
             config_path.write_text(json.dumps(self.config.to_dict(), indent=1, sort_keys=True))
             transcript = Transcript(transcript_dir)
+            self.node_logs = {k: NodeLog.start(self.out_dir / NODE_LOG.format(node_id=k)) for k in self.nodes}
         for line in self.privacy_notice():
             self.reporter.log(line)
         total = self.config.federation.rounds
@@ -205,14 +285,18 @@ class Simulator:
             self.reporter.round_started(round_, total)
             t0 = time.perf_counter()
             if self.federated:
-                uploaded, failures = self._federated_round(round_, transcript)
+                uploaded, failures, clipped = self._federated_round(round_, transcript)
                 evaluation = evaluate(self.nodes, self._eval_anchors(), self.server.global_state,
                                       eval_samples=self.config.data.eval_samples)
             else:
-                uploaded, failures = {}, self._local_round(round_)
+                uploaded, failures, clipped = {}, self._local_round(round_), None
                 evaluation = evaluate(self.nodes, self._eval_anchors(), None, eval_samples=self.config.data.eval_samples)
             seconds = time.perf_counter() - t0
-            record = _round_record(round_, evaluation, uploaded, failures, self.weights, self.nodes, seconds)
+            # under secure aggregation a node's training statistics are its own: they are in its log, not here
+            stats = {} if self.secure is not None else self._round_stats
+            record = _round_record(round_, evaluation, uploaded, failures, self.weights, stats, seconds)
+            if self.secure is not None:
+                record["clipped_coordinates"] = clipped
             self.history.append(record)
             self.fault_hook("checkpoint", round_, SERVER)
             self._checkpoint(round_, len(transcript))
@@ -261,7 +345,12 @@ class Simulator:
         if self.secure is None:
             return {"protocol": "none" if self.federated else "not used (local-only)",
                     "server_sees": "every upload in clear" if self.federated else "nothing"}
-        out: dict[str, Any] = {"protocol": sec.protocol, "clip": sec.clip, "clipped_coordinates": dict(self.clipped)}
+        counts = [r.get("clipped_coordinates") for r in self.history]
+        out: dict[str, Any] = {
+            "protocol": sec.protocol, "clip": sec.clip,
+            # the sum over contributors and rounds, as secure aggregation revealed it (None: a round's sum was not exact)
+            "clipped_coordinates": None if None in counts else sum(counts),
+            "node_statistics": f"kept on each node ({NODE_LOG}): losses, precision weight, own clipped count, error text"}
         if sec.protocol == "masking":
             out |= {"spec": "protocols/secagg-v1/SPEC.md", "ring_bits": sec.ring_bits,
                     "threshold": sec.threshold or "max(3, majority of share holders)", "neighbors": sec.neighbors or "complete graph",
@@ -335,8 +424,10 @@ def _stats_line(node: Node) -> str:
     return f"task={s.task_loss:.3f}{geo} p={s.precision_weight:.2f}"
 
 
-def _round_record(round_: int, ev: Evaluation, uploaded: Mapping[str, int], failures: Mapping[str, str],
-                  weights: Mapping[str, float], nodes: Mapping[str, Node], seconds: float) -> dict[str, Any]:
+def _round_record(round_: int, ev: Evaluation, uploaded: Mapping[str, int], failures: Mapping[str, FailureCode],
+                  weights: Mapping[str, float], stats: Mapping[str, LocalRoundStats], seconds: float) -> dict[str, Any]:
+    """One round of ``summary.json``: ``stats`` only for nodes that trained this round, and empty under secure
+    aggregation (a node's losses are its own); ``failure`` is a :class:`FailureCode` value, never an error's text."""
     return {
         "round": round_,
         "seconds": round(seconds, 3),
@@ -344,9 +435,9 @@ def _round_record(round_: int, ev: Evaluation, uploaded: Mapping[str, int], fail
         "nodes": {
             k: {"cka_to_consensus": m.cka_to_consensus, "debiased_cka": m.debiased_cka, "task_accuracy": m.task_accuracy,
                 "bytes_uploaded": uploaded.get(k, 0), "weight": weights.get(k),
-                "task_loss": nodes[k].last_stats.task_loss if nodes[k].last_stats else None,
-                "geo_loss": nodes[k].last_stats.geo_loss if nodes[k].last_stats else None,
-                "failure": failures.get(k)}
+                "task_loss": stats[k].task_loss if k in stats else None,
+                "geo_loss": stats[k].geo_loss if k in stats else None,
+                "failure": failures[k].value if k in failures else None}
             for k, m in ev.nodes.items()
         },
     }

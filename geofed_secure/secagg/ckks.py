@@ -63,7 +63,7 @@ HEADROOM_BITS = 48  # |value| <= 2^30 (clip, weight) summed over <= 2^10 nodes, 
 SIMULATION_ANCHOR_DIGEST = hashlib.sha256(b"geofed-ckks-v1 simulation anchors").hexdigest()
 
 # secagg-v1 stages (the keys of ``dropouts``) at which a node's ciphertext has not yet reached the server.
-STAGES_BEFORE_UPLOAD = ("advertise_keys", "share_keys", "masked_input")
+STAGES_BEFORE_UPLOAD = ("advertise_keys", "graph_seed", "share_keys", "masked_input")
 # Wire stages of ckks-v1, in order (WireRecord.stage).
 WIRE_STAGES = ("round_start", "encrypted_input", "aggregate")
 

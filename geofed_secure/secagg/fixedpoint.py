@@ -69,8 +69,12 @@ class FixedPoint:
         """Bound on |decode(sum of encodings) - sum of clipped inputs| for ``n_parties`` inputs."""
         return n_parties * 2.0 ** -self.frac_bits + n_parties * self.clip * 2.0**-52
 
-    def encode(self, values: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, int]:
-        """(ring words, number of clipped coordinates). Non-finite input raises :class:`DataError`."""
+    def encode(self, values: np.ndarray, draws: np.ndarray | np.random.Generator) -> tuple[np.ndarray, int]:
+        """(ring words, number of clipped coordinates). Non-finite input raises :class:`DataError`.
+
+        ``draws``: one uniform in [0, 1) per coordinate for the stochastic rounding (secagg-v1 takes them from
+        :func:`~geofed_secure.secagg.primitives.uniform_draws`, SPEC 3), or a numpy Generator to draw them from.
+        """
         x = np.asarray(values, dtype=np.float64)
         if x.ndim != 1:
             raise DataError(f"secure aggregation input must be a 1-D vector, got shape {x.shape}")
@@ -81,7 +85,10 @@ class FixedPoint:
         clipped = int(np.count_nonzero(scaled != x))
         scaled *= 2.0**self.frac_bits  # exact: scaling by a power of two
         # floor(y + U), U ~ Uniform[0, 1), rounds up with probability frac(y): unbiased stochastic rounding
-        scaled += rng.random(x.shape[0])
+        uniforms = draws.random(x.shape[0]) if isinstance(draws, np.random.Generator) else np.asarray(draws, np.float64)
+        if uniforms.shape != x.shape:
+            raise DataError(f"need one rounding draw per coordinate: {uniforms.shape} draws for {x.shape} values")
+        scaled += uniforms
         np.floor(scaled, out=scaled)
         return scaled.astype(self.signed_dtype).view(self.dtype), clipped
 

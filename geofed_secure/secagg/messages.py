@@ -31,8 +31,8 @@ _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 _HEX64 = re.compile(r"^[0-9a-f]{64}\Z")
 
 # Field kinds: how each field is checked and how it is written to JSON.
-ID, INT, DIGEST, KEY, SIG, BLOB, IDS, KEYS, ID_BLOBS, ID_SIGS, ADVERTS, WORDS = (
-    "id", "int", "digest", "key", "sig", "blob", "ids", "keys", "id_blobs", "id_sigs", "adverts", "words")
+ID, INT, DIGEST, KEY, SIG, BLOB, IDS, KEYS, ID_BLOBS, ID_KEYS, ID_SIGS, ADVERTS, WORDS = (
+    "id", "int", "digest", "key", "sig", "blob", "ids", "keys", "id_blobs", "id_keys", "id_sigs", "adverts", "words")
 
 
 def _fail(what: str, problem: str) -> MessageError:
@@ -71,10 +71,10 @@ def _check(kind: str, value: Any, *, what: str) -> Any:
         if not isinstance(value, tuple | list) or not value:
             raise _fail(what, "must be a non-empty list of keys")
         return tuple(_check(KEY, v, what=what) for v in value)
-    if kind in (ID_BLOBS, ID_SIGS):
+    if kind in (ID_BLOBS, ID_KEYS, ID_SIGS):
         if not isinstance(value, Mapping):
             raise _fail(what, "must be a mapping id -> bytes")
-        inner = SIG if kind == ID_SIGS else BLOB
+        inner = {ID_SIGS: SIG, ID_KEYS: KEY, ID_BLOBS: BLOB}[kind]
         return MappingProxyType({_check(ID, k, what=what): _check(inner, v, what=f"{what}[{k}]") for k, v in sorted(value.items())})
     if kind == ADVERTS:
         if not isinstance(value, tuple | list) or not all(isinstance(a, KeyAdvertisement) for a in value):
@@ -124,7 +124,7 @@ def _to_json(kind: str, value: Any) -> Any:
         return [v.hex() for v in value]
     if kind == IDS:
         return list(value)
-    if kind in (ID_BLOBS, ID_SIGS):
+    if kind in (ID_BLOBS, ID_KEYS, ID_SIGS):
         return {k: v.hex() for k, v in value.items()}
     if kind == ADVERTS:
         return [a.header() for a in value]
@@ -160,6 +160,9 @@ class KeyAdvertisement(_Message):
 
     ``mask_keys[i]`` and ``commitments[i]`` belong to round ``epoch + i``: one X25519 mask key and one
     commitment to the self-mask seed per round, so revealing one round's secrets exposes only that round.
+    ``graph_commitment`` commits to the node's graph-seed nonce, revealed only after the roster is fixed
+    (SecAgg+ graphs, SPEC 5.2), so the server cannot choose the graph by choosing the roster.
+    The signature covers :func:`advertisement_signed_bytes` (every field but ``signature``).
     """
 
     federation_id: str
@@ -168,9 +171,10 @@ class KeyAdvertisement(_Message):
     channel_key: bytes
     mask_keys: tuple[bytes, ...]
     commitments: tuple[bytes, ...]
+    graph_commitment: bytes
     signature: bytes
     SCHEMA: ClassVar = _M(federation_id=ID, epoch=INT, node_id=ID, channel_key=KEY, mask_keys=KEYS,
-                          commitments=KEYS, signature=SIG)
+                          commitments=KEYS, graph_commitment=KEY, signature=SIG)
 
     def __post_init__(self) -> None:
         _Message.__post_init__(self)
@@ -186,6 +190,27 @@ class KeyRoster(_Message):
     epoch: int
     advertisements: tuple[KeyAdvertisement, ...]
     SCHEMA: ClassVar = _M(federation_id=ID, epoch=INT, advertisements=ADVERTS)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GraphSeedReveal(_Message):
+    """Node -> server (SecAgg+ graphs only): the nonce behind the node's ``graph_commitment``, sent after the roster."""
+
+    federation_id: str
+    epoch: int
+    node_id: str
+    nonce: bytes
+    SCHEMA: ClassVar = _M(federation_id=ID, epoch=INT, node_id=ID, nonce=KEY)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GraphSeeds(_Message):
+    """Server -> node (SecAgg+ graphs only): every roster member's revealed nonce; together they fix the graph."""
+
+    federation_id: str
+    epoch: int
+    nonces: Mapping[str, bytes]
+    SCHEMA: ClassVar = _M(federation_id=ID, epoch=INT, nonces=ID_KEYS)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -268,24 +293,35 @@ class UnmaskResponse(_Message):
 
 
 MESSAGE_TYPES: dict[str, type[_Message]] = {cls.__name__: cls for cls in (
-    RoundStart, KeyAdvertisement, KeyRoster, ShareBundle, ShareDelivery, MaskedInput,
+    RoundStart, KeyAdvertisement, KeyRoster, GraphSeedReveal, GraphSeeds, ShareBundle, ShareDelivery, MaskedInput,
     ConsistencyRequest, ConsistencySignature, UnmaskRequest, UnmaskResponse)}
-Message = (RoundStart | KeyAdvertisement | KeyRoster | ShareBundle | ShareDelivery | MaskedInput
-           | ConsistencyRequest | ConsistencySignature | UnmaskRequest | UnmaskResponse)
+Message = (RoundStart | KeyAdvertisement | KeyRoster | GraphSeedReveal | GraphSeeds | ShareBundle | ShareDelivery
+           | MaskedInput | ConsistencyRequest | ConsistencySignature | UnmaskRequest | UnmaskResponse)
 
 
-def advertisement_signed_bytes(federation_id: str, epoch: int, node_id: str, channel_key: bytes,
-                               mask_keys: tuple[bytes, ...], commitments: tuple[bytes, ...]) -> bytes:
-    """What a node signs when it advertises keys (SPEC 5.1)."""
+def advertisement_signed_bytes(*, federation_id: str, epoch: int, node_id: str, channel_key: bytes,
+                               mask_keys: tuple[bytes, ...], commitments: tuple[bytes, ...], graph_commitment: bytes) -> bytes:
+    """What a node signs when it advertises keys (SPEC 2.7): ``"geofed-secagg-v1|advertise|"`` followed by the
+    canonical JSON of the advertisement's header without its ``type`` and ``signature`` members."""
     return PROTOCOL_ID + b"|advertise|" + _canonical({
         "federation_id": federation_id, "epoch": epoch, "node_id": node_id, "channel_key": channel_key.hex(),
-        "mask_keys": [k.hex() for k in mask_keys], "commitments": [c.hex() for c in commitments]})
+        "mask_keys": [k.hex() for k in mask_keys], "commitments": [c.hex() for c in commitments],
+        "graph_commitment": graph_commitment.hex()})
 
 
-def view_signed_bytes(federation_id: str, round_: int, alive: tuple[str, ...], dropped: tuple[str, ...]) -> bytes:
-    """What a node signs in the consistency check (SPEC 5.4)."""
+def signed_bytes_of(advert: KeyAdvertisement) -> bytes:
+    """:func:`advertisement_signed_bytes` of an advertisement as received."""
+    return advertisement_signed_bytes(federation_id=advert.federation_id, epoch=advert.epoch, node_id=advert.node_id,
+                                      channel_key=advert.channel_key, mask_keys=advert.mask_keys,
+                                      commitments=advert.commitments, graph_commitment=advert.graph_commitment)
+
+
+def view_signed_bytes(federation_id: str, round_: int, roster_digest: bytes, alive: tuple[str, ...],
+                      dropped: tuple[str, ...]) -> bytes:
+    """What a node signs in the consistency check (SPEC 2.7): the view, bound to the epoch's roster digest."""
     return PROTOCOL_ID + b"|view|" + _canonical({"federation_id": federation_id, "round": round_,
-                                                  "alive": list(alive), "dropped": list(dropped)})
+                                                  "roster": roster_digest.hex(), "alive": list(alive),
+                                                  "dropped": list(dropped)})
 
 
 def _from_json(kind: str, value: Any, *, what: str) -> Any:
@@ -298,7 +334,7 @@ def _from_json(kind: str, value: Any, *, what: str) -> Any:
             if not isinstance(value, list):
                 raise _fail(what, "must be a list")
             return tuple(_from_json(KEY, v, what=what) for v in value)
-        if kind in (ID_BLOBS, ID_SIGS):
+        if kind in (ID_BLOBS, ID_KEYS, ID_SIGS):
             if not isinstance(value, dict):
                 raise _fail(what, "must be an object")
             return {k: _from_json(BLOB, v, what=what) for k, v in value.items()}

@@ -160,6 +160,13 @@ def keystream_words(key: bytes, nwords: int, ring_bits: int, *, scratch: np.ndar
     return out[:nbytes].view(dtype)
 
 
+def uniform_draws(rng: Randomness, count: int) -> np.ndarray:
+    """``count`` uniforms in [0, 1) for stochastic rounding (SPEC 3): the next 8 bytes of ``rng`` per draw, read as a
+    little-endian uint64, shifted right by 11 and multiplied by 2^-53 (exact in float64)."""
+    words = np.frombuffer(rng.token(8 * count), dtype="<u8")
+    return (words >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
 def keystream_scratch(nwords: int, ring_bits: int) -> np.ndarray:
     """A reusable output buffer for :func:`keystream_words`."""
     return np.empty(nwords * (ring_bits // 8) + 16, np.uint8)
@@ -177,9 +184,20 @@ def unseal(key: bytes, ciphertext: bytes, header: bytes) -> bytes:
         raise DecryptionFailed("sealed share failed authentication") from exc
 
 
-def commitment(secret: bytes, *context: str | int) -> bytes:
-    """SHA-256 commitment to a 32-byte uniformly random secret, bound to its context (SPEC 2.4)."""
-    return hashlib.sha256(_field(PROTOCOL_ID) + _field("commit") + b"".join(_field(c) for c in context) + secret).digest()
+def commitment(secret: bytes, *context: str | int, purpose: str = "commit") -> bytes:
+    """SHA-256 commitment to a 32-byte uniformly random secret, bound to its purpose and context (SPEC 2.4).
+
+    SHA-256(field(PROTOCOL_ID) || field(purpose) || field(c1) || ... || field(ck) || secret); purposes are
+    ``commit`` (self-mask seeds) and ``graph-commit`` (graph-seed nonces).
+    """
+    if len(secret) != KEY_BYTES:
+        raise ValueError("commitments are to 32-byte secrets")
+    return hashlib.sha256(_field(PROTOCOL_ID) + _field(purpose) + b"".join(_field(c) for c in context) + secret).digest()
+
+
+def digest(purpose: str, *parts: str | bytes | int) -> bytes:
+    """SHA-256(field(PROTOCOL_ID) || field(purpose) || field(p1) || ... || field(pk)): a domain-separated hash."""
+    return hashlib.sha256(_field(PROTOCOL_ID) + _field(purpose) + b"".join(_field(p) for p in parts)).digest()
 
 
 def _field_element(rng: Randomness) -> int:

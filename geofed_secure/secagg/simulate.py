@@ -24,6 +24,7 @@ from geofed_secure.secagg.masking import (
 from geofed_secure.secagg.messages import (
     _ID,
     ConsistencySignature,
+    GraphSeedReveal,
     KeyAdvertisement,
     MaskedInput,
     Message,
@@ -35,7 +36,7 @@ from geofed_secure.secagg.messages import (
 from geofed_secure.secagg.types import SERVER, STAGES, AggregationResult, WireRecord, checked_dropouts
 
 # The stage at which a node sends each kind of reply (a node that drops at stage S sends nothing from S on).
-REPLY_STAGE = {KeyAdvertisement: "advertise_keys", ShareBundle: "share_keys", MaskedInput: "masked_input",
+REPLY_STAGE = {KeyAdvertisement: "advertise_keys", GraphSeedReveal: "graph_seed", ShareBundle: "share_keys", MaskedInput: "masked_input",
                ConsistencySignature: "consistency_check", UnmaskResponse: "unmask"}
 DEMO_ANCHOR_DIGEST = hashlib.sha256(b"geofed-secagg-v1 simulation anchors").hexdigest()
 

@@ -17,7 +17,8 @@ from geofed_secure.errors import ConfigError, DataError
 SERVER = "server"
 
 # Stage names of the pairwise-masking protocol, in order (also the keys of ``dropouts``).
-STAGES = ("advertise_keys", "share_keys", "masked_input", "consistency_check", "unmask")
+# ``graph_seed`` happens only in SecAgg+ epochs (SPEC 5.2); CKKS has no stage of that name and ignores it.
+STAGES = ("advertise_keys", "graph_seed", "share_keys", "masked_input", "consistency_check", "unmask")
 
 
 def checked_dropouts(dropouts: Mapping[str, str] | None, node_ids: Collection[str]) -> dict[str, str]:
