@@ -7,6 +7,8 @@ Each message says what was wrong and how to fix it.
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 
 class GeofedError(Exception):
     """Base class of every error raised on purpose by geofed-secure."""
@@ -94,3 +96,61 @@ class PrivacyBudgetExceeded(GeofedError):
         self.budget = budget
         super().__init__(f"node {node_id} refuses round {round_}: it has spent epsilon {spent:.3f} of its budget "
                          f"{budget:g} (delta {delta:g}) and the round would bring it to {after:.3f}")
+
+
+class FailureCode(StrEnum):
+    """Why a node is missing from a round, as the server records it: a closed set, never free text.
+
+    The exception that made a node fail (its message may depend on private data: which parameter went non-finite,
+    how much budget is left) stays in that node's own log; the server, ``summary.json`` and the transcript carry
+    only this code. What each code tells the server:
+
+    - ``dropped``: nothing arrived in time (crash, lost connection, offline at a secure-aggregation stage). The
+      server observes the absence itself; the code adds nothing.
+    - ``invalid_update``: the node's own checks refused its update (non-finite loss, gradient or parameter, a
+      NaN or misshaped upload, a precision weight above ``secure.clip``). One bit per round that CAN depend on the
+      node's private data, and no DP accountant covers it; it says nothing about which value or why.
+    - ``privacy_budget_exhausted``: one more round would exceed the node's DP budget. A function of the node's DP
+      plan (budget, noise multipliers, sample rates, steps) and the round number, which the server knows when the
+      plan is public; it does not depend on the records.
+    - ``refused_round``: the node refused what the server sent (anchor digest, stale or replayed round, wrong
+      global-state layout): a function of the server's own message and the node's provisioning.
+    - ``protocol_aborted``: the node stopped a secure-aggregation session for a security reason (the server's or
+      a peer's behaviour, see :class:`ProtocolAborted`).
+    - ``rejected_by_server``: the server's own validation refused a plaintext upload; the server already holds
+      the upload and may keep its own reason.
+    - ``node_error``: any other error on the node; says only that something failed.
+    """
+
+    DROPPED = "dropped"
+    INVALID_UPDATE = "invalid_update"
+    PRIVACY_BUDGET_EXHAUSTED = "privacy_budget_exhausted"
+    REFUSED_ROUND = "refused_round"
+    PROTOCOL_ABORTED = "protocol_aborted"
+    REJECTED_BY_SERVER = "rejected_by_server"
+    NODE_ERROR = "node_error"
+
+    @classmethod
+    def for_node_error(cls, exc: BaseException) -> FailureCode:
+        """The code a node reports for an error raised while it handled a round (its own failure, not a dropout).
+
+        A :class:`MessageError` here means the node refused the server's message; a driver that sees one after the
+        node finished training (its own upload failed validation) reports ``invalid_update`` instead.
+
+        >>> FailureCode.for_node_error(TrainingError("tab: parameter x became non-finite"))
+        <FailureCode.INVALID_UPDATE: 'invalid_update'>
+        """
+        if isinstance(exc, PrivacyBudgetExceeded):
+            return cls.PRIVACY_BUDGET_EXHAUSTED
+        if isinstance(exc, ProtocolAborted):
+            return cls.PROTOCOL_ABORTED
+        if isinstance(exc, AnchorDigestMismatch | MessageError):
+            return cls.REFUSED_ROUND
+        if isinstance(exc, TrainingError | DataError):
+            return cls.INVALID_UPDATE
+        return cls.NODE_ERROR
+
+    @property
+    def sent_by_node(self) -> bool:
+        """Whether a node reports this code itself (a dropped node sends nothing; a rejection is the server's)."""
+        return self not in (FailureCode.DROPPED, FailureCode.REJECTED_BY_SERVER)

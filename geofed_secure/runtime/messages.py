@@ -1,8 +1,8 @@
 """Typed round messages and their wire encoding.
 
 A round is: the server sends each node a :class:`RoundBroadcast`; each node answers with a
-:class:`NodeUpdate`. Messages are frozen dataclasses, validated once when built or decoded; after that no
-code looks at untyped dicts.
+:class:`NodeUpdate`, or with a :class:`FailureNotice` (a typed code only) when it cannot take part. Messages
+are frozen dataclasses, validated once when built or decoded; after that no code looks at untyped dicts.
 
 Wire format (version 1): a safetensors blob. Its ``__metadata__`` holds the scalar fields (all strings, as
 safetensors requires) and ``geofed.type``/``geofed.version``; the arrays are its tensors. Every field that a
@@ -23,7 +23,7 @@ from types import MappingProxyType
 import numpy as np
 import safetensors.numpy
 
-from geofed_secure.errors import MessageError
+from geofed_secure.errors import FailureCode, MessageError
 
 WIRE_VERSION = "1"
 _HEX64 = re.compile(r"^[0-9a-f]{64}\Z")
@@ -130,7 +130,35 @@ class AggregateRelease:
         object.__setattr__(self, "sums", _frozen_arrays(self.sums, what="AggregateRelease"))
 
 
-Message = RoundBroadcast | NodeUpdate | AggregateRelease
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FailureNotice:
+    """Node -> server: this node is out of the round, and the typed reason (:class:`FailureCode`), nothing else.
+
+    The error behind it (which may depend on the node's private data) stays in the node's own log. A node that
+    dropped sends nothing, and a rejection is the server's own verdict, so neither code is accepted here.
+    """
+
+    federation_id: str
+    round: int
+    node_id: str
+    anchor_digest: str
+    code: FailureCode
+
+    def __post_init__(self) -> None:
+        _check_common(self.federation_id, self.round, self.anchor_digest, what="FailureNotice")
+        if not isinstance(self.node_id, str) or not _ID.match(self.node_id):
+            raise MessageError(f"FailureNotice: node_id {self.node_id!r} is not a valid id")
+        try:
+            code = FailureCode(self.code)
+        except ValueError:
+            known = [c.value for c in FailureCode]
+            raise MessageError(f"FailureNotice: unknown failure code {self.code!r}; known: {known}") from None
+        if not code.sent_by_node:
+            raise MessageError(f"FailureNotice: a node does not send the code {code.value!r}")
+        object.__setattr__(self, "code", code)
+
+
+Message = RoundBroadcast | NodeUpdate | AggregateRelease | FailureNotice
 
 
 def encode_message(message: Message) -> bytes:
@@ -151,6 +179,11 @@ def encode_message(message: Message) -> bytes:
         meta["node_id"] = message.node_id
         meta["contributors"] = ",".join(message.contributors)
         tensors = {f"sum/{k}": v for k, v in message.sums.items()}
+    elif isinstance(message, FailureNotice):
+        meta["geofed.type"] = "FailureNotice"
+        meta["node_id"] = message.node_id
+        meta["code"] = message.code.value
+        tensors = {}
     else:
         raise TypeError(f"not a geofed message: {type(message).__name__}")
     return canonical_safetensors(tensors, meta)
@@ -227,4 +260,8 @@ def decode_message(blob: bytes) -> Message:
         contributors = tuple(meta["contributors"].split(",")) if meta["contributors"] else ()
         return AggregateRelease(**common, node_id=meta["node_id"], contributors=contributors,
                                 sums={k[len("sum/"):]: v for k, v in tensors.items()})
+    if kind == "FailureNotice":
+        if tensors or "node_id" not in meta or "code" not in meta:
+            raise MessageError("FailureNotice carries tensors or no node_id/code")
+        return FailureNotice(**common, node_id=meta["node_id"], code=meta["code"])  # type: ignore[arg-type]
     raise MessageError(f"unknown message type {kind!r}")

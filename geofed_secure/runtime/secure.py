@@ -5,6 +5,11 @@ weighted m if averaged, Gram upper triangle, precision weight) is flattened in a
 and aggregated with ``secagg-v1`` (pairwise masking) or ``ckks-v1`` (TenSEAL); the server gets the summed
 fields and the contributor set, and :func:`geofed_secure.server.server.aggregate` turns them into the new
 global state exactly as in plaintext mode. Every protocol message is recorded in the run transcript.
+
+Clipping happens on the node (:meth:`SecureInputLayout.node_input`): each node clips its vector to
+``[-secure.clip, secure.clip]`` and counts the coordinates it clipped; the count stays on the node and travels
+only as extra coordinates of the same masked/encrypted vector, so the server learns the SUM of the counts over
+the contributors and no node's own count.
 """
 
 from __future__ import annotations
@@ -15,12 +20,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from geofed_secure.config import RunConfig
-from geofed_secure.errors import GeofedError, MessageError, ProtocolAborted
+from geofed_secure.errors import DataError, FailureCode, GeofedError, MessageError, ProtocolAborted
 from geofed_secure.runtime.messages import (
     GRAM_FIELD,
     WEIGHT_FIELD,
     WEIGHTED_PREFIX,
-    NodeUpdate,
 )
 from geofed_secure.runtime.transcript import Transcript
 from geofed_secure.secagg.masking import MaskingParameters
@@ -63,13 +67,84 @@ class PayloadLayout:
         return out
 
 
+CLIPPED_FIELD = "clipped_coordinates"  # base-COUNT_RADIX digits of a node's clipped-coordinate count
+COUNT_RADIX = 16
+
+
+@dataclass(frozen=True, slots=True)
+class SecureInputLayout:
+    """What a node masks or encrypts: its flattened upload, clipped, then the digits of its clipped count.
+
+    The count c (0 <= c < 16^digits) is sent as ``digits`` coordinates, digit i (least significant first) as
+    ``d_i * clip / 16``: each lies in ``[0, clip)``, so the protocol never clips it, and the sum over contributors
+    of coordinate i, times ``16 / clip``, is the integer sum of their i-th digits. The total is exact while the
+    protocol's error bound times ``16 / clip`` stays below 1/2 (pairwise masking: about ``4 n^2 16 / 2^ring_bits``;
+    CKKS: ``n 2^-20 16 / clip``), see :meth:`clipped_total`. Under DP the count is post-processing of the
+    already-privatised upload.
+    """
+
+    payload: PayloadLayout
+    clip: float
+    digits: int
+
+    @classmethod
+    def for_round(cls, global_state: Mapping[str, np.ndarray], n_anchors: int, *, clip: float) -> SecureInputLayout:
+        payload = PayloadLayout.for_round(global_state, n_anchors)
+        digits = 1
+        while COUNT_RADIX**digits <= payload.length:
+            digits += 1
+        return cls(payload, float(clip), digits)
+
+    @property
+    def length(self) -> int:
+        return self.payload.length + self.digits
+
+    def node_input(self, payload: Mapping[str, np.ndarray]) -> tuple[np.ndarray, int]:
+        """ON THE NODE: (vector to mask or encrypt, number of coordinates clipped). The count must stay local.
+
+        Refuses (:class:`DataError`) a payload off the public layout, a non-finite value, or a precision weight
+        above ``clip`` (clipping the weight would silently give every contributor a wrong share of the average).
+        """
+        try:
+            vector = self.payload.flatten(payload)
+        except MessageError as exc:
+            raise DataError(str(exc)) from None
+        if not np.isfinite(vector).all():
+            raise DataError("upload has NaN/inf values; the node refuses to mask it")
+        weight = float(np.asarray(payload[WEIGHT_FIELD]).ravel()[0])
+        if weight > self.clip:
+            raise DataError(f"precision weight exceeds secure.clip = {self.clip:g}; the node refuses to upload a clipped weight")
+        bounded = np.clip(vector, -self.clip, self.clip)
+        clipped = int(np.count_nonzero(bounded != vector))
+        digits = [(clipped // COUNT_RADIX**i) % COUNT_RADIX for i in range(self.digits)]
+        return np.concatenate([bounded, np.asarray(digits, np.float64) * (self.clip / COUNT_RADIX)]), clipped
+
+    def unflatten(self, vector: np.ndarray) -> dict[str, np.ndarray]:
+        """Summed vector -> named sums (the upload fields and ``CLIPPED_FIELD``); extra trailing values are ignored."""
+        out = self.payload.unflatten(vector[:self.payload.length])
+        out[CLIPPED_FIELD] = np.asarray(vector[self.payload.length:self.length], np.float64)
+        return out
+
+    def clipped_total(self, sums: Mapping[str, np.ndarray], max_abs_error: float) -> int | None:
+        """The contributors' total clipped count from the summed digits; None when the error bound cannot
+        guarantee the exact integer (a huge cohort in a 32-bit ring)."""
+        scale = COUNT_RADIX / self.clip
+        if not max_abs_error * scale < 0.5:
+            return None
+        digit_sums = np.rint(np.asarray(sums[CLIPPED_FIELD], np.float64) * scale).astype(np.int64)
+        return int(sum(int(d) * COUNT_RADIX**i for i, d in enumerate(digit_sums)))
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SecureRound:
+    """What a secure-aggregation round gives the server: sums, contributors, who was left out and at which
+    stage (the server observes where a node's messages stopped), bytes per node, the protocol's error bound."""
+
     sums: dict[str, np.ndarray]
     contributors: tuple[str, ...]
-    left_out: dict[str, str]  # node id -> why it is not in the sum
+    left_out: dict[str, FailureCode]  # node id -> why it is not in the sum
+    dropped_at: dict[str, str]  # node id -> protocol stage after which nothing more arrived
     bytes_sent: dict[str, int]
-    clipped: dict[str, int]
     max_abs_error: float
 
 
@@ -88,9 +163,10 @@ class MaskingAggregator:
         self.federation = MaskingFederation.provision(tuple(n.id for n in config.nodes), params, seed=seed,
                                                       federation_id=config.federation.id, anchor_digest=anchor_digest)
 
-    def aggregate(self, round_: int, updates: Mapping[str, NodeUpdate], layout: PayloadLayout, transcript: Transcript,
+    def aggregate(self, round_: int, inputs: Mapping[str, np.ndarray], layout: SecureInputLayout, transcript: Transcript,
                   fault_hook: FaultHook) -> SecureRound:
-        inputs = {v: layout.flatten(u.payload) for v, u in sorted(updates.items())}
+        """``inputs``: node id -> :meth:`SecureInputLayout.node_input` vector (held by that node)."""
+        inputs = dict(sorted(inputs.items()))
         dropped: dict[str, str] = {}
 
         def drops(node_id: str, stage: str) -> bool:
@@ -98,8 +174,8 @@ class MaskingAggregator:
                 return True
             try:
                 fault_hook(f"secagg/{stage}", round_, node_id)
-            except GeofedError as exc:
-                dropped[node_id] = f"dropped at secure-aggregation stage {stage}: {exc}"
+            except GeofedError:
+                dropped[node_id] = stage
                 return True
             return False
 
@@ -116,9 +192,9 @@ class MaskingAggregator:
             raise ProtocolAborted(first.reason, party=first.party, stage=first.stage)
         outcome = self.federation.server.outcome
         assert outcome is not None
-        left_out = {v: dropped.get(v, "no masked input") for v in inputs if v not in outcome.contributors}
+        left_out = {v: FailureCode.DROPPED for v in inputs if v not in outcome.contributors}
         return SecureRound(sums=layout.unflatten(outcome.aggregate), contributors=outcome.contributors, left_out=left_out,
-                           bytes_sent=sent, clipped={v: self.federation.nodes[v].clipped for v in inputs},
+                           dropped_at={v: dropped[v] for v in left_out if v in dropped}, bytes_sent=sent,
                            max_abs_error=outcome.max_abs_error)
 
 

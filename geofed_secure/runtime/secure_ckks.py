@@ -16,9 +16,9 @@ from collections.abc import Mapping
 import numpy as np
 
 from geofed_secure.config import RunConfig
-from geofed_secure.errors import GeofedError, MessageError, ProtocolAborted
-from geofed_secure.runtime.messages import AggregateRelease, NodeUpdate, decode_message, encode_message
-from geofed_secure.runtime.secure import FaultHook, PayloadLayout, SecureRound
+from geofed_secure.errors import FailureCode, GeofedError, ProtocolAborted
+from geofed_secure.runtime.messages import AggregateRelease, decode_message, encode_message
+from geofed_secure.runtime.secure import FaultHook, SecureInputLayout, SecureRound
 from geofed_secure.runtime.transcript import SERVER, Transcript
 from geofed_secure.secagg import ckks
 
@@ -36,11 +36,13 @@ class CkksAggregator:
         self.nodes = {v: ckks.CkksNode(node_id=v, federation_id=fed, secret_context=self.keys.secret_context,
                                        anchor_digest=anchor_digest, clip=config.secure.clip) for v in ids}
 
-    def aggregate(self, round_: int, updates: Mapping[str, NodeUpdate], layout: PayloadLayout, transcript: Transcript,
+    def aggregate(self, round_: int, inputs: Mapping[str, np.ndarray], layout: SecureInputLayout, transcript: Transcript,
                   fault_hook: FaultHook) -> SecureRound:
-        sent = dict.fromkeys(updates, 0)
-        left_out: dict[str, str] = {}
-        clipped: dict[str, int] = {}
+        """``inputs``: node id -> :meth:`SecureInputLayout.node_input` vector (already clipped on the node, so the
+        CKKS node's own clip finds nothing to clip and its per-node count is never read)."""
+        sent = dict.fromkeys(inputs, 0)
+        left_out: dict[str, FailureCode] = {}
+        dropped_at: dict[str, str] = {}
 
         def wire(sender: str, receiver: str, message):
             blob = message.encode()
@@ -50,17 +52,15 @@ class CkksAggregator:
             return ckks.decode_ckks_message(blob)
 
         starts = self.server.start_round(round_, anchor_digest=self.anchor_digest, length=layout.length)
-        for node_id, update in sorted(updates.items()):
+        for node_id, vector in sorted(inputs.items()):
+            start = wire(SERVER, node_id, starts[node_id])
             try:
-                start = wire(SERVER, node_id, starts[node_id])
                 fault_hook("secagg/masked_input", round_, node_id)
-                upload = self.nodes[node_id].begin_round(start, layout.flatten(update.payload))
-                clipped[node_id] = self.nodes[node_id].clipped
-                self.server.receive(wire(node_id, SERVER, upload))
-            except (MessageError, ProtocolAborted):
-                raise
-            except GeofedError as exc:
-                left_out[node_id] = f"dropped before its encrypted upload: {exc}"
+            except GeofedError:
+                left_out[node_id], dropped_at[node_id] = FailureCode.DROPPED, "masked_input"
+                continue
+            upload = self.nodes[node_id].begin_round(start, vector)
+            self.server.receive(wire(node_id, SERVER, upload))
         aggregate = self.server.finish()
         release: AggregateRelease | None = None
         for node_id in aggregate.contributors:
@@ -81,5 +81,6 @@ class CkksAggregator:
         if release is None:
             raise ProtocolAborted("no contributor was online to decrypt the aggregate", party=SERVER, stage="unmask")
         sums = {k: np.asarray(v, np.float64) for k, v in release.sums.items()}
-        return SecureRound(sums=sums, contributors=release.contributors, left_out=left_out, bytes_sent=sent,
-                           clipped=clipped, max_abs_error=ckks.ckks_error_bound(len(release.contributors), clip=self.config.secure.clip))
+        bound = ckks.ckks_error_bound(len(release.contributors), clip=self.config.secure.clip)
+        return SecureRound(sums=sums, contributors=release.contributors, left_out=left_out, dropped_at=dropped_at,
+                           bytes_sent=sent, max_abs_error=bound)

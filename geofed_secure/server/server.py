@@ -7,6 +7,10 @@ secure aggregation reveals only the sums (later protocol layer).
 Aggregation follows DESIGN.md section 2: precision-weighted mean of B (and m), THEN one merge; the Gram
 consensus is the plain mean over contributors (eq. 2). Updates are validated before use: wrong federation
 or round (replay), unknown or duplicate sender, anchor digest, payload names and shapes.
+
+A node missing from a round is recorded with a typed :class:`~geofed_secure.errors.FailureCode` only (a
+:class:`FailureNotice` from the node, a dropout the driver observed, or the server's own rejection), never with
+the text of the node's error, which may depend on its private data and stays in the node's own log.
 """
 
 from __future__ import annotations
@@ -17,19 +21,30 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from geofed_secure.data.anchors import verify_anchor_digest
-from geofed_secure.errors import GeofedError, MessageError
-from geofed_secure.runtime.messages import GRAM_FIELD, WEIGHT_FIELD, WEIGHTED_PREFIX, NodeUpdate, RoundBroadcast
+from geofed_secure.errors import FailureCode, GeofedError, MessageError
+from geofed_secure.runtime.messages import (
+    GRAM_FIELD,
+    WEIGHT_FIELD,
+    WEIGHTED_PREFIX,
+    FailureNotice,
+    NodeUpdate,
+    RoundBroadcast,
+)
 
 
 class RoundFailed(GeofedError):
     """Too few valid uploads to aggregate this round; the global state is unchanged."""
 
 
+def _codes(rejected: Mapping[str, FailureCode]) -> dict[str, str]:
+    return {k: v.value for k, v in sorted(rejected.items())}
+
+
 @dataclass(frozen=True, slots=True)
 class RoundResult:
     round: int
     contributors: tuple[str, ...]
-    rejected: Mapping[str, str]  # node id -> reason
+    rejected: Mapping[str, FailureCode]  # node id -> typed reason (no free text: see FailureCode)
     weights: Mapping[str, float]  # normalised precision weights (visible here only in plaintext mode)
 
 
@@ -61,7 +76,7 @@ class Server:
     round: int = 0  # last completed round
     consensus: np.ndarray | None = None
     _pending: dict[str, NodeUpdate] = field(default_factory=dict)
-    _rejected: dict[str, str] = field(default_factory=dict)
+    _rejected: dict[str, FailureCode] = field(default_factory=dict)
     _open: bool = False
 
     def begin_round(self) -> dict[str, RoundBroadcast]:
@@ -75,32 +90,50 @@ class Server:
                              global_state=self.global_state, consensus_gram=self.consensus)
         return {node_id: msg for node_id in self.node_ids}
 
-    def reject(self, node_id: str, reason: str) -> None:
-        """Record that ``node_id`` delivered nothing usable this round (dropout, local failure)."""
-        self._rejected[node_id] = reason
+    def reject(self, node_id: str, code: FailureCode | str) -> None:
+        """Record that ``node_id`` delivered nothing usable this round (typically ``dropped``: nothing arrived).
+
+        ``code`` must be a :class:`FailureCode` (or its value); free text is refused with :class:`ValueError`, so
+        no driver can pass a node's error message to the server by mistake.
+        """
+        if node_id not in self.node_ids:
+            raise MessageError(f"reject: unknown node {node_id!r}")
+        self._rejected[node_id] = FailureCode(code)
+
+    def receive_failure(self, notice: FailureNotice) -> None:
+        """Validate a node's :class:`FailureNotice` and record its code; a bad one raises :class:`MessageError`."""
+        self._check_sender(notice.node_id, notice.federation_id, notice.round, notice.anchor_digest, what="failure notice")
+        self._rejected[notice.node_id] = notice.code
 
     def receive(self, update: NodeUpdate) -> None:
-        """Validate and hold one upload; a bad one raises :class:`MessageError` and is recorded as rejected."""
+        """Validate and hold one upload; a bad one raises :class:`MessageError` and is recorded as ``rejected_by_server``.
+
+        The exception's text is the server's own observation of an upload it holds in clear, so it may keep it.
+        """
         try:
             self._validate(update)
-        except GeofedError as exc:
+        except GeofedError:
             if update.node_id in self.node_ids and update.node_id not in self._pending:
-                self._rejected[update.node_id] = str(exc)
+                self._rejected[update.node_id] = FailureCode.REJECTED_BY_SERVER
             raise
         self._pending[update.node_id] = update
 
-    def _validate(self, update: NodeUpdate) -> None:
+    def _check_sender(self, node_id: str, federation_id: str, round_: int, anchor_digest: str, *, what: str) -> None:
         if not self._open:
-            raise MessageError(f"upload from {update.node_id} while no round is open")
-        if update.federation_id != self.federation_id:
-            raise MessageError(f"upload for federation {update.federation_id!r}")
-        if update.round != self.round + 1:
-            raise MessageError(f"upload from {update.node_id} for round {update.round}, the open round is {self.round + 1} (replayed or stale)")
-        if update.node_id not in self.node_ids:
-            raise MessageError(f"upload from unknown node {update.node_id!r}")
-        if update.node_id in self._pending:
-            raise MessageError(f"second upload from {update.node_id} in round {update.round}")
-        verify_anchor_digest(self.anchor_digest, update.anchor_digest, where=f"server, upload from {update.node_id}")
+            raise MessageError(f"{what} from {node_id} while no round is open")
+        if federation_id != self.federation_id:
+            raise MessageError(f"{what} for federation {federation_id!r}")
+        if round_ != self.round + 1:
+            raise MessageError(f"{what} from {node_id} for round {round_}, the open round is {self.round + 1} "
+                               "(replayed or stale)")
+        if node_id not in self.node_ids:
+            raise MessageError(f"{what} from unknown node {node_id!r}")
+        if node_id in self._pending:
+            raise MessageError(f"second {what} from {node_id} in round {round_}")
+        verify_anchor_digest(self.anchor_digest, anchor_digest, where=f"server, {what} from {node_id}")
+
+    def _validate(self, update: NodeUpdate) -> None:
+        self._check_sender(update.node_id, update.federation_id, update.round, update.anchor_digest, what="upload")
         expected = {WEIGHTED_PREFIX + k: v.shape for k, v in self.global_state.items()}
         got = {k: v.shape for k, v in update.payload.items() if k not in (GRAM_FIELD, WEIGHT_FIELD)}
         if got != expected:
@@ -121,7 +154,7 @@ class Server:
         round_ = self.round + 1
         if len(contributors) < max(1, self.min_contributors):
             raise RoundFailed(f"round {round_}: {len(contributors)} valid upload(s), need {max(1, self.min_contributors)}; "
-                              f"rejected: {dict(self._rejected)}")
+                              f"rejected: {_codes(self._rejected)}")
         grams = {self._pending[c].payload[GRAM_FIELD].shape for c in contributors}
         if len(grams) != 1:
             raise RoundFailed(f"round {round_}: uploads disagree on the anchor count B")
@@ -136,19 +169,21 @@ class Server:
                            weights={c: w / total for c, w in weights.items()})
 
     def finish_round_from_sums(self, sums: Mapping[str, np.ndarray], contributors: tuple[str, ...],
-                               left_out: Mapping[str, str]) -> RoundResult:
+                               left_out: Mapping[str, FailureCode]) -> RoundResult:
         """Aggregate from the SUMS that secure aggregation revealed; the server never saw an individual upload.
 
-        Individual precision weights are unknown to the server here, so ``RoundResult.weights`` is empty.
+        ``left_out``: nodes the secure-aggregation round left out (typed, e.g. ``dropped`` at some stage), added to
+        the failures already recorded. Individual precision weights are unknown to the server here, so
+        ``RoundResult.weights`` is empty.
         """
         if not self._open:
             raise MessageError("no round is open")
         self._open = False
         round_ = self.round + 1
-        rejected = {**self._rejected, **left_out}
+        rejected = {**self._rejected, **{k: FailureCode(v) for k, v in left_out.items()}}
         if len(contributors) < max(1, self.min_contributors):
             raise RoundFailed(f"round {round_}: {len(contributors)} contributor(s), need {max(1, self.min_contributors)}; "
-                              f"left out: {rejected}")
+                              f"left out: {_codes(rejected)}")
         self.global_state, self.consensus = aggregate(sums, len(contributors))
         self.round = round_
         return RoundResult(round=round_, contributors=tuple(contributors), rejected=rejected, weights={})
