@@ -148,6 +148,68 @@ def revealed(transcript, round_):
     return counts
 
 
+def individual_inputs_the_server_can_compute(transcript, round_, *, threshold, clip=1.0e4, colluders=None):
+    """Every individual input a (malicious) server can compute from what it saw, with its colluders' secrets.
+
+    The server knows a node v's input once it holds v's masked input, v's self-mask seed for the round and, for each
+    peer p that v masked with (the senders of the shares it delivered to v), p's mask key: rebuilt from t shares
+    (unmask responses plus shares the colluders hold) or known outright when p colludes. Returns {v: decoded input}.
+    """
+    colluders = colluders or {}
+    messages = [decode(r.data) for r in transcript]
+    roster = next((m for m in messages if isinstance(m, KeyRoster)), None)
+    if roster is None:
+        return {}
+    members = tuple(a.node_id for a in roster.advertisements)
+    adverts = {a.node_id: a for a in roster.advertisements}
+    epoch = roster.epoch
+    i = round_ - epoch
+    fid = roster.federation_id
+    x_of = {v: k + 1 for k, v in enumerate(members)}
+    peers = {r.receiver: tuple(sorted(m.sealed)) for r, m in zip(transcript, messages) if isinstance(m, ShareDelivery)}
+    inputs = {m.node_id: m.words for m in messages if isinstance(m, MaskedInput) and m.round == round_}
+    points: dict[tuple[str, str], dict[int, bytes]] = {}  # (owner, "seed"|"key") -> {x: share}
+    for m in messages:
+        if isinstance(m, UnmaskResponse) and m.round == round_:
+            for owner, share in m.self_mask_shares.items():
+                points.setdefault((owner, "seed"), {})[x_of[m.node_id]] = share
+            for owner, share in m.mask_key_shares.items():
+                points.setdefault((owner, "key"), {})[x_of[m.node_id]] = share
+    for c, node in colluders.items():
+        for owner, per_round in node.epoch.own_shares.items():
+            points.setdefault((owner, "key"), {})[x_of[c]] = per_round[i][0]
+            points.setdefault((owner, "seed"), {})[x_of[c]] = per_round[i][1]
+
+    def secret(owner, which):
+        if owner in colluders:
+            ep = colluders[owner].epoch
+            return ep.seeds[i] if which == "seed" else ep.mask_privates[i]
+        known = sorted(points.get((owner, which), {}).items())
+        if len(known) < threshold:
+            return None
+        value = crypto.shamir_combine(known[:threshold])
+        check = (crypto.commitment(value, fid, round_, owner) == adverts[owner].commitments[i] if which == "seed"
+                 else crypto.x25519_public(value) == adverts[owner].mask_keys[i])
+        return value if check else None
+
+    from geofed_secure.secagg.fixedpoint import FixedPoint
+    exposed = {}
+    for v, words in inputs.items():
+        if v in colluders:
+            continue
+        seed = secret(v, "seed")
+        keys = {p: secret(p, "key") for p in peers.get(v, ())}
+        if seed is None or any(k is None for k in keys.values()):
+            continue
+        ring_bits = words.dtype.itemsize * 8
+        total = words - self_mask(seed, fid, round_, v, len(words), ring_bits)
+        for p, key in keys.items():
+            mask = pairwise_mask(crypto.x25519_shared(key, adverts[v].mask_keys[i]), fid, round_, v, p, len(words), ring_bits)
+            total = total - mask if v < p else total + mask
+        exposed[v] = FixedPoint.for_cohort(len(members), clip, ring_bits).decode(total)
+    return exposed
+
+
 def default_threshold(n, neighbors=None):
     m = n if neighbors is None or neighbors >= n - 1 else min(n, neighbors + neighbors % 2 + 1)
     return max(3, m // 2 + 1)  # from the PROVISIONED size, never below 3
@@ -409,8 +471,13 @@ def test_view_attack_list_names_catalogue_entries():
     assert VIEW_ATTACKS <= set(CATALOGUE)
 
 
-@pytest.mark.parametrize("n, neighbors, dropouts", [(5, None, None), (8, 4, {"n01": "masked_input"})])
-@pytest.mark.parametrize("name", sorted(CATALOGUE))
+CATALOGUE_RUNS = [(name, n, neighbors, dropouts) for name in sorted(CATALOGUE)
+                  for n, neighbors, dropouts in [(5, None, None), (8, 4, {"n01": "masked_input"}), (7, None, None),
+                                                 (10, 4, None)]
+                  if neighbors is not None or not CATALOGUE[name].sparse_only]
+
+
+@pytest.mark.parametrize("name, n, neighbors, dropouts", CATALOGUE_RUNS)
 def test_every_catalogue_attack_is_refused_by_a_node_before_anything_is_revealed(name, n, neighbors, dropouts):
     # Prepare
     ids = tuple(f"n{i:02d}" for i in range(n))
@@ -430,6 +497,7 @@ def test_every_catalogue_attack_is_refused_by_a_node_before_anything_is_revealed
     # Assert: nothing revealed in the attacked round
     for owner, (self_shares, key_shares) in revealed(exc.transcript, attacked_round).items():
         assert not (self_shares >= t and key_shares >= t), f"{owner}: both secrets reconstructible"
+    assert individual_inputs_the_server_can_compute(exc.transcript, attacked_round, threshold=t) == {}
     if name in VIEW_ATTACKS:
         assert unmask_records(exc.transcript, attacked_round) == []
 
@@ -592,6 +660,117 @@ def test_secagg_plus_never_lets_the_server_learn_a_sum_of_fewer_than_three_input
     # Assert
     assert not np.allclose(pair, inputs[order[0]] + inputs[order[1]], atol=1e-6), \
         "the server learnt the sum of two nodes' inputs"
+
+
+# -- colluding nodes: the bound t >= z + 3 (each alive owner keeps two honest alive peers) -------------------
+
+
+def ring_neighbours(plan, victim):
+    return [v for v in plan.holders[victim] if v != victim]
+
+
+@pytest.mark.parametrize("kwargs", [dict(degree=2, colluders=1), dict(degree=4, colluders=3), dict(threshold=3, colluders=1),
+                                    dict(threshold=4, colluders=2), dict(colluders=-1), dict(colluders=True)])
+def test_parameters_outside_the_colluder_bound_are_refused(kwargs):
+    with pytest.raises(ConfigError):
+        MaskingParameters(**kwargs)
+
+
+def test_outside_the_bound_two_colluding_ring_neighbours_give_the_server_an_input_on_the_honest_fast_path():
+    """Issue 12.2 reproduced: degree 2 (m = t = 3) tolerates no colluder; the two ring neighbours of a victim hand the
+    server its input. secure.colluders = 2 with degree 2 is therefore refused (test above)."""
+    ids = tuple(f"n{i}" for i in range(6))
+    inputs = vectors(ids, seed=9)
+    fed = provision(ids, rounds_per_epoch=1, degree=2, clip=100.0)
+    assert fed.run_round(1, inputs) == {}
+    victim = "n0"
+    colluders = {v: fed.nodes[v] for v in ring_neighbours(fed.server.plan, victim)}
+
+    exposed = individual_inputs_the_server_can_compute(fed.transcript, 1, threshold=3, clip=100.0, colluders=colluders)
+
+    assert np.allclose(exposed[victim], inputs[victim], atol=1e-9)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=st.sampled_from([(8, 4, 1), (10, 6, 2), (7, None, 1)]), victim=st.integers(0, 9), data=st.data())
+def test_within_the_bound_colluding_neighbours_learn_no_honest_input_under_any_dropouts(case, victim, data):
+    # Prepare: z colluders chosen among the victim's neighbours (the worst case), any dropouts after the set-up
+    n, degree, z = case
+    ids = tuple(f"n{i}" for i in range(n))
+    inputs = vectors(ids, seed=victim)
+    fed = provision(ids, rounds_per_epoch=1, degree=degree, colluders=z, clip=100.0)
+    late = data.draw(st.dictionaries(st.sampled_from(ids), st.sampled_from(["masked_input", "consistency_check", "unmask"]),
+                                     max_size=n // 3))
+
+    # Execute
+    try:
+        fed.run_round(1, inputs, dropouts=late)
+    except ProtocolAborted:
+        event("aborted by the server")
+    plan = fed.server.plan
+    if plan is None:
+        return
+    target = ids[victim % n]
+    colluders = {v: fed.nodes[v] for v in ring_neighbours(plan, target)[:z]}
+    assert target not in colluders
+    exposed = individual_inputs_the_server_can_compute(fed.transcript, 1, threshold=plan.threshold, clip=100.0,
+                                                       colluders=colluders)
+
+    # Assert
+    event(f"unmask responses: {min(len(unmask_records(fed.transcript, 1)), 1)}")
+    assert exposed == {}
+
+
+def test_a_survivor_that_does_not_sign_the_view_aborts_the_round():
+    """The price of 'every survivor signs' (SPEC 5.5): with one node dropped before its masked input, a second one
+    lost during the consistency check now aborts the round (Bonawitz et al. 2017 would unmask without it)."""
+    inputs = vectors(seed=3)
+    with pytest.raises(ProtocolAborted) as info:
+        simulate_aggregation(inputs, dropouts={"n1": "masked_input", "n3": "consistency_check"}, seed=3)
+    assert info.value.party == SERVER and info.value.stage == "consistency_check"
+    assert "did not confirm the view" in info.value.reason
+    # nobody dropped before the masked input: the fast path needs no signatures and survives the same loss
+    result = simulate_aggregation(inputs, dropouts={"n3": "consistency_check"}, seed=3)
+    assert result.contributors == IDS
+
+
+# -- the SecAgg+ graph seed: committed before the roster, revealed after it -----------------------------------
+
+
+def test_no_graph_nonce_is_on_the_wire_before_the_roster_and_the_graph_needs_all_of_them():
+    # Prepare / Execute
+    ids = tuple(f"n{i}" for i in range(8))
+    fed = provision(ids, rounds_per_epoch=1, degree=4)
+    assert fed.run_round(1, vectors(ids)) == {}
+    plan = fed.server.plan
+    nonces = {v: fed.nodes[v].epoch.graph_nonce for v in ids}
+    roster_at = next(k for k, r in enumerate(fed.transcript) if r.kind == "KeyRoster")
+
+    # Assert: before the roster went out, no message carried any nonce (the server fixed the roster blind)
+    assert not any(nonce.hex().encode() in r.data for r in fed.transcript[:roster_at] for nonce in nonces.values())
+    # Assert: the graph is the ring order of SHA-256(seed || id) under the seed of every member's nonce
+    roster = decode(fed.transcript[roster_at].data)
+    from geofed_secure.secagg.masking import graph_seed, neighbourhoods, roster_digest
+    seed = graph_seed(fed.provisioning.federation_id, 1, roster_digest(roster), nonces, ids)
+    assert plan.graph_seed == seed and dict(plan.holders) == neighbourhoods(ids, 4, seed)
+    # Assert: one other nonce gives another graph (the nonce, not the server's roster choice, fixes it)
+    other = neighbourhoods(ids, 4, graph_seed(fed.provisioning.federation_id, 1, roster_digest(roster),
+                                              {**nonces, "n3": bytes(32)}, ids))
+    assert other != dict(plan.holders)
+
+
+def test_a_node_that_revealed_its_nonce_refuses_a_second_roster():
+    node = node_in("revealed")
+    with pytest.raises(ProtocolAborted):
+        feed(node, reference_round()["small_roster"])
+    assert node.state == "aborted"
+
+
+def test_a_member_that_does_not_reveal_its_nonce_aborts_the_set_up():
+    ids = tuple(f"n{i}" for i in range(8))
+    with pytest.raises(ProtocolAborted) as info:
+        simulate_aggregation(vectors(ids), neighbors=4, dropouts={"n2": "graph_seed"}, seed=1)
+    assert info.value.party == SERVER and info.value.stage == "graph_seed"
 
 
 # =========================================================================================================

@@ -20,8 +20,10 @@ from geofed_secure.secagg.masking import MaskingServer
 from geofed_secure.secagg.messages import (
     ConsistencyRequest,
     ConsistencySignature,
+    GraphSeeds,
     KeyAdvertisement,
     KeyRoster,
+    MaskedInput,
     Message,
     RoundStart,
     ShareDelivery,
@@ -48,6 +50,7 @@ class Adversary:
     description = "follows the protocol"
     refused_at = ""  # the stage at which honest nodes refuse
     rounds = 1  # rounds the simulation must run for the behaviour to apply
+    sparse_only = False  # the behaviour needs a SecAgg+ graph (graph-seed stage)
 
     def tamper(self, outgoing: Mapping[str, Message], ctx: AttackContext) -> dict[str, Message]:
         return dict(outgoing)
@@ -250,6 +253,137 @@ class ReplayRound(Adversary):
         return {v: old.get(v, m) for v, m in outgoing.items()}
 
 
+class _CollectSignatures(Adversary):
+    """Keeps every consistency signature and then asks each signer to unmask with all of them."""
+
+    def intercept(self, reply, ctx):
+        if isinstance(reply, ConsistencySignature):
+            ctx.intercepted[reply.node_id] = reply
+            return True
+        return False
+
+    def override(self, ctx):
+        if not ctx.intercepted:
+            return None
+        fed = ctx.server.provisioning.federation_id
+        alive, dropped = ctx.server._view
+        signatures = {v: m.signature for v, m in ctx.intercepted.items() if isinstance(m, ConsistencySignature)}
+        request = UnmaskRequest(federation_id=fed, round=ctx.round, alive=alive, dropped=dropped, signatures=signatures)
+        ctx.intercepted.clear()
+        return {v: request for v in signatures}
+
+
+class WithheldShares(_CollectSignatures):
+    name = "withheld_shares"
+    description = ("delivers to one node the shares of only t - 1 of its neighbours (it then masks with those alone), "
+                   "discards those peers' masked inputs so they count as dropped, shows every node that one consistent "
+                   "view and asks the signers to unmask: the victim's self-mask seed (alive) and its peers' mask keys "
+                   "(dropped) would give its input (issue 12.1; Bonawitz et al. 2017 require survivors within the "
+                   "masked-with set)")
+    refused_at = "consistency_check"
+
+    def __init__(self) -> None:
+        self.victim: str | None = None
+        self.peers: set[str] = set()
+
+    def tamper(self, outgoing, ctx):
+        out = dict(outgoing)
+        if self.victim is None and any(isinstance(m, ShareDelivery) for m in out.values()):
+            self.victim = min(out)
+            delivery = out[self.victim]
+            plan = ctx.server.plan
+            assert isinstance(delivery, ShareDelivery) and plan is not None
+            self.peers = set(sorted(delivery.sealed)[:plan.threshold - 1])
+            out[self.victim] = dataclasses.replace(delivery, sealed={k: v for k, v in delivery.sealed.items() if k in self.peers})
+        return out
+
+    def intercept(self, reply, ctx):
+        if isinstance(reply, MaskedInput) and reply.node_id in self.peers:
+            return True  # the server "lost" them: they count as dropped
+        return super().intercept(reply, ctx)
+
+
+class WithheldSharesFastPath(WithheldShares):
+    name = "withheld_shares_fast_path"
+    description = ("withholds shares from one node as withheld_shares, keeps every masked input and asks for the "
+                   "unchecked fast-path unmask, which lists alive nodes the victim never masked with")
+    refused_at = "unmask"
+
+    def tamper(self, outgoing, ctx):
+        out = super().tamper(outgoing, ctx)
+        view = _view_target(out)
+        if view is None or not view[1]:
+            return out
+        everyone = tuple(sorted({*view[0], *view[1]}))  # a real dropout happened: claim nobody did
+        request = UnmaskRequest(federation_id=ctx.server.provisioning.federation_id, round=ctx.round, alive=everyone,
+                                dropped=(), signatures={})
+        return {v: request for v in out}
+
+    def intercept(self, reply, ctx):
+        return False
+
+
+class SplitFastPathAndCheck(Adversary):
+    name = "split_fast_path_and_check"
+    description = ("half of the nodes get the unchecked fast-path unmask (self-mask seeds of all); the other half is "
+                   "shown a view in which the first half dropped (their mask keys), to be signed and unmasked among "
+                   "themselves")
+    refused_at = "consistency_check"
+
+    def __init__(self) -> None:
+        self.done = False
+
+    def tamper(self, outgoing, ctx):
+        view = _view_target(outgoing)
+        if self.done or view is None:
+            return dict(outgoing)
+        self.done = True
+        fed = ctx.server.provisioning.federation_id
+        everyone = tuple(sorted({*view[0], *view[1]}))
+        receivers = sorted(outgoing)
+        fast, rest = receivers[:(len(receivers) + 1) // 2], receivers[(len(receivers) + 1) // 2:]
+        unchecked = UnmaskRequest(federation_id=fed, round=ctx.round, alive=everyone, dropped=(), signatures={})
+        check = ConsistencyRequest(federation_id=fed, round=ctx.round, alive=tuple(rest),
+                                   dropped=tuple(v for v in everyone if v not in rest))
+        return {v: unchecked if v in fast else check for v in receivers}
+
+
+class _GraphSeedAdversary(Adversary):
+    sparse_only = True
+    refused_at = "share_keys"
+
+    def tamper(self, outgoing, ctx):
+        out = dict(outgoing)
+        for v, message in out.items():
+            if isinstance(message, GraphSeeds):
+                target = next(u for u in sorted(message.nonces) if u != v)
+                out[v] = dataclasses.replace(message, nonces=self.rewrite(dict(message.nonces), target, ctx))
+        return out
+
+    def rewrite(self, nonces: dict[str, bytes], target: str, ctx: AttackContext) -> dict[str, bytes]:
+        raise NotImplementedError
+
+
+class SteerGraphSeed(_GraphSeedAdversary):
+    name = "steer_graph_seed"
+    description = ("replaces one member's revealed graph-seed nonce with one of its choice, to steer which nodes become "
+                   "neighbours (e.g. a victim between two colluders)")
+
+    def rewrite(self, nonces, target, ctx):
+        nonces[target] = ctx.rng.token(32)
+        return nonces
+
+
+class OmitGraphReveal(_GraphSeedAdversary):
+    name = "omit_graph_reveal"
+    description = "leaves one member's nonce out of the graph seed (choosing a subset of reveals is a way to grind the graph)"
+
+    def rewrite(self, nonces, target, ctx):
+        del nonces[target]
+        return nonces
+
+
 CATALOGUE: dict[str, type[Adversary]] = {cls.name: cls for cls in (
     AliveAndDropped, SplitViews, InjectKey, ReplaceKey, ForgedShares, CohortBelowFloor, UnmaskWithoutCheck,
-    AnchorDigestChanged, ReplayRound)}
+    AnchorDigestChanged, ReplayRound, WithheldShares, WithheldSharesFastPath, SplitFastPathAndCheck, SteerGraphSeed,
+    OmitGraphReveal)}

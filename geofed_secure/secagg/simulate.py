@@ -210,6 +210,9 @@ def simulate_aggregation(inputs: Mapping[str, np.ndarray], *, protocol: str = "m
     if adversary is not None and adversary not in CATALOGUE:
         raise ConfigError("adversary", f"unknown adversary {adversary!r}; the catalogue has {', '.join(sorted(CATALOGUE))}")
     attacker = CATALOGUE[adversary]() if adversary else Adversary()
+    if attacker.sparse_only and (neighbors is None or neighbors >= len(vectors) - 1):
+        raise ConfigError("adversary", f"{adversary!r} attacks the SecAgg+ graph seed; give neighbors < {len(vectors) - 1} "
+                          "(with the complete graph there is no graph seed)")
     params = MaskingParameters(ring_bits=ring_bits, clip=clip, threshold=threshold, degree=neighbors,
                                rounds_per_epoch=max(1, attacker.rounds))
     federation = MaskingFederation.provision(tuple(vectors), params, seed=seed)

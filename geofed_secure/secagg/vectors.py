@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -34,33 +35,78 @@ def _inputs(n: int, length: int, seed: int) -> dict[str, np.ndarray]:
     return {f"node-{i}": np.round(rng.uniform(-1, 1, length), 6) for i in range(n)}
 
 
+def _replayed_draws(seed: int, federation_ids: tuple[str, ...], node_id: str, params: MaskingParameters, threshold: int,
+                    length: int) -> dict[str, Any]:
+    """A node's randomness, re-drawn here in the order SPEC 2.9 fixes (independently of the node's own code).
+
+    The generator checks that the node used exactly these values (its advertisement and masked input must match)."""
+    root = crypto.DeterministicRandomness(str(seed).encode(), "simulation")
+    for v in sorted(federation_ids):
+        root.child(f"identity/{v}")
+    rng = next(child for v, child in ((v, root.child(f"node/{v}")) for v in sorted(federation_ids)) if v == node_id)
+    k = params.rounds_per_epoch
+    out: dict[str, Any] = {"channel_private_key": rng.token(32).hex(), "mask_private_keys": [], "self_mask_seeds": []}
+    for _ in range(k):
+        out["mask_private_keys"].append(rng.token(32).hex())
+        out["self_mask_seeds"].append(rng.token(32).hex())
+    out["graph_nonce"] = rng.token(32).hex()
+    out["shamir_coefficient_bytes"] = [{"mask_key": [rng.token(crypto.SHARE_BYTES).hex() for _ in range(threshold - 1)],
+                                        "self_mask_seed": [rng.token(crypto.SHARE_BYTES).hex() for _ in range(threshold - 1)]}
+                                       for _ in range(k)]
+    out["rounding_draw_bytes"] = rng.token(8 * length).hex()
+    return out
+
+
 def _masking_case(name: str, *, n: int, length: int, params: MaskingParameters, seed: int,
-                  dropouts: dict[str, str] | None = None) -> dict[str, Any]:
-    inputs = _inputs(n, length, seed)
+                  dropouts: dict[str, str] | None = None, weights: dict[str, float] | None = None) -> dict[str, Any]:
+    raw = _inputs(n, length, seed)
+    inputs = raw if weights is None else {v: np.concatenate([weights[v] * x, [weights[v]]]) for v, x in raw.items()}
     fed = MaskingFederation.provision(tuple(inputs), params, seed=seed, federation_id="vectors")
     fed.run_round(1, inputs, dropouts=dropouts)
     outcome = fed.server.outcome
     assert outcome is not None
     plan = fed.server.plan
     assert plan is not None
-    intermediates: dict[str, Any] = {"members": list(plan.members), "threshold": plan.threshold,
-                                     "fractional_bits": plan.fixed_point.frac_bits,
-                                     "holders": {k: list(v) for k, v in plan.holders.items()}, "nodes": {}}
+    d = len(next(iter(inputs.values())))
+    fp = plan.fixed_point
+    intermediates: dict[str, Any] = {
+        "provisioned_nodes": len(fed.provisioning.identities), "epoch_members": list(plan.members),
+        "holders_per_owner": len(plan.holders[plan.members[0]]), "threshold": plan.threshold, "view_quorum": plan.quorum,
+        "fractional_bits": fp.frac_bits, "roster_digest": plan.roster_digest.hex(),
+        "graph_seed": plan.graph_seed.hex() if plan.graph_seed is not None else None,
+        "ring_order": (sorted(plan.members, key=lambda v: hashlib.sha256(plan.graph_seed + v.encode()).digest())
+                       if plan.graph_seed is not None else None),
+        "holders": {k: list(v) for k, v in plan.holders.items()}, "nodes": {}}
     for v, node in fed.nodes.items():
         ep = node.epoch
-        if ep is None or ep.plan is None:
+        draws = _replayed_draws(seed, tuple(inputs), v, params, plan.threshold, d)
+        info: dict[str, Any] = {"identity_public_key": fed.provisioning.identities[v].hex(), "draws": draws}
+        if ep is None or ep.plan is None:  # dropped before its keys were planned: only its draws
+            intermediates["nodes"][v] = info
             continue
+        assert ep.mask_privates[0].hex() == draws["mask_private_keys"][0] and ep.graph_nonce.hex() == draws["graph_nonce"]
         seed0 = ep.seeds[0]
-        info: dict[str, Any] = {
-            "identity_public_key": fed.provisioning.identities[v].hex(),
-            "mask_private_key_round1": ep.mask_privates[0].hex(),
-            "self_mask_seed_round1": seed0.hex(),
+        uniforms = (np.frombuffer(bytes.fromhex(draws["rounding_draw_bytes"]), "<u8") >> np.uint64(11)).astype(np.float64) * 2.0**-53
+        encoded, clipped = fp.encode(inputs[v], uniforms)
+        info.update({
+            "channel_public_key": crypto.x25519_public(ep.channel_private).hex(),
+            "graph_commitment": crypto.commitment(ep.graph_nonce, "vectors", 1, v, purpose="graph-commit").hex(),
+            "self_mask_commitment_round1": crypto.commitment(seed0, "vectors", 1, v).hex(),
             "self_mask_key_round1": crypto.derive_key(seed0, "self-mask", "vectors", 1, v).hex(),
             "self_mask_prefix": [int(w) for w in self_mask(seed0, "vectors", 1, v, PREFIX_WORDS, params.ring_bits)],
+            "rounding_uniforms": [float(u) for u in uniforms],
+            "encoded_input": [int(w) for w in encoded], "clipped_coordinates": clipped,
             "shares_held_round1": {o: {"mask_key": s[0][0].hex(), "self_mask_seed": s[0][1].hex()}
                                    for o, s in sorted(ep.own_shares.items())},
-            "pairwise": {},
-        }
+            "share_channels": {}, "pairwise": {},
+        })
+        for holder in plan.neighbours(v):
+            secret = crypto.x25519_shared(ep.channel_private, ep.adverts[holder].channel_key)
+            info["share_channels"][holder] = {
+                "x25519_shared": secret.hex(),
+                "channel_key": crypto.derive_key(secret, "share-channel", "vectors", plan.epoch, v, holder).hex(),
+                "associated_data": f"geofed-secagg-v1|shares|vectors|{plan.epoch}|{v}|{holder}|{plan.roster_digest.hex()}",
+            }
         for peer in ep.peers:
             secret = crypto.x25519_shared(ep.mask_privates[0], ep.adverts[peer].mask_keys[0])
             low, high = sorted((v, peer))
@@ -73,10 +119,11 @@ def _masking_case(name: str, *, n: int, length: int, params: MaskingParameters, 
         intermediates["nodes"][v] = info
     contributors = outcome.contributors
     exact = sum(np.clip(inputs[v], -params.clip, params.clip) for v in contributors)
-    return {
+    case = {
         "name": name,
         "seed": seed,
         "federation_id": "vectors",
+        "anchor_digest": fed.provisioning.anchor_digest,
         "parameters": dataclasses.asdict(params),
         "inputs": {k: v.tolist() for k, v in inputs.items()},
         "dropouts": dropouts or {},
@@ -87,6 +134,11 @@ def _masking_case(name: str, *, n: int, length: int, params: MaskingParameters, 
                    "max_abs_error": outcome.max_abs_error,
                    "exact_sum_of_clipped_inputs": [float(x) for x in exact]},
     }
+    if weights is not None:
+        case["weights"] = weights
+        case["unweighted_inputs"] = {k: v.tolist() for k, v in raw.items()}
+        case["result"]["total_weight"] = float(outcome.aggregate[-1])
+    return case
 
 
 def _invalid_cases(valid: dict[str, Any]) -> list[dict[str, Any]]:
@@ -139,9 +191,18 @@ def build_masking_vectors() -> dict[str, Any]:
                             dropouts={"node-2": "masked_input"})
     plus = _masking_case("SecAgg+ degree 2, 6 nodes, 64-bit ring", n=6, length=5,
                          params=MaskingParameters(ring_bits=64, clip=2.0, degree=2, rounds_per_epoch=1), seed=3)
+    weighted = _masking_case("weighted, complete graph, 4 nodes, 2 round keys per epoch", n=4, length=4,
+                             params=MaskingParameters(ring_bits=64, clip=4.0, rounds_per_epoch=2), seed=4,
+                             weights={"node-0": 0.5, "node-1": 1.25, "node-2": 2.0, "node-3": 3.5})
+    provisioned = _masking_case("6 provisioned, node-5 never advertises: 5 epoch members, threshold 4 from the 6", n=6,
+                                length=4, params=MaskingParameters(ring_bits=64, clip=2.0, rounds_per_epoch=1), seed=5,
+                                dropouts={"node-5": "advertise_keys"})
+    plus_dropout = _masking_case("SecAgg+ degree 4, 8 nodes, node-3 drops before its masked input", n=8, length=4,
+                                 params=MaskingParameters(ring_bits=64, clip=2.0, degree=4, rounds_per_epoch=1), seed=6,
+                                 dropouts={"node-3": "masked_input"})
     return {"protocol": "geofed-secagg-v1", "wire_version": 1,
             "note": "generated by `python -m geofed_secure.secagg.vectors`; do not edit by hand",
-            "valid": [complete, dropout, plus], "invalid": _invalid_cases(complete)}
+            "valid": [complete, dropout, plus, weighted, provisioned, plus_dropout], "invalid": _invalid_cases(complete)}
 
 
 def _dump(obj: Any) -> str:
