@@ -48,7 +48,7 @@ class Adversary:
 
     name = "honest"
     description = "follows the protocol"
-    refused_at = ""  # the stage at which honest nodes refuse
+    refused_at = ""  # the stage at which honest nodes refuse ("a|b": either, depending on the graph)
     rounds = 1  # rounds the simulation must run for the behaviour to apply
     sparse_only = False  # the behaviour needs a SecAgg+ graph (graph-seed stage)
 
@@ -312,9 +312,9 @@ class WithheldSharesFastPath(WithheldShares):
     def tamper(self, outgoing, ctx):
         out = super().tamper(outgoing, ctx)
         view = _view_target(out)
-        if view is None or not view[1]:
+        if view is None or isinstance(next(iter(out.values())), UnmaskRequest):
             return out
-        everyone = tuple(sorted({*view[0], *view[1]}))  # a real dropout happened: claim nobody did
+        everyone = tuple(sorted({*view[0], *view[1]}))  # a check was due (dropout, or SecAgg+): skip it
         request = UnmaskRequest(federation_id=ctx.server.provisioning.federation_id, round=ctx.round, alive=everyone,
                                 dropped=(), signatures={})
         return {v: request for v in out}
@@ -328,7 +328,7 @@ class SplitFastPathAndCheck(Adversary):
     description = ("half of the nodes get the unchecked fast-path unmask (self-mask seeds of all); the other half is "
                    "shown a view in which the first half dropped (their mask keys), to be signed and unmasked among "
                    "themselves")
-    refused_at = "consistency_check"
+    refused_at = "consistency_check|unmask"  # SecAgg+ epochs have no unchecked unmask: refused there first
 
     def __init__(self) -> None:
         self.done = False

@@ -130,12 +130,14 @@ def holders_per_owner(members: int, degree: int | None) -> int:
 
 
 def default_threshold(n_provisioned: int, degree: int | None, colluders: int = 0) -> int:
-    """max(3 + z, floor(m/2) + 1) for m share holders per owner in a federation of ``n_provisioned`` nodes.
+    """max(3 + z, floor((m + z)/2) + 1) for m share holders per owner in a federation of ``n_provisioned`` nodes.
 
     >>> default_threshold(10, None), default_threshold(100, 6), default_threshold(3, None), default_threshold(100, 6, 2)
     (6, 4, 3, 5)
+    >>> default_threshold(9, None, 1)
+    6
     """
-    return max(MIN_COHORT + colluders, holders_per_owner(n_provisioned, degree) // 2 + 1)
+    return max(MIN_COHORT + colluders, (holders_per_owner(n_provisioned, degree) + colluders) // 2 + 1)
 
 
 def view_quorum(members: int, colluders: int) -> int:
@@ -258,8 +260,9 @@ def plan_epoch(provisioning: Provisioning, roster: KeyRoster, *, party: str,
     if threshold > m:
         raise ProtocolAborted(f"epoch {epoch} has {len(members)} member(s) and {m} share holders per node; the threshold "
                               f"is {threshold} holders", party=party, stage="share_keys")
-    if 2 * threshold <= m:
-        raise ProtocolAborted(f"threshold {threshold} of {m} share holders is not a majority", party=party, stage="share_keys")
+    if 2 * threshold <= m + params.colluders:
+        raise ProtocolAborted(f"threshold {threshold} of {m} share holders is not above (holders + colluders) / 2 = "
+                              f"{(m + params.colluders) / 2:g}", party=party, stage="share_keys")
     # The server verified each advertisement on arrival (MaskingServer.receive); a node its holders but itself
     # (it compares its own advertisement byte for byte).
     to_verify = () if party == SERVER else tuple(v for v in holders.get(party, members) if v != party)
@@ -315,10 +318,12 @@ NODE_TRANSITIONS: dict[str, dict[str, str]] = {
 }
 
 
-def node_event(message: Message, degree: int | None = None) -> str:
+def node_event(message: Message, degree: int | None = None, *, sparse_epoch: bool = False) -> str:
     """The event a server message represents for a node (the keys of :data:`NODE_TRANSITIONS`).
 
     ``degree`` is the provisioned SecAgg+ degree: it decides whether a roster needs a graph-seed reveal.
+    ``sparse_epoch``: the node's current epoch uses a SecAgg+ graph, where an unchecked unmask is no legal event
+    (share holders differ between owners, so only a view every survivor signed may be unmasked, SPEC 5.5).
     """
     if isinstance(message, RoundStart):
         return "RoundStart(new epoch)" if message.epoch == message.round else "RoundStart(same epoch)"
@@ -326,7 +331,9 @@ def node_event(message: Message, degree: int | None = None) -> str:
         sparse = is_sparse(degree, len(message.advertisements))
         return "KeyRoster(SecAgg+ graph)" if sparse else "KeyRoster(complete graph)"
     if isinstance(message, UnmaskRequest):
-        return "UnmaskRequest(nobody dropped)" if not message.dropped and not message.signatures else "UnmaskRequest(after check)"
+        if message.dropped or message.signatures:
+            return "UnmaskRequest(after check)"
+        return "UnmaskRequest(unchecked, SecAgg+ epoch)" if sparse_epoch else "UnmaskRequest(nobody dropped)"
     return type(message).__name__
 
 
@@ -384,7 +391,8 @@ class MaskingNode:
     def _advance(self, message: Message, stage: str) -> str:
         if self.state == "aborted":
             raise LocalProtocolError(f"{self.node_id}: the session is aborted; start a new MaskingNode")
-        event = node_event(message, self.params.degree)
+        sparse = self.epoch is not None and self.epoch.plan is not None and self.epoch.plan.graph_seed is not None
+        event = node_event(message, self.params.degree, sparse_epoch=sparse)
         target = NODE_TRANSITIONS[self.state].get(event)
         if target is None:
             raise self._abort(f"{event} is not legal in state {self.state!r}", stage)
@@ -671,7 +679,7 @@ SERVER_TRANSITIONS: dict[str, dict[str, str]] = {
     "collect_reveals": {"GraphSeedReveal": "collect_reveals", "close_stage": "collect_shares"},
     "collect_shares": {"ShareBundle": "collect_shares", "close_stage": "collect_inputs"},
     "collect_inputs": {"MaskedInput": "collect_inputs", "close_stage(nobody dropped)": "collect_unmask",
-                       "close_stage(dropouts)": "collect_signatures"},
+                       "close_stage(dropouts or SecAgg+)": "collect_signatures"},
     "collect_signatures": {"ConsistencySignature": "collect_signatures", "close_stage": "collect_unmask"},
     "collect_unmask": {"UnmaskResponse": "collect_unmask", "close_stage": "idle"},
     "aborted": {"start_round(new epoch)": "collect_advertisements"},
@@ -876,11 +884,12 @@ class MaskingServer:
         self._view = (alive, dropped)
         self._expected = alive
         fed = self.provisioning.federation_id
-        if not dropped:
+        assert self.plan is not None
+        if not dropped and self.plan.graph_seed is None:  # SecAgg+ epochs always check (SPEC 5.5)
             self._move("close_stage(nobody dropped)")
             request = UnmaskRequest(federation_id=fed, round=self.round, alive=alive, dropped=(), signatures={})
             return {v: request for v in alive}
-        self._move("close_stage(dropouts)")
+        self._move("close_stage(dropouts or SecAgg+)")
         check = ConsistencyRequest(federation_id=fed, round=self.round, alive=alive, dropped=dropped)
         return {v: check for v in alive}
 
