@@ -70,6 +70,7 @@ class SecureSection:
     threshold: int = 0  # masking: shares needed per owner; 0 -> majority of its share holders
     neighbors: int = 0  # masking: SecAgg+ neighbourhood degree; 0 -> complete graph
     rounds_per_epoch: int = 8  # masking: rounds served by one key set-up
+    colluders: int = 0  # masking: nodes that may collude with a malicious server (threshold >= 3 + colluders)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -298,6 +299,10 @@ def nodes_from_spec(spec: str) -> tuple[NodeSpec, ...]:
         if modality not in MODALITIES:
             raise ConfigError("--nodes", f"unknown modality {modality!r} in {spec!r}; known: {MODALITIES}")
         try:
+    if sec.protocol == "masking":  # the colluder bound and the threshold/degree it needs (secagg-v1 SPEC section 6)
+        from geofed_secure.secagg.masking import MaskingParameters
+        MaskingParameters(ring_bits=sec.ring_bits, clip=sec.clip, threshold=sec.threshold or None,
+                          degree=sec.neighbors or None, rounds_per_epoch=sec.rounds_per_epoch, colluders=sec.colluders)
             n = int(count) if count else 1
         except ValueError:
             raise ConfigError("--nodes", f"count in {part!r} must be an integer") from None

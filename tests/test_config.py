@@ -31,6 +31,8 @@ def test_shipped_example_is_the_default():
     ({"nodes": [{"id": "bad id", "modality": "text"}]}, "nodes[0].id"),
     ({"nodes": [{"id": "a", "modality": "text", "paired_modality": "text"}]}, "nodes[0].paired_modality"),
     ({"surprise": {}}, "surprise"),
+    ({"secure": {"neighbors": 2, "colluders": 2}}, "secure.colluders"),
+    ({"secure": {"threshold": 3, "colluders": 1}}, "secure.threshold"),
 ])
 def test_bad_config_names_the_field(data, field):
     with pytest.raises(ConfigError) as info:

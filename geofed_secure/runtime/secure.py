@@ -159,7 +159,8 @@ class MaskingAggregator:
     def __init__(self, config: RunConfig, anchor_digest: str, *, seed: int | None = None) -> None:
         sec = config.secure
         params = MaskingParameters(ring_bits=sec.ring_bits, clip=sec.clip, threshold=sec.threshold or None,
-                                   degree=sec.neighbors or None, rounds_per_epoch=sec.rounds_per_epoch)
+                                   degree=sec.neighbors or None, rounds_per_epoch=sec.rounds_per_epoch,
+                                   colluders=sec.colluders)
         self.federation = MaskingFederation.provision(tuple(n.id for n in config.nodes), params, seed=seed,
                                                       federation_id=config.federation.id, anchor_digest=anchor_digest)
 
