@@ -1426,67 +1426,11 @@ def test_federation_recovers_after_a_round_the_server_aborted():
 # -- SecAgg+: an unchecked fast path for some nodes and a check view for the others ---------------------------
 
 
-class SparseFastPathSplit(Adversary):
-    """On a ring lattice of degree 4 (9 nodes, t = 3): victim v masks only with v-2 and v+2 (shares withheld), v-2
-    and v+2 are kept from masking with v-1 and v+1; v-2, v, v+2 get the unchecked fast path (which reveals v's
-    self-mask seed), the six others a check view, signed by all six, in which v-2, v and v+2 dropped (which reveals
-    the mask keys of v-2 and v+2). Different owners' holder sets differ in a sparse graph, so a majority threshold per
-    owner does not keep the two groups from each holding t shares."""
-
-    name = "sparse_fast_path_split"
-
-    def __init__(self):
-        self.order = None
-        self.done = False
-
-    def at(self, k):
-        return self.order[(self.order.index(self.victim) + k) % len(self.order)]
-
-    def tamper(self, outgoing, ctx):
-        out = dict(outgoing)
-        first = next(iter(out.values()), None)
-        if isinstance(first, ShareDelivery) and self.order is None:
-            plan = self.plan = ctx.server.plan
-            self.order = sorted(plan.members, key=lambda v: hashlib.sha256(plan.graph_seed + v.encode()).digest())
-            self.victim = self.order[0]
-            keep = {self.at(0): {self.at(-2), self.at(2)}, self.at(-2): set(plan.neighbours(self.at(-2))) - {self.at(-1)},
-                    self.at(2): set(plan.neighbours(self.at(2))) - {self.at(1)}}
-            for v, senders in keep.items():
-                out[v] = dataclasses.replace(out[v], sealed={k: b for k, b in out[v].sealed.items() if k in senders})
-        view = next((m for m in out.values() if isinstance(m, ConsistencyRequest | UnmaskRequest)), None)
-        if view is not None and not self.done:
-            self.done = True
-            fed = ctx.server.provisioning.federation_id
-            fast = {self.at(-2), self.at(0), self.at(2)}
-            everyone = tuple(sorted({*view.alive, *view.dropped}))
-            unchecked = UnmaskRequest(federation_id=fed, round=ctx.round, signatures={}, dropped=(),
-                                      alive=tuple(v for v in everyone if v not in (self.at(-1), self.at(1))))
-            rest = tuple(v for v in everyone if v not in fast)
-            self.check = ConsistencyRequest(federation_id=fed, round=ctx.round, alive=rest, dropped=tuple(sorted(fast)))
-            out = {v: unchecked if v in fast else self.check for v in everyone}
-        return out
-
-    def intercept(self, reply, ctx):
-        if isinstance(reply, ConsistencySignature):
-            ctx.intercepted[reply.node_id] = reply
-            return True
-        return False
-
-    def override(self, ctx):
-        if not ctx.intercepted:
-            return None
-        signatures = {v: m.signature for v, m in ctx.intercepted.items()}
-        ctx.intercepted.clear()
-        request = UnmaskRequest(federation_id=self.check.federation_id, round=ctx.round, alive=self.check.alive,
-                                dropped=self.check.dropped, signatures=signatures)
-        return {v: request for v in signatures}
-
-
 def test_secagg_plus_fast_path_and_check_view_split_reveals_no_input():
     ids = tuple(f"n{i}" for i in range(9))
     inputs = vectors(ids, seed=2)
     fed = provision(ids, rounds_per_epoch=1, degree=4)
-    adversary = SparseFastPathSplit()
+    adversary = CATALOGUE["sparse_fast_path_split"]()
     try:
         fed.run_round(1, inputs, adversary=adversary)
     except ProtocolAborted:

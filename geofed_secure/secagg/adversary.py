@@ -383,7 +383,65 @@ class OmitGraphReveal(_GraphSeedAdversary):
         return nonces
 
 
+class SparseFastPathSplit(Adversary):
+    name = "sparse_fast_path_split"
+    description = ("on a SecAgg+ ring of degree 4: victim v masks only with v-2 and v+2 (shares withheld), v-2 and v+2 "
+                   "are kept from masking with v-1 and v+1; v-2, v, v+2 get the unchecked fast path (v's self-mask seed), "
+                   "the others a check view, signed by all of them, in which v-2, v and v+2 dropped (the mask keys of "
+                   "v-2 and v+2). Holder sets differ between owners in a sparse graph, so a per-owner majority does not "
+                   "keep the two groups apart; with 9 nodes this recovered v's input before SecAgg+ epochs lost the "
+                   "unchecked fast path")
+    refused_at = "consistency_check|unmask"
+    sparse_only = True
+
+    def __init__(self):
+        self.order = None
+        self.done = False
+
+    def at(self, k):
+        return self.order[(self.order.index(self.victim) + k) % len(self.order)]
+
+    def tamper(self, outgoing, ctx):
+        out = dict(outgoing)
+        first = next(iter(out.values()), None)
+        if isinstance(first, ShareDelivery) and self.order is None:
+            plan = self.plan = ctx.server.plan
+            self.order = sorted(plan.members, key=lambda v: hashlib.sha256(plan.graph_seed + v.encode()).digest())
+            self.victim = self.order[0]
+            keep = {self.at(0): {self.at(-2), self.at(2)}, self.at(-2): set(plan.neighbours(self.at(-2))) - {self.at(-1)},
+                    self.at(2): set(plan.neighbours(self.at(2))) - {self.at(1)}}
+            for v, senders in keep.items():
+                out[v] = dataclasses.replace(out[v], sealed={k: b for k, b in out[v].sealed.items() if k in senders})
+        view = next((m for m in out.values() if isinstance(m, ConsistencyRequest | UnmaskRequest)), None)
+        if view is not None and not self.done:
+            self.done = True
+            fed = ctx.server.provisioning.federation_id
+            fast = {self.at(-2), self.at(0), self.at(2)}
+            everyone = tuple(sorted({*view.alive, *view.dropped}))
+            unchecked = UnmaskRequest(federation_id=fed, round=ctx.round, signatures={}, dropped=(),
+                                      alive=tuple(v for v in everyone if v not in (self.at(-1), self.at(1))))
+            rest = tuple(v for v in everyone if v not in fast)
+            self.check = ConsistencyRequest(federation_id=fed, round=ctx.round, alive=rest, dropped=tuple(sorted(fast)))
+            out = {v: unchecked if v in fast else self.check for v in everyone}
+        return out
+
+    def intercept(self, reply, ctx):
+        if isinstance(reply, ConsistencySignature):
+            ctx.intercepted[reply.node_id] = reply
+            return True
+        return False
+
+    def override(self, ctx):
+        if not ctx.intercepted:
+            return None
+        signatures = {v: m.signature for v, m in ctx.intercepted.items()}
+        ctx.intercepted.clear()
+        request = UnmaskRequest(federation_id=self.check.federation_id, round=ctx.round, alive=self.check.alive,
+                                dropped=self.check.dropped, signatures=signatures)
+        return {v: request for v in signatures}
+
+
 CATALOGUE: dict[str, type[Adversary]] = {cls.name: cls for cls in (
     AliveAndDropped, SplitViews, InjectKey, ReplaceKey, ForgedShares, CohortBelowFloor, UnmaskWithoutCheck,
     AnchorDigestChanged, ReplayRound, WithheldShares, WithheldSharesFastPath, SplitFastPathAndCheck, SteerGraphSeed,
-    OmitGraphReveal)}
+    OmitGraphReveal, SparseFastPathSplit)}
