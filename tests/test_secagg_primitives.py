@@ -342,3 +342,12 @@ def test_encode_refuses_non_finite_or_non_vector_input(values):
 def test_for_cohort_refuses_bad_parameters(n, clip, ring_bits):
     with pytest.raises(ConfigError):
         FixedPoint.for_cohort(n, clip, ring_bits)
+
+
+@pytest.mark.parametrize("module", ["masking", "primitives", "fixedpoint"])
+def test_secagg_doctests(module):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(f"geofed_secure.secagg.{module}"))
+    assert result.failed == 0 and result.attempted > 0
