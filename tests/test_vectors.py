@@ -60,22 +60,32 @@ def test_server_replays_the_transcript_and_gets_the_published_sum(index):
     case = _load()["valid"][index]
     fed, inputs = _fresh(case)
     server = fed.server
-    outgoing = server.start_round(1, len(next(iter(inputs.values()))), cohort=tuple(inputs))
+    length = len(next(iter(inputs.values())))
+    results = {r["round"]: r for r in [case["result"], *case["later_results"]]}
+    round_, outcomes = 1, {}
+    outgoing = server.start_round(1, length, cohort=tuple(inputs))
     stage = server.stage
     for record in case["transcript"]:  # a change of the server's stage marks where the driver closed a stage
+        if record["round"] != round_:  # the driver finished the round, then opened the next one
+            assert server.close_stage() == {}
+            outcomes[round_] = server.outcome
+            round_ = record["round"]
+            outgoing, stage = server.start_round(round_, length, cohort=tuple(inputs)), server.stage
         if record["sender"] == "server":
             if record["stage"] != stage:
                 outgoing, stage = server.close_stage(), record["stage"]
             assert outgoing[record["receiver"]].encode().hex() == record["hex"]
         else:
             server.receive(decode(bytes.fromhex(record["hex"])))
-    outgoing = server.close_stage()
-    assert outgoing == {}
-    assert server.outcome is not None
-    assert list(server.outcome.contributors) == case["result"]["contributors"]
-    np.testing.assert_array_equal(server.outcome.aggregate, np.array(case["result"]["aggregate"]))
-    exact = np.array(case["result"]["exact_sum_of_clipped_inputs"])
-    assert np.abs(server.outcome.aggregate - exact).max() <= case["result"]["max_abs_error"]
+    assert server.close_stage() == {}
+    outcomes[round_] = server.outcome
+    assert set(outcomes) == set(results)
+    for r, outcome in outcomes.items():
+        assert outcome is not None and outcome.round == r
+        assert list(outcome.contributors) == results[r]["contributors"]
+        np.testing.assert_array_equal(outcome.aggregate, np.array(results[r]["aggregate"]))
+        exact = np.array(results[r]["exact_sum_of_clipped_inputs"])
+        assert np.abs(outcome.aggregate - exact).max() <= results[r]["max_abs_error"]
 
 
 @pytest.mark.parametrize("invalid", _load()["invalid"], ids=lambda c: c["name"])

@@ -30,9 +30,14 @@ PROTOCOLS_DIR = Path(__file__).resolve().parents[2] / "protocols"
 PREFIX_WORDS = 4
 
 
-def _inputs(n: int, length: int, seed: int) -> dict[str, np.ndarray]:
+def _inputs(n: int, length: int, seed: int, *, scale: float = 1.0, outlier: float | None = None) -> dict[str, np.ndarray]:
+    """Inputs in [-scale, scale] (6 decimals of scale); ``outlier`` replaces each node's first coordinate (to be clipped)."""
     rng = np.random.default_rng(seed)
-    return {f"node-{i}": np.round(rng.uniform(-1, 1, length), 6) for i in range(n)}
+    out = {f"node-{i}": np.round(rng.uniform(-1, 1, length), 6) * scale for i in range(n)}
+    if outlier is not None:
+        for i, x in enumerate(out.values()):
+            x[0] = outlier if i % 2 == 0 else -outlier
+    return out
 
 
 def _replayed_draws(seed: int, federation_ids: tuple[str, ...], node_id: str, params: MaskingParameters, threshold: int,
@@ -57,14 +62,25 @@ def _replayed_draws(seed: int, federation_ids: tuple[str, ...], node_id: str, pa
     return out
 
 
+def _result(outcome: Any, inputs: dict[str, np.ndarray], clip: float, weighted: bool) -> dict[str, Any]:
+    exact = sum(np.clip(inputs[v], -clip, clip) for v in outcome.contributors)
+    out = {"round": outcome.round, "contributors": list(outcome.contributors), "aggregate": outcome.aggregate.tolist(),
+           "max_abs_error": outcome.max_abs_error, "exact_sum_of_clipped_inputs": [float(x) for x in exact]}
+    if weighted:
+        out["total_weight"] = float(outcome.aggregate[-1])
+    return out
+
+
 def _masking_case(name: str, *, n: int, length: int, params: MaskingParameters, seed: int,
-                  dropouts: dict[str, str] | None = None, weights: dict[str, float] | None = None) -> dict[str, Any]:
-    raw = _inputs(n, length, seed)
+                  dropouts: dict[str, str] | None = None, weights: dict[str, float] | None = None,
+                  scale: float = 1.0, outlier: float | None = None, rounds: int = 1) -> dict[str, Any]:
+    raw = _inputs(n, length, seed, scale=scale, outlier=outlier)
     inputs = raw if weights is None else {v: np.concatenate([weights[v] * x, [weights[v]]]) for v, x in raw.items()}
     fed = MaskingFederation.provision(tuple(inputs), params, seed=seed, federation_id="vectors")
-    fed.run_round(1, inputs, dropouts=dropouts)
-    outcome = fed.server.outcome
-    assert outcome is not None
+    results = []
+    for round_ in range(1, rounds + 1):  # later rounds: the steady state of the same epoch, same inputs
+        assert fed.run_round(round_, inputs, dropouts=dropouts if round_ == 1 else None) == {}
+        results.append(_result(fed.server.outcome, inputs, params.clip, weights is not None))
     plan = fed.server.plan
     assert plan is not None
     d = len(next(iter(inputs.values())))
@@ -117,8 +133,6 @@ def _masking_case(name: str, *, n: int, length: int, params: MaskingParameters, 
                 "sign": "+" if v < peer else "-",
             }
         intermediates["nodes"][v] = info
-    contributors = outcome.contributors
-    exact = sum(np.clip(inputs[v], -params.clip, params.clip) for v in contributors)
     case = {
         "name": name,
         "seed": seed,
@@ -128,16 +142,15 @@ def _masking_case(name: str, *, n: int, length: int, params: MaskingParameters, 
         "inputs": {k: v.tolist() for k, v in inputs.items()},
         "dropouts": dropouts or {},
         "intermediates": intermediates,
-        "transcript": [{"stage": r.stage, "sender": r.sender, "receiver": r.receiver, "kind": r.kind, "hex": r.data.hex()}
+        "transcript": [{"round": r.round, "stage": r.stage, "sender": r.sender, "receiver": r.receiver, "kind": r.kind,
+                        "hex": r.data.hex()}
                        for r in fed.transcript],
-        "result": {"contributors": list(contributors), "aggregate": outcome.aggregate.tolist(),
-                   "max_abs_error": outcome.max_abs_error,
-                   "exact_sum_of_clipped_inputs": [float(x) for x in exact]},
+        "result": results[0],
+        "later_results": results[1:],  # steady-state rounds of the same epoch, same inputs, nobody dropping
     }
     if weights is not None:
         case["weights"] = weights
         case["unweighted_inputs"] = {k: v.tolist() for k, v in raw.items()}
-        case["result"]["total_weight"] = float(outcome.aggregate[-1])
     return case
 
 
@@ -162,17 +175,17 @@ def _invalid_cases(valid: dict[str, Any]) -> list[dict[str, Any]]:
     assert isinstance(unmask, UnmaskRequest)
     both = dataclasses.replace(unmask, dropped=(unmask.alive[0],))
     return [
-        {"name": "replaced channel key in roster", "receiver_state": "advertised", "receiver": unmask_rec["receiver"],
+        {"name": "replaced channel key in roster", "rule": "5.3: a holder's advertisement must verify under its identity key", "receiver_state": "advertised", "receiver": unmask_rec["receiver"],
          "hex": bad_roster.encode().hex(), "error": "ProtocolAborted"},
-        {"name": "tampered sealed share", "receiver_state": "shared", "receiver": delivery_rec["receiver"],
+        {"name": "tampered sealed share", "rule": "5.4: every blob must open (2.6)", "receiver_state": "shared", "receiver": delivery_rec["receiver"],
          "hex": bad_delivery.encode().hex(), "error": "ProtocolAborted"},
-        {"name": "survivor listed alive and dropped", "receiver_state": "masked", "receiver": unmask_rec["receiver"],
+        {"name": "survivor listed alive and dropped", "rule": "5.5 rule 1", "receiver_state": "masked", "receiver": unmask_rec["receiver"],
          "hex": both.encode().hex(), "error": "ProtocolAborted"},
-        {"name": "truncated message", "receiver_state": "any", "receiver": unmask_rec["receiver"],
+        {"name": "truncated message", "rule": "4: the body length the header announces", "receiver_state": "any", "receiver": unmask_rec["receiver"],
          "hex": unmask_rec["hex"][:-2], "error": "MessageError"},
-        {"name": "non-canonical header (extra space)", "receiver_state": "any", "receiver": unmask_rec["receiver"],
+        {"name": "non-canonical header (extra space)", "rule": "4: one encoding per message", "receiver_state": "any", "receiver": unmask_rec["receiver"],
          "hex": _with_space(bytes.fromhex(unmask_rec["hex"])).hex(), "error": "MessageError"},
-        {"name": "unknown wire version", "receiver_state": "any", "receiver": unmask_rec["receiver"],
+        {"name": "unknown wire version", "rule": "4: version 0x01", "receiver_state": "any", "receiver": unmask_rec["receiver"],
          "hex": (b"GFSA\x02" + bytes.fromhex(unmask_rec["hex"])[5:]).hex(), "error": "MessageError"},
     ]
 
@@ -191,9 +204,13 @@ def build_masking_vectors() -> dict[str, Any]:
                             dropouts={"node-2": "masked_input"})
     plus = _masking_case("SecAgg+ degree 2, 6 nodes, 64-bit ring", n=6, length=5,
                          params=MaskingParameters(ring_bits=64, clip=2.0, degree=2, rounds_per_epoch=1), seed=3)
-    weighted = _masking_case("weighted, complete graph, 4 nodes, 2 round keys per epoch", n=4, length=4,
-                             params=MaskingParameters(ring_bits=64, clip=4.0, rounds_per_epoch=2), seed=4,
-                             weights={"node-0": 0.5, "node-1": 1.25, "node-2": 2.0, "node-3": 3.5})
+    weighted = _masking_case("weighted, complete graph, 4 nodes, 2 rounds of one epoch (round 2: steady state)", n=4,
+                             length=4, params=MaskingParameters(ring_bits=64, clip=4.0, rounds_per_epoch=2), seed=4,
+                             weights={"node-0": 0.5, "node-1": 1.25, "node-2": 2.0, "node-3": 3.5}, rounds=2)
+    small = _masking_case("64-bit ring, f = 59: small inputs (float64 rounding of clip(x) 2^f + U matters) and clipped "
+                          "first coordinates", n=5, length=12, params=MaskingParameters(ring_bits=64, clip=2.0,
+                                                                                        rounds_per_epoch=1),
+                          seed=7, scale=0.02, outlier=3.0)
     provisioned = _masking_case("6 provisioned, node-5 never advertises: 5 epoch members, threshold 4 from the 6", n=6,
                                 length=4, params=MaskingParameters(ring_bits=64, clip=2.0, rounds_per_epoch=1), seed=5,
                                 dropouts={"node-5": "advertise_keys"})
@@ -202,7 +219,8 @@ def build_masking_vectors() -> dict[str, Any]:
                                  dropouts={"node-3": "masked_input"})
     return {"protocol": "geofed-secagg-v1", "wire_version": 1,
             "note": "generated by `python -m geofed_secure.secagg.vectors`; do not edit by hand",
-            "valid": [complete, dropout, plus, weighted, provisioned, plus_dropout], "invalid": _invalid_cases(complete)}
+            "valid": [complete, dropout, plus, weighted, provisioned, plus_dropout, small],
+            "invalid": [{"from_case": 0, **c} for c in _invalid_cases(complete)]}
 
 
 def _dump(obj: Any) -> str:
