@@ -52,10 +52,14 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dp-epsilon", type=float, dest="dp_epsilon", metavar="E",
                      help="per-node differential-privacy budget for the whole run (DP-SGD; 0 = off, the default)")
     run.add_argument("--dp-delta", type=float, dest="dp_delta", metavar="D", help="DP delta (default 1e-5)")
-    run.add_argument("--dp-accountant", choices=("prv", "rdp"), dest="dp_accountant", help="privacy accountant (default prv)")
+    run.add_argument("--dp-accountant", choices=("pld", "rdp"), dest="dp_accountant",
+                     help="replace-one privacy accountant: pld (dp_accounting PLD, default, tight) or rdp")
     run.add_argument("--dp-max-grad-norm", type=float, dest="dp_max_grad_norm", metavar="C", help="DP-SGD per-sample clip (default 1.0)")
     run.add_argument("--dp-secure-mode", action="store_true", dest="dp_secure_mode",
                      help="production DP: OS-entropy noise and sampling, floating-point-robust sampler (not reproducible)")
+    run.add_argument("--dp-shared-seed-noise", action="store_true", dest="dp_shared_seed_noise",
+                     help="experiments only: DP noise from the federation seed (reproducible across runs); the epsilon then "
+                          "does NOT hold against the server or other nodes")
     run.add_argument("--seed", type=int)
     run.add_argument("--cache-dir", help="feature cache folder (default $GEOFED_CACHE or ~/.cache/geofed-secure)")
     run.add_argument("--out", type=Path, help="output folder (default runs/<federation id>-<time>)")
@@ -112,6 +116,8 @@ def _apply_overrides(config: RunConfig, args: argparse.Namespace) -> RunConfig:
             privacy = dataclasses.replace(privacy, **{key: getattr(args, flag)})
     if args.dp_secure_mode:
         privacy = dataclasses.replace(privacy, secure_mode=True)
+    if args.dp_shared_seed_noise:
+        privacy = dataclasses.replace(privacy, shared_seed_noise=True)
     if args.rounds is not None:
         fed = dataclasses.replace(fed, rounds=args.rounds)
     if args.seed is not None:
@@ -136,7 +142,7 @@ def _resolve_config(args: argparse.Namespace) -> tuple[RunConfig, Path, bool]:
     if args.resume is not None:
         others = [name for name in ("config", "nodes", "lambda_geo", "magnitude", "mode", "seed", "out", "secure", "dp_epsilon",
                                     "dp_delta", "dp_accountant", "dp_max_grad_norm") if getattr(args, name) is not None]
-        others += [name for name in ("shuffle_anchors", "dp_secure_mode") if getattr(args, name)]
+        others += [name for name in ("shuffle_anchors", "dp_secure_mode", "dp_shared_seed_noise") if getattr(args, name)]
         if others:
             raise ConfigError("--resume", f"takes its configuration from the run folder; only --rounds/--cache-dir may be given (got --{others[0].replace('_', '-')})")
         saved = args.resume / "config.json"
@@ -179,8 +185,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"{k}={v:.3f}" for k, v in final.items() if v is not None))
     privacy = result.summary["privacy"]
     if privacy["enabled"]:
-        console.print("  privacy spent (epsilon of budget): " + ", ".join(
-            f"{k} {v['epsilon']:.2f}/{v['epsilon_budget']:g}" for k, v in privacy["nodes"].items()))
+        line = f"  privacy spent ({privacy['adjacency']} epsilon of budget): " + ", ".join(
+            f"{k} {v['epsilon']:.2f}/{v['epsilon_budget']:g}" for k, v in privacy["nodes"].items())
+        line += "; holds against: " + "; ".join(privacy["holds_against"])
+        if privacy["does_not_hold_against"]:
+            line += "; does NOT hold against: " + "; ".join(privacy["does_not_hold_against"])
+        console.print(line)
     console.print(f"  wrote {out / 'summary.json'}, {', '.join(p.name for p in plots)}, transcript/, checkpoints/, final/")
     return 0
 

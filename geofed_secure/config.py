@@ -79,11 +79,14 @@ class PrivacySection:
 
     epsilon: float = 0.0  # per-node budget for the whole run; 0 = no DP (epsilon infinite)
     delta: float = 1e-5
-    accountant: str = "prv"  # "prv" (Opacus PRV accountant) | "rdp"
+    accountant: str = "pld"  # replace-one adjacency: "pld" (dp_accounting privacy loss distributions, tight) | "rdp"
     max_grad_norm: float = 1.0  # per-sample clipping bound C of DP-SGD
     grad_sample_mode: str = "ghost"  # Opacus per-sample clipping: "ghost" (norms only, two backward passes) | "hooks"
     weight_budget_share: float = 0.1  # the precision-weight releases alone may cost this share of epsilon
-    secure_mode: bool = False  # true: OS-entropy noise and sampling, floating-point-robust sampler (not reproducible)
+    # Where DP noise and Poisson sampling come from (privacy/noise.py). Default: a secret drawn on each node and kept in
+    # its own checkpoint (resume is bit-identical; the server cannot regenerate the noise).
+    secure_mode: bool = False  # true: fresh OS entropy every step, floating-point-robust sampler (production; not reproducible)
+    shared_seed_noise: bool = False  # true: from the federation seed (experiments only: DP then does NOT hold against the server)
 
     @property
     def enabled(self) -> bool:
@@ -250,7 +253,7 @@ def validate(cfg: RunConfig) -> None:
     _validate_privacy(cfg)
 
 
-ACCOUNTANTS = ("prv", "rdp")
+ACCOUNTANTS = ("pld", "rdp")
 GRAD_SAMPLE_MODES = ("ghost", "hooks")
 
 
@@ -260,8 +263,15 @@ def _validate_privacy(cfg: RunConfig) -> None:
         raise ConfigError("privacy.epsilon", f"must be a finite number >= 0 (0 = no DP), got {dp.epsilon!r}")
     if not 0 < dp.delta < 1:
         raise ConfigError("privacy.delta", f"must be in (0, 1), typically below 1 / (records per node); got {dp.delta!r}")
+    if dp.accountant == "prv":
+        raise ConfigError("privacy.accountant", "'prv' (Opacus PRV accountant, add/remove adjacency only) was replaced by 'pld' "
+                          "(dp_accounting privacy loss distributions under replace-one adjacency, which is what geofed delivers: "
+                          "the dataset size n is public); use 'pld' or 'rdp'")
     if dp.accountant not in ACCOUNTANTS:
         raise ConfigError("privacy.accountant", f"must be one of {ACCOUNTANTS}, got {dp.accountant!r}")
+    if dp.secure_mode and dp.shared_seed_noise:
+        raise ConfigError("privacy.shared_seed_noise", "cannot be combined with secure_mode: secure_mode draws fresh OS entropy, "
+                          "shared_seed_noise derives the noise from the federation seed; choose one")
     _positive(dp.max_grad_norm, "privacy.max_grad_norm")
     if not 0 < dp.weight_budget_share < 1:
         raise ConfigError("privacy.weight_budget_share", f"must be in (0, 1), got {dp.weight_budget_share!r}")
@@ -289,6 +299,10 @@ def _validate_secure(cfg: RunConfig) -> None:
         raise ConfigError("secure.threshold", "threshold must be 0 (automatic) or >= 3, neighbors 0 (complete graph) or >= 2")
     if not 1 <= sec.rounds_per_epoch <= 1024:
         raise ConfigError("secure.rounds_per_epoch", f"must be in [1, 1024], got {sec.rounds_per_epoch}")
+    if sec.protocol == "masking":  # the colluder bound and the threshold/degree it needs (secagg-v1 SPEC section 6)
+        from geofed_secure.secagg.masking import MaskingParameters
+        MaskingParameters(ring_bits=sec.ring_bits, clip=sec.clip, threshold=sec.threshold or None,
+                          degree=sec.neighbors or None, rounds_per_epoch=sec.rounds_per_epoch, colluders=sec.colluders)
 
 
 def nodes_from_spec(spec: str) -> tuple[NodeSpec, ...]:
@@ -299,10 +313,6 @@ def nodes_from_spec(spec: str) -> tuple[NodeSpec, ...]:
         if modality not in MODALITIES:
             raise ConfigError("--nodes", f"unknown modality {modality!r} in {spec!r}; known: {MODALITIES}")
         try:
-    if sec.protocol == "masking":  # the colluder bound and the threshold/degree it needs (secagg-v1 SPEC section 6)
-        from geofed_secure.secagg.masking import MaskingParameters
-        MaskingParameters(ring_bits=sec.ring_bits, clip=sec.clip, threshold=sec.threshold or None,
-                          degree=sec.neighbors or None, rounds_per_epoch=sec.rounds_per_epoch, colluders=sec.colluders)
             n = int(count) if count else 1
         except ValueError:
             raise ConfigError("--nodes", f"count in {part!r} must be an integer") from None

@@ -313,6 +313,6 @@ def test_canary_audit_refutes_a_dp_implementation_that_lies(tiny_config, tiny_mo
 
     monkeypatch.setattr(dpsgd.DPSGDRound, "__init__", no_clipping)
     monkeypatch.setattr(ghost_optimizer, "_generate_noise", lambda std, reference, **kw: torch.zeros_like(reference))
-    audit = _canary_audit(tiny_config, tiny_modalities, tiny_backbone_dir, epsilon=0.5, accountant="prv")
+    audit = _canary_audit(tiny_config, tiny_modalities, tiny_backbone_dir, epsilon=0.5, accountant="pld")
     assert audit.accountant_epsilon <= 0.5 and audit.epsilon_lower_bound > 0.5
     assert audit.failed and audit.to_dict()["failed"] is True

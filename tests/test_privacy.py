@@ -12,7 +12,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from opacus import GradSampleModule
-from opacus.accountants.utils import get_noise_multiplier
 
 from conftest import with_sections
 from geofed_secure.alignment.lap import precision_weight
@@ -24,7 +23,10 @@ from geofed_secure.model.node_model import NodeModel
 from geofed_secure.node.node import Node
 from geofed_secure.privacy import (
     PrivacyLedger, PrivacyPlan, calibrate_noise_multiplier, canonical_history, epsilon_of, prepare_geodora_for_opacus, private_precision_weight,
+    replace_one_rdp,
 )
+from geofed_secure.privacy.accounting import RDP_ORDERS
+from geofed_secure.privacy.noise import DPRandomness, derived_node_secret
 from geofed_secure.privacy.dpsgd import DPSGDRound
 from geofed_secure.runtime.federation import build_federation
 from geofed_secure.runtime.simulator import Simulator
@@ -115,7 +117,8 @@ def test_prepared_model_computes_the_same_function():
 def _dp_round(model, optimizer, *, sigma, clip, mode, ledger=None, expected=5.0, seed=3):
     hook = ledger.optimizer_hook() if ledger else (lambda opt: None)
     return DPSGDRound(model, optimizer, noise_multiplier=sigma, max_grad_norm=clip, expected_batch_size=expected,
-                      step_hook=hook, secure_mode=False, seed=seed, purpose=("test",), grad_sample_mode=mode)
+                      step_hook=hook, randomness=DPRandomness("node-secret", secret=derived_node_secret(seed, "test")),
+                      purpose=("test",), grad_sample_mode=mode)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -178,7 +181,7 @@ def test_public_gradient_is_neither_clipped_nor_noised_and_one_accountant_step_p
     for name in public:
         assert torch.allclose(updates[1][name] - updates[0][name], public[name], atol=1e-5), name
     for ledger in ledgers:
-        assert ledger.steps == 1 and ledger.accountant.history == [(1.0, 0.1, 1)]
+        assert ledger.steps == 1 and ledger.history == [(1.0, 0.1, 1)]
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -198,14 +201,102 @@ def test_empty_poisson_batch_still_adds_noise_and_is_accounted(mode):
 
 
 # -- accounting -----------------------------------------------------------------------------------------------------
-def test_calibration_matches_opacus_for_one_mechanism_and_meets_the_budget():
-    for kind in ("rdp", "prv"):
-        sigma = calibrate_noise_multiplier(3.0, 1e-5, kind, ((0.04, 480),))
-        reference = get_noise_multiplier(target_epsilon=3.0, target_delta=1e-5, sample_rate=0.04, steps=480,
-                                         accountant=kind, epsilon_tolerance=0.01)
-        assert abs(sigma - reference) / reference < 0.02, (kind, sigma, reference)
-        eps = epsilon_of([(sigma, 0.04, 480)], 1e-5, kind)
-        assert 0.98 * 3.0 <= eps <= 3.0
+def _gaussian_mechanism_epsilon(sigma: float, sensitivity: float, delta: float) -> float:
+    """Exact epsilon of the (unsampled) Gaussian mechanism (Balle and Wang 2018, Theorem 8), solved for epsilon."""
+    from scipy.optimize import brentq
+    from scipy.stats import norm
+
+    def excess(eps):
+        a, b = sensitivity / (2 * sigma), eps * sigma / sensitivity
+        return norm.cdf(a - b) - np.exp(eps) * norm.cdf(-a - b) - delta
+
+    return brentq(excess, 0.0, 100.0)
+
+
+def _subsampled_replace_one_epsilon(sigma: float, q: float, delta: float) -> float:
+    """Exact epsilon of ONE Poisson-subsampled Gaussian step under replace-one, from the hockey-stick divergence of
+    the pair (1-q) N(0, s^2) + q N(-1, s^2) vs (1-q) N(0, s^2) + q N(1, s^2), integrated on a fine grid."""
+    from scipy.optimize import brentq
+    from scipy.stats import norm
+
+    x = np.linspace(-1 - 40 * sigma, 1 + 40 * sigma, 400_001)
+    p = (1 - q) * norm.pdf(x, 0, sigma) + q * norm.pdf(x, -1, sigma)
+    r = (1 - q) * norm.pdf(x, 0, sigma) + q * norm.pdf(x, 1, sigma)
+    return brentq(lambda eps: np.maximum(p - np.exp(eps) * r, 0).sum() * (x[1] - x[0]) - delta, 0.0, 50.0)
+
+
+def test_pld_accountant_is_dp_accounting_under_replace_one():
+    from dp_accounting import dp_event, pld
+    from dp_accounting.privacy_accountant import NeighboringRelation
+
+    history = [(1.1, 0.05, 32), (6.0, 0.3, 4)]
+    direct = pld.PLDAccountant(NeighboringRelation.REPLACE_ONE, value_discretization_interval=1e-4)
+    for sigma, q, steps in history:
+        direct.compose(dp_event.PoissonSampledDpEvent(q, dp_event.GaussianDpEvent(sigma)), steps)
+    ours = epsilon_of(history, 1e-5, "pld")
+    assert direct.get_epsilon(1e-5) <= ours <= direct.get_epsilon(1e-5) + 0.01  # coarser grid, still pessimistic
+    add_remove = pld.PLDAccountant(NeighboringRelation.ADD_OR_REMOVE_ONE, value_discretization_interval=1e-4)
+    for sigma, q, steps in history:
+        add_remove.compose(dp_event.PoissonSampledDpEvent(q, dp_event.GaussianDpEvent(sigma)), steps)
+    assert ours > 1.2 * add_remove.get_epsilon(1e-5)  # replace-one is the costlier relation (here 2.54 vs 1.89)
+
+
+@pytest.mark.parametrize("kind", ["pld", "rdp"])
+def test_replace_one_accountants_agree_with_exact_computations(kind):
+    # Without subsampling, replace-one is the Gaussian mechanism with sensitivity 2 (twice the clip radius).
+    for sigma in (1.0, 3.0):
+        exact = _gaussian_mechanism_epsilon(sigma, 2.0, 1e-5)
+        ours = epsilon_of([(sigma, 1.0, 1)], 1e-5, kind)
+        assert exact - 1e-6 <= ours <= exact * (1.002 if kind == "pld" else 1.35), (sigma, exact, ours)
+    # One subsampled step, against the hockey-stick divergence of the replace-one pair integrated numerically.
+    for sigma, q in ((1.0, 0.2), (2.0, 0.4)):
+        exact = _subsampled_replace_one_epsilon(sigma, q, 1e-5)
+        ours = epsilon_of([(sigma, q, 1)], 1e-5, kind)
+        assert exact - 1e-4 <= ours <= exact * (1.01 if kind == "pld" else 1.5) + 0.01, (sigma, q, exact, ours)
+
+
+def test_replace_one_rdp_matches_a_high_precision_integral_and_bounds_the_pld():
+    import mpmath
+
+    mpmath.mp.dps = 20
+    for sigma, q in ((1.0, 0.05), (5.0, 0.39)):
+        rdp = replace_one_rdp(sigma, q)
+        for index in (0, 8, 24):
+            a, s_, q_ = mpmath.mpf(RDP_ORDERS[index]), mpmath.mpf(sigma), mpmath.mpf(q)
+
+            def density(x, shift):
+                return ((1 - q_) * mpmath.npdf(x, 0, s_) + q_ * mpmath.npdf(x, shift, s_))
+
+            integral = mpmath.quad(lambda x: density(x, -1) ** a * density(x, 1) ** (1 - a),
+                                   [-mpmath.inf, -2 * a, -a, -1, 0, 1, mpmath.inf])
+            reference = float(mpmath.log(integral) / (a - 1))
+            assert reference <= rdp[index] <= reference * (1 + 1e-5) + 1e-12, (sigma, q, RDP_ORDERS[index])
+    for history in ([(1.0, 0.05, 48), (5.0, 0.3, 6)], [(0.72, 0.02, 48), (5.1, 0.16, 6)]):
+        pld_eps, rdp_eps = epsilon_of(history, 1e-5, "pld"), epsilon_of(history, 1e-5, "rdp")
+        assert pld_eps < rdp_eps < 1.3 * pld_eps  # both bound the same pair; RDP is the looser
+
+
+# The demo at batch 32 (n and sampling rates from the demo partition), calibrated for epsilon 3 by the add/remove
+# accounting that geofed used before (Opacus PRV; README: noise multipliers 0.72-0.94, sigma_w 11.63 on images-a).
+DEMO_EPS3_ADD_REMOVE = {"clinic-images-a": (653, 0.941, 11.63), "lab-notes-text": (1600, 0.718, 5.13)}
+
+
+@pytest.mark.filterwarnings("ignore:Optimal order is the largest alpha")  # inside Opacus's PRV domain estimate
+@pytest.mark.parametrize("node", sorted(DEMO_EPS3_ADD_REMOVE))
+def test_the_old_calibration_overspends_under_replace_one_and_the_new_one_does_not(node):
+    from opacus.accountants import PRVAccountant
+
+    n, old_sigma, old_weight_sigma = DEMO_EPS3_ADD_REMOVE[node]
+    plan = PrivacyPlan(epsilon=3.0, delta=1e-5, accountant="pld", max_grad_norm=1.0, sample_rate=32 / n, steps_per_round=8,
+                       lap_sample_rate=256 / n, rounds=6)
+    old = [(old_sigma, plan.sample_rate, 48), (old_weight_sigma, plan.lap_sample_rate, 6)]
+    opacus = PRVAccountant()
+    opacus.history = old
+    assert abs(opacus.get_epsilon(delta=1e-5) - 3.0) < 0.05  # what the add/remove accounting claimed
+    assert epsilon_of(old, 1e-5, "pld") > 3.2  # what it spent under replace-one (issue 12: 3.2-3.7)
+    sigma, weight_sigma = plan.calibrate()
+    spent = epsilon_of(plan.round_history(sigma, weight_sigma) * 6, 1e-5, "pld")
+    assert 0.97 * 3.0 <= spent <= 3.0 and sigma > old_sigma and weight_sigma > 0
 
 
 @pytest.mark.parametrize("share", [0.1, 0.5])
@@ -222,7 +313,7 @@ def test_calibration_splits_the_budget_and_covers_every_mechanism(share):
 
 def test_interleaving_does_not_change_epsilon_and_impossible_budgets_are_refused():
     interleaved = [(1.1, 0.05, 8), (1.1, 0.3, 1)] * 4
-    assert epsilon_of(interleaved, 1e-5, "prv") == epsilon_of([(1.1, 0.05, 32), (1.1, 0.3, 4)], 1e-5, "prv")
+    assert epsilon_of(interleaved, 1e-5, "pld") == epsilon_of([(1.1, 0.05, 32), (1.1, 0.3, 4)], 1e-5, "pld")
     with pytest.raises(ConfigError, match="cannot be met"):
         calibrate_noise_multiplier(1e-4, 1e-12, "rdp", ((1.0, 100000),))
 
@@ -235,18 +326,26 @@ def test_private_weight_without_noise_is_the_clipped_mean_and_noise_has_the_stat
     assert exact == pytest.approx(precision_weight(u, max_inverse=20.0), rel=1e-12)
     draws = [private_precision_weight(np.full(100, 0.1), expected_count=100, max_inverse=20.0, noise_multiplier=0.5,
                                       generator=torch.Generator().manual_seed(s), secure_mode=False) for s in range(2000)]
-    assert np.std(draws) == pytest.approx(0.5 * 19.0 / 100, rel=0.08)  # sigma (U - 1) / E|S|
+    assert np.std(draws) == pytest.approx(0.5 * 19.0 / 2 / 100, rel=0.08)  # sigma (U - 1) / 2 / E|S|
     assert min(draws) >= 1.0 and max(draws) <= 20.0
 
 
-def test_one_record_moves_the_weight_by_at_most_its_sensitivity():
+def test_a_record_contributes_within_the_radius_the_accountant_assumes():
+    # Replace-one accounting assumes each sampled record moves the noiseless sum by at most h = (U - 1) / 2 from
+    # where an unsampled record leaves it, so a substituted record moves it by at most 2 h = U - 1.
     rng = np.random.default_rng(1)
-    base = rng.uniform(0.0, 1.0, 50)
-    for extra in (0.0, 1.0, 0.5):  # the most and least influential records
-        kw = dict(expected_count=50, max_inverse=100.0, noise_multiplier=0.0, secure_mode=False)
-        a = private_precision_weight(base, generator=torch.Generator(), **kw)
-        b = private_precision_weight(np.append(base, extra), generator=torch.Generator(), **kw)
-        assert abs(b - a) <= 99.0 / 50 + 1e-9
+    base = rng.uniform(0.01, 1.0, 50)
+    kw = dict(expected_count=50, max_inverse=100.0, noise_multiplier=0.0, secure_mode=False)
+    h = 99.0 / 2
+
+    def released_sum(u):  # undo the post-processing (clipping inactive in this range)
+        return (private_precision_weight(u, generator=torch.Generator(), **kw) - 1 - h) * 50
+
+    without = released_sum(base[1:])
+    for extra in (0.0, 1.0, 0.5, 0.02):  # u = 0 and u = 1 are the most influential records
+        assert abs(released_sum(np.append(base[1:], extra)) - without) <= h + 1e-9
+    shift = abs(released_sum(np.append(base[1:], 0.0)) - released_sum(np.append(base[1:], 1.0)))
+    assert shift == pytest.approx(2 * h)  # substitution: the bound is attained
 
 
 # -- the node -------------------------------------------------------------------------------------------------------
@@ -271,8 +370,8 @@ def test_node_refuses_a_round_past_its_budget_and_stays_unchanged(tiny_config, t
     node.local_round(2, consensus=None)
     assert node.privacy.steps == 2 * config.training.local_steps and node.privacy.releases == 2
     ledger = node.privacy
-    assert canonical_history(ledger.accountant.history) == [(ledger.noise_multiplier, plan.sample_rate, 6),
-                                                            (ledger.weight_noise_multiplier, plan.lap_sample_rate, 2)]
+    assert canonical_history(ledger.history) == [(ledger.noise_multiplier, plan.sample_rate, 6),
+                                                 (ledger.weight_noise_multiplier, plan.lap_sample_rate, 2)]
     spent = node.privacy.spent()
     assert spent <= 4.0
     state = {k: v.clone() for k, v in node.state_dict().items()}
@@ -291,68 +390,138 @@ def test_dp_upload_weight_is_noised(tiny_config, tiny_modalities, tiny_backbone_
     assert w_plain != w_private and 1.0 <= w_private <= tiny_config.training.max_inverse_uncertainty
 
 
-def test_secure_mode_noise_is_not_reproducible_but_the_default_is(tiny_config, tiny_modalities, tiny_backbone_dir):
-    def upload(secure_mode):
-        node = make_node(dp_config(tiny_config, secure_mode=secure_mode), tiny_modalities, tiny_backbone_dir)
-        return node.local_round(1, consensus=None)
+def _upload(tiny_config, tiny_modalities, tiny_backbone_dir, *, secret=None, **privacy):
+    config = dp_config(tiny_config, **privacy)
+    fed = build_federation(config, tiny_modalities)
+    spec = config.nodes[0]
+    from geofed_secure.model.backbone import load_backbone
+    node = Node(spec, fed.nodes[spec.id], config, anchor_digest=fed.anchor_digest, dp_secret=secret,
+                backbone_factory=lambda: load_backbone(str(tiny_backbone_dir)))
+    payload = node.local_round(1, consensus=None)
+    return np.concatenate([payload[k].ravel() for k in sorted(payload) if k.startswith("weighted/")])
 
-    key = next(k for k in upload(False) if k.startswith("weighted/"))
-    assert np.array_equal(upload(False)[key], upload(False)[key])
-    assert not np.array_equal(upload(True)[key], upload(True)[key])
+
+def test_default_dp_noise_is_not_a_function_of_the_run_config(tiny_config, tiny_modalities, tiny_backbone_dir):
+    """The server holds the whole run configuration (federation seed included). In the default mode two nodes built
+    from that same configuration and data, differing only in their secret, release different noisy uploads; the
+    same secret gives the same upload (so the node can resume); and what the configuration alone determines (the
+    shared-seed stream a server could regenerate) is not what the default node released."""
+    args = (tiny_config, tiny_modalities, tiny_backbone_dir)
+    first, second = derived_node_secret(0, "a"), derived_node_secret(0, "b")
+    default_a, default_b = _upload(*args, secret=first), _upload(*args, secret=second)
+    assert not np.array_equal(default_a, default_b)
+    assert np.array_equal(default_a, _upload(*args, secret=first))
+    assert not np.array_equal(_upload(*args), _upload(*args))  # no secret given: os.urandom, never the same twice
+    server_regenerated = _upload(*args, shared_seed_noise=True)
+    assert np.array_equal(server_regenerated, _upload(*args, shared_seed_noise=True))  # the opt-in IS a function of it
+    assert not np.array_equal(default_a, server_regenerated) and not np.array_equal(default_b, server_regenerated)
+    # The streams themselves: same purpose, keyed by the secret, unrelated to the federation-seed stream.
+    noise = [DPRandomness("node-secret", secret=k).noise_generator("sgd", "img-a", 1, 1) for k in (first, second)]
+    seeded = DPRandomness("shared-seed", federation_seed=tiny_config.federation.seed).noise_generator("sgd", "img-a", 1, 1)
+    draws = [torch.randn(4, generator=g) for g in (*noise, seeded)]
+    assert not torch.equal(draws[0], draws[1]) and not torch.equal(draws[0], draws[2])
+    assert repr(DPRandomness("node-secret", secret=first)) == "DPRandomness(source='node-secret')"  # never printed
+
+
+def test_secure_mode_noise_is_never_reproducible(tiny_config, tiny_modalities, tiny_backbone_dir):
+    args = (tiny_config, tiny_modalities, tiny_backbone_dir)
+    same = derived_node_secret(0, "a")
+    assert not np.array_equal(_upload(*args, secret=same, secure_mode=True), _upload(*args, secret=same, secure_mode=True))
 
 
 # -- the runtime ----------------------------------------------------------------------------------------------------
-def test_summary_reports_privacy_per_node_and_the_run_log_explains_secure_mode(tiny_config, tiny_modalities, tmp_path):
-    config = dp_config(with_sections(tiny_config, federation={"rounds": 2}), accountant="prv")
+def _recorded_run(config, tiny_modalities, out, **kwargs):
     from geofed_secure.runtime.simulator import SilentReporter
 
     class Recorder(SilentReporter):
-        lines: list[str] = []
+        def __init__(self) -> None:
+            self.lines: list[str] = []
 
         def log(self, message: str) -> None:
             self.lines.append(message)
 
-    sim = Simulator(config, tiny_modalities, tmp_path, reporter=Recorder())
-    summary = sim.run().summary
-    notice = " ".join(Recorder.lines)  # the run log states the calibrated noise and what secure_mode off means
-    assert "secure_mode is OFF" in notice and "subtract the noise" in notice and "noise multipliers img-a" in notice
+    reporter = Recorder()
+    summary = Simulator(config, tiny_modalities, out, reporter=reporter, **kwargs).run().summary
+    return summary, " ".join(reporter.lines)
+
+
+def test_summary_names_the_adjacency_and_whom_the_epsilon_holds_against(tiny_config, tiny_modalities, tmp_path):
+    config = dp_config(with_sections(tiny_config, federation={"rounds": 2}), accountant="pld")
+    summary, notice = _recorded_run(config, tiny_modalities, tmp_path)
+    # the run log states the calibrated noise, the adjacency and against whom the budget holds
+    assert "replace-one adjacency" in notice and "noise multipliers img-a" in notice
+    assert "DP epsilon holds against: the server; other nodes; outside observers of the final model" in notice
+    assert "keeps in its own checkpoint" in notice
     privacy = json.loads((tmp_path / "summary.json").read_text())["privacy"]
     assert privacy == json.loads(json.dumps(summary["privacy"]))
     assert privacy["enabled"] and set(privacy["nodes"]) == {n.id for n in config.nodes}
+    assert privacy["adjacency"] == "replace-one" and "same size n and differ in one record" in privacy["unit"]
+    assert privacy["noise_source"] == "node-secret" and privacy["accountant"].startswith("pld (dp_accounting")
+    assert privacy["holds_against"] == ["the server", "other nodes", "outside observers of the final model"]
     for node in privacy["nodes"].values():
         assert {"epsilon", "delta", "accountant", "noise_multiplier", "sample_rate", "steps", "max_grad_norm"} <= set(node)
-        assert 0 < node["epsilon"] <= 4.0 and node["accountant"] == "prv" and node["steps"] == 2 * 3
+        assert 0 < node["epsilon"] <= 4.0 and node["accountant"] == "pld" and node["adjacency"] == "replace-one"
+        assert node["steps"] == 2 * 3
     assert "precision weight p_k" in privacy["covers"]
     assert Simulator(tiny_config, tiny_modalities, tmp_path / "plain").privacy_notice() == []
+
+
+def test_the_reproducible_opt_in_says_its_epsilon_does_not_hold_against_the_server(tiny_config, tiny_modalities, tmp_path):
+    config = dp_config(with_sections(tiny_config, federation={"rounds": 1}), shared_seed_noise=True)
+    summary, notice = _recorded_run(config, tiny_modalities, tmp_path)
+    privacy = summary["privacy"]
+    assert privacy["noise_source"] == "shared-seed" and privacy["shared_seed_noise"] is True
+    assert "the server" not in privacy["holds_against"] and "other nodes" not in privacy["holds_against"]
+    assert {"the server", "other nodes"} <= set(privacy["does_not_hold_against"])
+    assert "does NOT hold against the server" in notice and "It does NOT hold against: the server; other nodes" in notice
+    secure = dp_config(with_sections(tiny_config, federation={"rounds": 1}), secure_mode=True)
+    secure_privacy = _recorded_run(secure, tiny_modalities, tmp_path / "secure")[0]["privacy"]
+    assert secure_privacy["noise_source"] == "os-entropy" and "the server" in secure_privacy["holds_against"]
+
+
+def test_node_secrets_stay_in_each_nodes_own_checkpoint(tiny_config, tiny_modalities, tmp_path):
+    config = dp_config(with_sections(tiny_config, federation={"rounds": 1}, secure={"protocol": "masking"}))
+    secrets_ = {n.id: derived_node_secret(3, n.id) for n in config.nodes}
+    Simulator(config, tiny_modalities, tmp_path, secure_seed=1, node_secrets=secrets_).run()
+    found: dict[str, list[str]] = {k: [] for k in secrets_}
+    for path in sorted(p for p in tmp_path.rglob("*") if p.is_file()):
+        blob = path.read_bytes()
+        for node_id, secret in secrets_.items():
+            if secret in blob or secret.hex().encode() in blob or bytes(str(list(secret)), "ascii") in blob:
+                found[node_id].append(str(path.relative_to(tmp_path)))
+    # the node's own state file and nothing else: not config.json, summary.json, transcript, server state, logs
+    assert found == {k: [f"checkpoints/round-0001/nodes/{k}.safetensors"] for k in secrets_}
 
 
 def test_a_node_out_of_budget_is_left_out_and_the_others_continue(tiny_config, tiny_modalities, tmp_path):
     config = dp_config(with_sections(tiny_config, federation={"rounds": 1}))
     sim = Simulator(config, tiny_modalities, tmp_path)
     spent = sim.nodes["txt"].privacy
-    spent.accountant.history = [(spent.noise_multiplier, 1.0, 10_000)]  # e.g. its budget went to another study
+    spent.history = [(spent.noise_multiplier, 1.0, 10_000)]  # e.g. its budget went to another study
     record = sim.run().summary["rounds"][0]
-    assert "PrivacyBudgetExceeded" in record["nodes"]["txt"]["failure"]
+    assert record["nodes"]["txt"]["failure"] == "privacy_budget_exhausted"  # the typed code the server records
     assert all(record["nodes"][k]["failure"] is None and record["nodes"][k]["bytes_uploaded"] > 0 for k in ("img-a", "img-b", "tab"))
 
 
 def test_resume_keeps_the_spent_budget_and_refuses_extra_rounds(tiny_config, tiny_modalities, tmp_path):
     config = dp_config(with_sections(tiny_config, federation={"rounds": 2}))
-    reference = Simulator(config, tiny_modalities, tmp_path / "ref").run()
+    secrets_ = {n.id: derived_node_secret(5, n.id) for n in config.nodes}  # what each node drew when the run started
+    reference = Simulator(config, tiny_modalities, tmp_path / "ref", node_secrets=secrets_).run()
 
     def crash_in_round_2(stage, round_, node_id):
         if stage == "local_training" and round_ == 2 and node_id == "txt":
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        Simulator(config, tiny_modalities, tmp_path / "run", fault_hook=crash_in_round_2).run()
+        Simulator(config, tiny_modalities, tmp_path / "run", fault_hook=crash_in_round_2, node_secrets=secrets_).run()
+    # The resumed nodes draw fresh secrets and must replace them by the ones in their checkpoints: bit-identical.
     resumed = Simulator(config, tiny_modalities, tmp_path / "run").run(resume=True)
     for key, value in reference.global_state.items():
         assert np.array_equal(value, resumed.global_state[key]), key
     assert resumed.summary["privacy"] == reference.summary["privacy"]
     # One more round than planned: every node refuses, the round fails, the last good checkpoint stays.
     longer = with_sections(config, federation={"rounds": 3})
-    with pytest.raises(RoundFailed, match="refuses round 3: it has spent epsilon"):
+    with pytest.raises(RoundFailed, match="privacy_budget_exhausted"):
         Simulator(longer, tiny_modalities, tmp_path / "run").run(resume=True)
     assert (tmp_path / "run" / "checkpoints" / "LATEST").read_text().strip().endswith("2")
 
@@ -362,6 +531,10 @@ def test_checkpoint_without_privacy_state_is_refused_for_a_dp_node(tiny_config, 
     private = make_node(dp_config(tiny_config), tiny_modalities, tiny_backbone_dir)
     with pytest.raises(CheckpointError, match="without DP"):
         private.load_state_dict(plain.state_dict())
+    seeded = make_node(dp_config(tiny_config, shared_seed_noise=True), tiny_modalities, tiny_backbone_dir)
+    assert not any(k == "privacy/node_secret" for k in seeded.state_dict())  # nothing secret to keep in that mode
+    with pytest.raises(CheckpointError, match="no DP node secret"):
+        private.load_state_dict(seeded.state_dict())
 
 
 def test_dp_composes_with_masking(tiny_config, tiny_modalities, tmp_path):
@@ -376,6 +549,8 @@ def test_dp_composes_with_masking(tiny_config, tiny_modalities, tmp_path):
     ({"epsilon": -1.0}, "privacy.epsilon"), ({"epsilon": float("nan")}, "privacy.epsilon"), ({"delta": 0.0}, "privacy.delta"),
     ({"delta": 1.0}, "privacy.delta"), ({"accountant": "gdp"}, "privacy.accountant"), ({"max_grad_norm": 0.0}, "privacy.max_grad_norm"),
     ({"grad_sample_mode": "functorch"}, "privacy.grad_sample_mode"), ({"weight_budget_share": 1.0}, "privacy.weight_budget_share"), ({"secure_mode": "yes"}, "privacy.secure_mode"),
+    ({"accountant": "prv"}, "privacy.accountant"), ({"secure_mode": True, "shared_seed_noise": True}, "privacy.shared_seed_noise"),
+    ({"shared_seed_noise": 1}, "privacy.shared_seed_noise"),
     ({"epsilon": 1.0, "sigma": 2.0}, "privacy.sigma"),
 ])
 def test_bad_privacy_config_names_the_field(privacy, field):
@@ -397,10 +572,16 @@ def test_cli_flags_set_the_privacy_section(tmp_path):
                                        "--dp-max-grad-norm", "0.5", "--dp-secure-mode"])
     privacy = _apply_overrides(RunConfig(), args).privacy
     assert privacy == PrivacySection(epsilon=3.0, delta=1e-6, accountant="rdp", max_grad_norm=0.5, secure_mode=True)
+    opt_in = _apply_overrides(RunConfig(), _build_parser().parse_args(["run", "--dp-epsilon", "3", "--dp-shared-seed-noise"]))
+    assert opt_in.privacy == PrivacySection(epsilon=3.0, shared_seed_noise=True)
+    with pytest.raises(SystemExit):  # the add/remove-only Opacus accountant is gone from the command line
+        _build_parser().parse_args(["run", "--dp-accountant", "prv"])
     assert _apply_overrides(RunConfig(), _build_parser().parse_args(["run"])).privacy == PrivacySection()
     (tmp_path / "config.json").write_text(json.dumps(dataclasses.asdict(RunConfig())))
     with pytest.raises(ConfigError, match="--dp-epsilon"):
         _resolve_config(_build_parser().parse_args(["run", "--resume", str(tmp_path), "--dp-epsilon", "8"]))
+    with pytest.raises(ConfigError, match="--dp-shared-seed-noise"):
+        _resolve_config(_build_parser().parse_args(["run", "--resume", str(tmp_path), "--dp-shared-seed-noise"]))
 
 
 def test_demo_toml_spells_out_the_privacy_defaults():

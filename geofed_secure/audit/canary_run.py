@@ -26,6 +26,7 @@ from geofed_secure.config import NodeSpec, RunConfig
 from geofed_secure.data.features import TokenFeatures, concat_features
 from geofed_secure.errors import ConfigError
 from geofed_secure.node.node import N_CLASSES, Node, NodeData
+from geofed_secure.privacy.noise import derived_node_secret
 from geofed_secure.seeding import numpy_rng
 
 
@@ -82,7 +83,9 @@ def run_canary_audit(config: RunConfig, spec: NodeSpec, data: NodeData, canary_p
         raise ConfigError("guess_fraction", f"must be in (0, 0.5], got {guess_fraction}")
     records, included = make_canaries(canary_pool, canaries, seed)
     train = concat_features(data.train, records.subset(np.flatnonzero(included)))
-    node = Node(spec, replace(data, train=train), config, anchor_digest=anchor_digest, backbone_factory=backbone_factory)
+    # The auditor plays the node; its DP secret is fixed by ``seed`` so that the audit repeats.
+    node = Node(spec, replace(data, train=train), config, anchor_digest=anchor_digest, backbone_factory=backbone_factory,
+                dp_secret=derived_node_secret(seed, "canary-audit", spec.id))
     for round_ in range(1, config.federation.rounds + 1):
         node.local_round(round_, consensus=None)
         progress(f"  round {round_}/{config.federation.rounds}: task loss {node.last_stats.task_loss:.3f}")

@@ -45,6 +45,7 @@ from geofed_secure.data.features import TokenFeatures, concat_features
 from geofed_secure.encoders.cache import FeatureCache
 from geofed_secure.errors import CheckpointError, ConfigError
 from geofed_secure.node.node import N_CLASSES, Node, NodeData
+from geofed_secure.privacy.noise import derived_node_secret
 from geofed_secure.runtime.messages import GRAM_FIELD, WEIGHTED_PREFIX
 from geofed_secure.seeding import numpy_rng
 
@@ -207,8 +208,11 @@ def run_experiment(plan: AuditPlan, *, progress: Callable[[str], None] = lambda 
             members = np.flatnonzero(membership[i])
             run_data = NodeData(train=pool.subset(members), test=pool.subset(np.flatnonzero(~membership[i])),
                                 anchors=data.anchors)
+            # The auditor plays the node: its DP secret (default node-secret mode) is fixed by the plan seed so the
+            # experiment repeats; the simulated adversaries never read it.
             node = Node(spec, run_data, level_config, anchor_digest=fed.anchor_digest, backbone_factory=factory,
-                        randomness_id=f"{plan.target}/audit-run-{i}")
+                        randomness_id=f"{plan.target}/audit-run-{i}",
+                        dp_secret=derived_node_secret(plan.seed, "audit", plan.target, i))
             payload = _train(node, plan.rounds, consensus)
             z_pool, logits_pool = _logits(node, pool)
             z_public, logits_public = _logits(node, public)

@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 
 from geofed_secure.audit.metrics import AttackResult
+from geofed_secure.privacy.accounting import ADJACENCY
+from geofed_secure.privacy.noise import HOLDS_AGAINST
 
 MEMBERSHIP = ("lira_release", "lira_release_unit", "prototype_threshold", "prototype_lira", "prototype_threshold_node_encoder",
               "prototype_lira_node_encoder", "model_threshold", "model_lira", "model_rmia")
@@ -128,6 +130,9 @@ def write_markdown(report: dict[str, Any]) -> str:
                f"{k}: held-out accuracy {v['heldout_accuracy']:.3f}" + (f", accountant epsilon {v['accountant_epsilon']:.2f}"
                                                                         if v["accountant_epsilon"] is not None else "")
                for k, v in exp["levels"].items()),
+           *([f"Accountant epsilons are for {ADJACENCY} adjacency; the audited node draws its DP noise from its own secret "
+              f"(the default mode), so they hold against: {'; '.join(HOLDS_AGAINST['node-secret'])}."]
+             if any(v["accountant_epsilon"] is not None for v in exp["levels"].values()) else []),
            "", "## Verdict", ""] + [f"- {line}" for line in report["verdict"]]
     out += ["", "## What the adversary sees", "", "| cell | " + " | ".join(["update", *plan["schemes"]]) + " |",
             "|---|" + "---|" * (1 + len(plan["schemes"]))]

@@ -25,13 +25,13 @@ from geofed_secure.alignment.lap import lap_uncertainty, precision_weight
 from geofed_secure.config import NodeSpec, RunConfig
 from geofed_secure.data.anchors import verify_anchor_digest
 from geofed_secure.data.features import TokenFeatures
-from geofed_secure.errors import DataError, MessageError, TrainingError
+from geofed_secure.errors import CheckpointError, DataError, MessageError, TrainingError
 from geofed_secure.model import geodora
 from geofed_secure.model.node_model import NodeModel
 from geofed_secure.privacy.accounting import PrivacyLedger, PrivacyPlan
 from geofed_secure.privacy.dpsgd import DPSGDRound
 from geofed_secure.privacy.mechanisms import private_precision_weight
-from geofed_secure.privacy.noise import noise_generator, sampling_rng
+from geofed_secure.privacy.noise import NODE_SECRET_BYTES, DPRandomness, new_node_secret, randomness_source
 from geofed_secure.runtime.messages import GRAM_FIELD, WEIGHT_FIELD, WEIGHTED_PREFIX, NodeUpdate, RoundBroadcast
 from geofed_secure.seeding import derive_seed, numpy_rng
 
@@ -70,7 +70,12 @@ def info_nce(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float) -> torch.
 
 
 class Node:
-    """One site. ``anchor_digest`` is the federation anchor commitment this node was provisioned with."""
+    """One site. ``anchor_digest`` is the federation anchor commitment this node was provisioned with.
+
+    ``dp_secret`` (DP in the default ``"node-secret"`` mode): the 32 bytes its DP noise and Poisson sampling derive
+    from; None draws them from ``os.urandom``. They live only in this node and its :meth:`state_dict` (its own
+    checkpoint), so the server cannot regenerate the noise and a resumed node reloads them.
+    """
 
     def __init__(
         self,
@@ -81,11 +86,13 @@ class Node:
         anchor_digest: str,
         backbone_factory: Callable[[], torch.nn.Module],
         randomness_id: str | None = None,
+        dp_secret: bytes | None = None,
     ) -> None:
         self.spec = spec
         self.node_id = spec.id
-        # Batches, DP noise and sampling derive from (federation seed, randomness_id, round); the initial weights
-        # from (federation seed, spec.id). The audit's repeated training runs of one node vary only the former.
+        # Batches derive from (federation seed, randomness_id, round), DP noise and sampling from (the DP randomness
+        # source, randomness_id, round); the initial weights from (federation seed, spec.id). The audit's repeated
+        # training runs of one node vary only the former two.
         self.randomness_id = randomness_id or spec.id
         self.config = config
         self.anchor_digest = anchor_digest
@@ -103,6 +110,7 @@ class Node:
         self._anchors = self._prepare_anchors(data.anchors)
         self._magnitudes = set(map(id, geodora.magnitude_parameters(self.model)))
         self.privacy = self._privacy_ledger() if config.privacy.enabled else None
+        self.dp_randomness = self._dp_randomness(dp_secret) if config.privacy.enabled else None
 
     def _privacy_ledger(self) -> PrivacyLedger:
         """This node's DP plan for the configured rounds, with the noise multiplier calibrated to its budget."""
@@ -112,6 +120,12 @@ class Node:
                            lap_sample_rate=min(1.0, training.lap_samples / n), rounds=self.config.federation.rounds,
                            weight_budget_share=dp.weight_budget_share)
         return PrivacyLedger(plan, *plan.calibrate())
+
+    def _dp_randomness(self, secret: bytes | None) -> DPRandomness:
+        source = randomness_source(self.config.privacy)
+        if source != "node-secret":
+            return DPRandomness(source, federation_seed=self.config.federation.seed)
+        return DPRandomness(source, secret=new_node_secret() if secret is None else bytes(secret))
 
     # -- provisioning -------------------------------------------------------------------------------
     def _prepare_anchors(self, anchors: TokenFeatures) -> TokenFeatures:
@@ -242,15 +256,14 @@ class Node:
                              consensus: torch.Tensor | None) -> tuple[list[float], list[float]]:
         """DP-SGD local steps (:mod:`geofed_secure.privacy.dpsgd`): Poisson batches, per-sample clipping, noise;
         the public anchor gradient is added after the noise, outside the accounting."""
-        cfg, ledger, dp = self.config.training, self.privacy, self.config.privacy
-        assert ledger is not None
-        seed = self.config.federation.seed
-        sampler = sampling_rng(dp.secure_mode, seed, self.randomness_id, round_)
+        cfg, ledger, dp, randomness = self.config.training, self.privacy, self.config.privacy, self.dp_randomness
+        assert ledger is not None and randomness is not None
+        sampler = randomness.sampling_rng(self.randomness_id, round_)
         n = len(self.data.train)
         task_losses, geo_losses = [], []
         with DPSGDRound(self.model, optimizer, noise_multiplier=ledger.noise_multiplier, max_grad_norm=dp.max_grad_norm,
                         expected_batch_size=ledger.plan.sample_rate * n, step_hook=ledger.optimizer_hook(),
-                        secure_mode=dp.secure_mode, seed=seed, purpose=("sgd", self.randomness_id, round_),
+                        randomness=randomness, purpose=("sgd", self.randomness_id, round_),
                         grad_sample_mode=dp.grad_sample_mode) as private:
             for _ in range(cfg.local_steps):
                 private.zero_grad()
@@ -280,13 +293,14 @@ class Node:
             lap_index = rng.choice(len(train), size=min(cfg.lap_samples, len(train)), replace=False)
             return precision_weight(lap_uncertainty(self.embed(train.subset(lap_index)), anchor_z),
                                     max_inverse=cfg.max_inverse_uncertainty)
-        dp, seed, rate = self.config.privacy, self.config.federation.seed, self.privacy.plan.lap_sample_rate
-        lap_index = np.flatnonzero(sampling_rng(dp.secure_mode, seed, "weight", self.randomness_id, round_).random(len(train)) < rate)
+        randomness, rate = self.dp_randomness, self.privacy.plan.lap_sample_rate
+        assert randomness is not None
+        lap_index = np.flatnonzero(randomness.sampling_rng("weight", self.randomness_id, round_).random(len(train)) < rate)
         u = lap_uncertainty(self.embed(train.subset(lap_index)), anchor_z).numpy() if len(lap_index) else np.zeros(0)
         weight = private_precision_weight(
             u, expected_count=rate * len(train), max_inverse=cfg.max_inverse_uncertainty,
-            noise_multiplier=self.privacy.weight_noise_multiplier, secure_mode=dp.secure_mode,
-            generator=noise_generator(dp.secure_mode, seed, "weight", self.randomness_id, round_))
+            noise_multiplier=self.privacy.weight_noise_multiplier, secure_mode=randomness.robust_sampler,
+            generator=randomness.noise_generator("weight", self.randomness_id, round_))
         self.privacy.record_release()
         return weight
 
@@ -348,6 +362,8 @@ class Node:
         state["meta/last_round"] = torch.tensor([self.last_round], dtype=torch.int64)
         if self.privacy is not None:
             state |= self.privacy.state_dict()
+        if self.dp_randomness is not None and self.dp_randomness.source == "node-secret":  # this node's own storage only
+            state["privacy/node_secret"] = torch.tensor(list(self.dp_randomness.secret), dtype=torch.uint8)
         return state
 
     def load_state_dict(self, state: Mapping[str, torch.Tensor], *, privacy: bool = True) -> None:
@@ -357,3 +373,10 @@ class Node:
         self.last_round = int(state["meta/last_round"][0])
         if privacy and self.privacy is not None:
             self.privacy.load_state_dict(state)
+        if privacy and self.dp_randomness is not None and self.dp_randomness.source == "node-secret":
+            secret = state.get("privacy/node_secret")
+            if secret is None or secret.numel() != NODE_SECRET_BYTES:
+                raise CheckpointError("the checkpoint holds no DP node secret for a node whose noise derives from one "
+                                      "(privacy.secure_mode and privacy.shared_seed_noise off); it was written by another "
+                                      "version or mode, and resuming with a fresh secret would not be bit-identical")
+            self.dp_randomness = DPRandomness("node-secret", secret=bytes(secret.to(torch.uint8).tolist()))

@@ -1,5 +1,17 @@
 """Record-level differential privacy on the node: DP-SGD (Opacus) for GeoDoRA, the privatised precision weight,
-and one budget per node (PRV or RDP accountant) that the node refuses to exceed.
+and one budget per node that the node refuses to exceed.
+
+Adjacency: REPLACE-ONE. Two datasets of a node are neighbours when they have the same size n and differ in one record
+(any record substituted by any other). The node's dataset size n, its sampling rates and noise multipliers are
+public (``summary.json`` reports them). The budget is accounted with Google's ``dp_accounting`` (PLD accountant with
+``NeighboringRelation.REPLACE_ONE``, default) or an RDP accountant of the same replace-one pair
+(:mod:`geofed_secure.privacy.accounting`).
+
+Against whom the epsilon holds depends on where the noise comes from (:mod:`geofed_secure.privacy.noise`): by
+default a secret each node draws from ``os.urandom`` and keeps in its own checkpoint, so the server, the other nodes
+and outside observers cannot regenerate the noise; ``secure_mode`` draws fresh OS entropy every step; the opt-in
+``shared_seed_noise`` (reproducible experiments) derives it from the federation seed, and the epsilon then does NOT
+hold against the server or the other nodes. ``summary.json`` ``privacy.holds_against`` says which.
 
 What leaves a DP node each round, and why each is covered by its (epsilon, delta):
 
@@ -11,7 +23,7 @@ What leaves a DP node each round, and why each is covered by its (epsilon, delta
 | precision weight ``p_k`` | a Poisson-sampled sum over private samples | its own Gaussian mechanism, composed in the same accountant |
 
 The public anchor (CKA) gradient is added after clipping and noise; it depends only on public data and on
-parameters that are already DP outputs. The node's dataset size is treated as public (as in Opacus).
+parameters that are already DP outputs.
 """
 
 # What leaves a DP node each round and what covers it (summary.json ``privacy.covers``; the table above).
@@ -19,16 +31,20 @@ PRIVACY_COVERAGE = {
     "weighted B (p_k * B_k)": "DP-SGD steps (per-sample clipped, Gaussian noise); the product with the released p_k is post-processing",
     "weighted m (only with magnitude = averaged)": "DP-SGD steps, as B",
     "Gram upper triangle of the public anchors": "post-processing: the DP-trained model applied to public inputs",
-    "precision weight p_k": "its own Poisson-subsampled Gaussian sum (sensitivity U_max - 1), composed in the same accountant",
+    "precision weight p_k": "its own Poisson-subsampled Gaussian sum of per-record terms centred in [-(U_max - 1)/2, (U_max - 1)/2] "
+                            "(a substituted record moves it by at most U_max - 1), composed in the same accountant",
 }
 
 from geofed_secure.privacy.accounting import (  # noqa: E402
-    PrivacyLedger, PrivacyPlan, calibrate_noise_multiplier, canonical_history, epsilon_of, make_accountant,
+    ACCOUNTANT_DESCRIPTIONS, ADJACENCY, ADJACENCY_STATEMENT, PrivacyLedger, PrivacyPlan, calibrate_noise_multiplier, canonical_history, epsilon_of,
+    replace_one_rdp,
 )
-from geofed_secure.privacy.dora_opacus import OpacusDoraLinearLayer, prepare_geodora_for_opacus
-from geofed_secure.privacy.mechanisms import private_precision_weight
+from geofed_secure.privacy.dora_opacus import OpacusDoraLinearLayer, prepare_geodora_for_opacus  # noqa: E402
+from geofed_secure.privacy.mechanisms import private_precision_weight  # noqa: E402
+from geofed_secure.privacy.noise import DOES_NOT_HOLD_AGAINST, HOLDS_AGAINST, DPRandomness, randomness_source  # noqa: E402
 
 __all__ = [
-    "PRIVACY_COVERAGE", "PrivacyLedger", "PrivacyPlan", "calibrate_noise_multiplier", "canonical_history", "epsilon_of", "make_accountant",
-    "OpacusDoraLinearLayer", "prepare_geodora_for_opacus", "private_precision_weight",
+    "ACCOUNTANT_DESCRIPTIONS", "ADJACENCY", "ADJACENCY_STATEMENT", "DOES_NOT_HOLD_AGAINST", "DPRandomness", "HOLDS_AGAINST", "PRIVACY_COVERAGE",
+    "PrivacyLedger", "PrivacyPlan", "calibrate_noise_multiplier", "canonical_history", "epsilon_of", "randomness_source",
+    "replace_one_rdp", "OpacusDoraLinearLayer", "prepare_geodora_for_opacus", "private_precision_weight",
 ]

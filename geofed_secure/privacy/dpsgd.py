@@ -10,7 +10,7 @@ Used by :class:`geofed_secure.node.Node` when ``privacy.epsilon > 0``. Per optim
 2. :meth:`DPSGDRound.hooks_off` runs the PUBLIC anchor (CKA) pass with the hooks off, and the node takes its plain
    gradient by ``torch.autograd.grad``: it never reaches Opacus, so it is neither clipped nor noised;
 3. :meth:`DPSGDRound.step`: Opacus's ``pre_step`` clips (hooks mode), sums, adds N(0, (sigma C)^2), scales by the
-   expected batch size and calls the accountant's step hook (exactly one accountant step); then the public gradient
+   expected batch size and calls the privacy ledger's step hook (exactly one recorded step); then the public gradient
    is added and the wrapped optimizer (Adam) steps.
 
 Adding the public gradient after the noise is sound: it depends only on public anchors and on parameters that are
@@ -34,7 +34,7 @@ from torch import nn
 from geofed_secure.config import GRAD_SAMPLE_MODES
 from geofed_secure.errors import ConfigError, TrainingError
 from geofed_secure.privacy.dora_opacus import prepare_geodora_for_opacus
-from geofed_secure.privacy.noise import noise_generator
+from geofed_secure.privacy.noise import DPRandomness
 
 
 @contextlib.contextmanager
@@ -50,18 +50,18 @@ class DPSGDRound(contextlib.AbstractContextManager):
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *, noise_multiplier: float,
                  max_grad_norm: float, expected_batch_size: float, step_hook: Callable[[object], None],
-                 secure_mode: bool, seed: int, purpose: Sequence[object], grad_sample_mode: str = "ghost") -> None:
+                 randomness: DPRandomness, purpose: Sequence[object], grad_sample_mode: str = "ghost") -> None:
         if grad_sample_mode not in GRAD_SAMPLE_MODES:
             raise ConfigError("privacy.grad_sample_mode", f"must be one of {GRAD_SAMPLE_MODES}, got {grad_sample_mode!r}")
         self.model = model
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
-        self.secure_mode = secure_mode
+        self.randomness = randomness
         self.ghost = grad_sample_mode == "ghost"
-        self._seed, self._purpose, self._steps = seed, tuple(purpose), 0
+        self._purpose, self._steps = tuple(purpose), 0
         prepare_geodora_for_opacus(model)
         # Opacus divides the noisy sum by expected_batch_size (an int there); Poisson sampling keeps it as a float.
         dp_args = dict(noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
-                       expected_batch_size=expected_batch_size, loss_reduction="mean", secure_mode=secure_mode)
+                       expected_batch_size=expected_batch_size, loss_reduction="mean", secure_mode=randomness.robust_sampler)
         if self.ghost:
             self.module = GradSampleModuleFastGradientClipping(model, batch_first=True, loss_reduction="mean", strict=True,
                                                                max_grad_norm=max_grad_norm, use_ghost_clipping=True)
@@ -109,7 +109,7 @@ class DPSGDRound(contextlib.AbstractContextManager):
     def step(self, public_gradients: Mapping[int, torch.Tensor]) -> None:
         """Clip + noise + account the private gradients, add the public ones (by ``id(param)``), step."""
         self._steps += 1
-        self.optimizer.generator = noise_generator(self.secure_mode, self._seed, *self._purpose, self._steps)
+        self.optimizer.generator = self.randomness.noise_generator(*self._purpose, self._steps)
         if not self.optimizer.pre_step():  # never skipped here: no gradient accumulation across calls
             raise TrainingError("DP optimizer skipped a step (gradient accumulation is not used by geofed)")
         for p in self.params:

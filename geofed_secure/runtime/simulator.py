@@ -4,8 +4,9 @@ Per round: the server's broadcast is encoded, recorded in the transcript and dec
 upload is encoded, recorded and decoded by the server (so the simulator exercises the real wire format). Then
 the evaluator scores the aggregated model, and a checkpoint is written atomically. ``resume=True`` continues
 from the last checkpoint and, with the same seed, ends with bit-identical global weights: every random stream
-derives from (seed, purpose, node, round) and local optimizers are rebuilt every round, so nothing else needs
-saving. ``fault_hook(stage, round, node_id)`` lets tests inject crashes and dropouts at named stages (a
+derives from (seed, purpose, node, round), DP noise and sampling from each node's secret (kept in that node's
+checkpoint), and local optimizers are rebuilt every round, so nothing else needs saving.
+``fault_hook(stage, round, node_id)`` lets tests inject crashes and dropouts at named stages (a
 :class:`GeofedError` from the hook is a dropout: the node sends nothing more that round).
 
 The reporter (console), ``summary.json`` and the transcript model what the SERVER learns. A node that fails sends
@@ -40,9 +41,9 @@ from geofed_secure.data.demo import ModalityData
 from geofed_secure.errors import CheckpointError, DataError, FailureCode, GeofedError, MessageError, PrivacyBudgetExceeded
 from geofed_secure.model import geodora
 from geofed_secure.model.backbone import load_backbone
-from geofed_secure.privacy import PRIVACY_COVERAGE
-from geofed_secure.privacy.noise import SECURE_MODE_OFF_NOTICE
 from geofed_secure.node.node import LocalRoundStats, Node
+from geofed_secure.privacy import ACCOUNTANT_DESCRIPTIONS, ADJACENCY, ADJACENCY_STATEMENT, PRIVACY_COVERAGE
+from geofed_secure.privacy.noise import DOES_NOT_HOLD_AGAINST, HOLDS_AGAINST, NOTICES, randomness_source
 from geofed_secure.runtime.evaluation import Evaluation, evaluate
 from geofed_secure.runtime.federation import FederationData, build_federation
 from geofed_secure.runtime.messages import FailureNotice, NodeUpdate, RoundBroadcast, decode_message, encode_message
@@ -89,16 +90,18 @@ def backbone_factory(config: RunConfig) -> Callable[[], torch.nn.Module]:
 class Simulator:
     def __init__(self, config: RunConfig, modalities: Mapping[str, ModalityData], out_dir: str | Path, *,
                  fault_hook: FaultHook | None = None, reporter: Reporter | None = None,
-                 make_backbone: Callable[[], torch.nn.Module] | None = None, secure_seed: int | None = None) -> None:
+                 make_backbone: Callable[[], torch.nn.Module] | None = None, secure_seed: int | None = None,
+                 node_secrets: Mapping[str, bytes] | None = None) -> None:
         self.config = config
         self.out_dir = Path(out_dir)
         self.fault_hook = fault_hook or (lambda stage, round_, node_id: None)
         self.reporter = reporter or SilentReporter()
         self.federation: FederationData = build_federation(config, modalities)
         make_backbone = make_backbone or backbone_factory(config)
+        # Each node draws its own DP secret (os.urandom) unless ``node_secrets`` (tests only) fixes it.
         self.nodes = {
             spec.id: Node(spec, self.federation.nodes[spec.id], config, anchor_digest=self.federation.anchor_digest,
-                          backbone_factory=make_backbone)
+                          backbone_factory=make_backbone, dp_secret=(node_secrets or {}).get(spec.id))
             for spec in config.nodes
         }
         # The server holds the public pretrained backbone with the same shared-seed A: it defines the initial
@@ -364,24 +367,31 @@ class Simulator:
         if not dp.enabled:
             return {"enabled": False, "epsilon": None,
                     "note": "no differential privacy: uploads and the final model carry each node's data (epsilon infinite)"}
-        return {"enabled": True, "secure_mode": dp.secure_mode, "unit": "one record (add/remove adjacency)",
+        source = randomness_source(dp)
+        return {"enabled": True, "adjacency": ADJACENCY, "unit": ADJACENCY_STATEMENT,
+                "accountant": f"{dp.accountant} ({ACCOUNTANT_DESCRIPTIONS[dp.accountant]})",
+                "noise_source": source, "secure_mode": dp.secure_mode, "shared_seed_noise": dp.shared_seed_noise,
+                "holds_against": list(HOLDS_AGAINST[source]), "does_not_hold_against": list(DOES_NOT_HOLD_AGAINST[source]),
                 "covers": PRIVACY_COVERAGE,
                 "nodes": {k: n.privacy.summary() for k, n in self.nodes.items() if n.privacy is not None}}
 
     def privacy_notice(self) -> list[str]:
-        """Lines for the run log: each node's calibrated noise, and what secure_mode off means."""
+        """Lines for the run log: each node's calibrated noise, against whom the budget holds, where the noise comes from."""
         dp = self.config.privacy
         if not dp.enabled:
             return []
-        lines = [f"DP-SGD on every node: budget epsilon {dp.epsilon:g} at delta {dp.delta:g} ({dp.accountant} accountant), "
+        source = randomness_source(dp)
+        lines = [f"DP-SGD on every node: budget epsilon {dp.epsilon:g} at delta {dp.delta:g} ({ADJACENCY} adjacency, "
+                 f"{dp.accountant} accountant), "
                  f"per-sample clip {dp.max_grad_norm:g}; noise multipliers "
                  + ", ".join(f"{k} {n.privacy.noise_multiplier:.3f} (q {n.privacy.plan.sample_rate:.3f})"
                              for k, n in self.nodes.items() if n.privacy is not None)
                  + f"; precision weights: {dp.weight_budget_share:.0%} of the budget, noise multipliers "
                  + ", ".join(f"{n.privacy.weight_noise_multiplier:.2f}" for n in self.nodes.values() if n.privacy is not None)]
-        if not dp.secure_mode:
-            lines.append(SECURE_MODE_OFF_NOTICE)
-        return lines
+        holds = "DP epsilon holds against: " + "; ".join(HOLDS_AGAINST[source])
+        if DOES_NOT_HOLD_AGAINST[source]:
+            holds += ". It does NOT hold against: " + "; ".join(DOES_NOT_HOLD_AGAINST[source])
+        return [*lines, holds, NOTICES[source]]
 
     def _summary(self) -> dict[str, Any]:
         shared = sum(int(np.prod(v.shape)) for v in self.server.global_state.values())
