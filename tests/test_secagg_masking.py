@@ -4,7 +4,6 @@ catalogue, wire fuzzing and the steady state. Written as an attacker and as a ti
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import functools
 import json
 import sys
@@ -670,8 +669,8 @@ def ring_neighbours(plan, victim):
     return [v for v in plan.holders[victim] if v != victim]
 
 
-@pytest.mark.parametrize("kwargs", [dict(degree=2, colluders=1), dict(degree=4, colluders=3), dict(threshold=3, colluders=1),
-                                    dict(threshold=4, colluders=2), dict(colluders=-1), dict(colluders=True)])
+@pytest.mark.parametrize("kwargs", [{"degree": 2, "colluders": 1}, {"degree": 4, "colluders": 3}, {"threshold": 3, "colluders": 1},
+                                    {"threshold": 4, "colluders": 2}, {"colluders": -1}, {"colluders": True}])
 def test_parameters_outside_the_colluder_bound_are_refused(kwargs):
     with pytest.raises(ConfigError):
         MaskingParameters(**kwargs)

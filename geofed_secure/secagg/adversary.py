@@ -160,8 +160,8 @@ class InjectKey(Adversary):
         keys = tuple(crypto.x25519_keypair(ctx.rng)[1] for _ in first.advertisements[0].mask_keys)
         commitments = tuple(crypto.commitment(ctx.rng.token(32), "sybil") for _ in keys)
         fed, sybil = first.federation_id, "zz-sybil"
-        fields = dict(federation_id=fed, epoch=first.epoch, node_id=sybil, channel_key=channel, mask_keys=keys,
-                      commitments=commitments, graph_commitment=crypto.commitment(ctx.rng.token(32), "sybil"))
+        fields = {"federation_id": fed, "epoch": first.epoch, "node_id": sybil, "channel_key": channel, "mask_keys": keys,
+                      "commitments": commitments, "graph_commitment": crypto.commitment(ctx.rng.token(32), "sybil")}
         fake = KeyAdvertisement(**fields, signature=crypto.sign(identity, advertisement_signed_bytes(**fields)))
         roster = KeyRoster(federation_id=fed, epoch=first.epoch, advertisements=(*first.advertisements, fake))
         return {v: roster for v in outgoing}

@@ -448,9 +448,9 @@ class MaskingNode:
             commitments.append(crypto.commitment(seed, fed, epoch + i, self.node_id))
         nonce = self._rng.token(crypto.KEY_BYTES)
         self.epoch = _NodeEpochSecrets(channel_private=channel_private, mask_privates=mask_privates, seeds=seeds, graph_nonce=nonce)
-        fields = dict(federation_id=fed, epoch=epoch, node_id=self.node_id, channel_key=channel_public,
-                      mask_keys=tuple(mask_publics), commitments=tuple(commitments),
-                      graph_commitment=crypto.commitment(nonce, fed, epoch, self.node_id, purpose="graph-commit"))
+        fields = {"federation_id": fed, "epoch": epoch, "node_id": self.node_id, "channel_key": channel_public,
+                      "mask_keys": tuple(mask_publics), "commitments": tuple(commitments),
+                      "graph_commitment": crypto.commitment(nonce, fed, epoch, self.node_id, purpose="graph-commit")}
         self._advertised = KeyAdvertisement(**fields, signature=crypto.sign(self._identity, advertisement_signed_bytes(**fields)))
         return self._advertised
 
