@@ -108,6 +108,10 @@ class Provisioning:
     anchor_digest: str
     parameters: MaskingParameters = field(default_factory=MaskingParameters)
 
+    def __post_init__(self) -> None:
+        # M <= n epoch members: if n clipped inputs fit the ring, every epoch's encoding fits (SPEC 3)
+        FixedPoint.for_cohort(max(1, len(self.identities)), self.parameters.clip, self.parameters.ring_bits)
+
 
 # ---------------------------------------------------------------------------------------------------------
 # The epoch: who advertised keys, the neighbourhood graph, threshold and encoding (identical at every party).

@@ -181,7 +181,7 @@ def _invalid_cases(valid: dict[str, Any]) -> list[dict[str, Any]]:
          "hex": bad_delivery.encode().hex(), "error": "ProtocolAborted"},
         {"name": "survivor listed alive and dropped", "rule": "5.5 rule 1", "receiver_state": "masked", "receiver": unmask_rec["receiver"],
          "hex": both.encode().hex(), "error": "ProtocolAborted"},
-        {"name": "truncated message", "rule": "4: the body length the header announces", "receiver_state": "any", "receiver": unmask_rec["receiver"],
+        {"name": "truncated message", "rule": "4: the header length in the prefix exceeds the message", "receiver_state": "any", "receiver": unmask_rec["receiver"],
          "hex": unmask_rec["hex"][:-2], "error": "MessageError"},
         {"name": "non-canonical header (extra space)", "rule": "4: one encoding per message", "receiver_state": "any", "receiver": unmask_rec["receiver"],
          "hex": _with_space(bytes.fromhex(unmask_rec["hex"])).hex(), "error": "MessageError"},
