@@ -63,10 +63,10 @@ class MaskingParameters:
     node's input holds for z colluders when ``threshold >= z + 3`` (each alive owner keeps at least two honest
     alive peers it masked with) and every answered view has more than (members + z) / 2 survivors; parameters
     outside the bound are refused here or at epoch planning.
-    ``threshold``: shares needed to reconstruct one owner's secret; None -> max(3 + z, floor(m/2) + 1) where m is
+    ``threshold``: shares needed to reconstruct one owner's secret; None -> max(3 + z, floor((m + z)/2) + 1) where m is
     the number of share holders per owner computed from the PROVISIONED federation size (degree + 1, or all
     provisioned nodes for the complete graph), so a server that hands out a small roster cannot lower it.
-    t <= m/2 is refused, and so is t < 3 + z.
+    t < 3 + z is refused here, 2t <= m + z and t > m at epoch planning (with the epoch's m).
     ``degree``: SecAgg+ neighbourhood size (even; odd values are rounded up); None -> complete graph.
     ``rounds_per_epoch``: rounds served by one key set-up (steady-state rounds need two round trips).
     """
@@ -145,7 +145,7 @@ def default_threshold(n_provisioned: int, degree: int | None, colluders: int = 0
 
 
 def view_quorum(members: int, colluders: int) -> int:
-    """Survivors every answered view must list: more than (M + z) / 2, and at least 3 (SPEC 5.4).
+    """Survivors every answered view must list: more than (M + z) / 2, and at least 3 (SPEC 5.5).
 
     Two views with this many survivors each share an honest survivor, and an honest node answers one view per
     round, so at most one view per round is ever answered.
@@ -242,6 +242,7 @@ def plan_epoch(provisioning: Provisioning, roster: KeyRoster, *, party: str,
     members = check_roster(provisioning, roster, party=party)
     fed, epoch = provisioning.federation_id, roster.epoch
     digest = roster_digest(roster)
+    by_id = {a.node_id: a for a in roster.advertisements}
     seed = None
     if is_sparse(params.degree, len(members)):
         if nonces is None:
@@ -251,7 +252,6 @@ def plan_epoch(provisioning: Provisioning, roster: KeyRoster, *, party: str,
             raise ProtocolAborted(f"graph-seed nonces of {missing[:3]} are missing or strangers' nonces were added: the "
                                   "graph must come from every member's nonce (the server may not pick a subset)",
                                   party=party, stage="share_keys")
-        by_id = {a.node_id: a for a in roster.advertisements}
         for v in members:
             if crypto.commitment(nonces[v], fed, epoch, v, purpose="graph-commit") != by_id[v].graph_commitment:
                 raise ProtocolAborted(f"the graph-seed nonce of {v!r} does not match its commitment (the server tried to "
@@ -270,7 +270,6 @@ def plan_epoch(provisioning: Provisioning, roster: KeyRoster, *, party: str,
     # The server verified each advertisement on arrival (MaskingServer.receive); a node its holders but itself
     # (it compares its own advertisement byte for byte).
     to_verify = () if party == SERVER else tuple(v for v in holders.get(party, members) if v != party)
-    by_id = {a.node_id: a for a in roster.advertisements}
     for node_id in to_verify:
         advert = by_id[node_id]
         if not crypto.verify(provisioning.identities[node_id], advert.signature, signed_bytes_of(advert)):
@@ -504,7 +503,7 @@ class MaskingNode:
             self.state = target
             return GraphSeedReveal(federation_id=roster.federation_id, epoch=roster.epoch, node_id=self.node_id,
                                    nonce=self.epoch.graph_nonce)
-        return self._share_keys(self._plan(roster, None, stage), target)
+        return self._share_keys(self._plan(roster, None), target)
 
     def _on_graph_seeds(self, seeds: GraphSeeds) -> ShareBundle:
         stage = "share_keys"
@@ -514,9 +513,9 @@ class MaskingNode:
             raise self._abort(f"graph seeds for epoch {seeds.epoch} during the set-up of epoch {self.epoch.roster.epoch}", stage)
         if seeds.nonces.get(self.node_id) != self.epoch.graph_nonce:
             raise self._abort("the graph seeds do not carry this node's own nonce unchanged", stage)
-        return self._share_keys(self._plan(self.epoch.roster, seeds.nonces, stage), target)
+        return self._share_keys(self._plan(self.epoch.roster, seeds.nonces), target)
 
-    def _plan(self, roster: KeyRoster, nonces: Mapping[str, bytes] | None, stage: str) -> EpochPlan:
+    def _plan(self, roster: KeyRoster, nonces: Mapping[str, bytes] | None) -> EpochPlan:
         try:
             return plan_epoch(self.provisioning, roster, party=self.node_id, nonces=nonces)
         except ProtocolAborted:
