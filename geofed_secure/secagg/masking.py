@@ -582,7 +582,8 @@ class MaskingNode:
         plan, fed, r = ep.plan, self.provisioning.federation_id, self.round
         i = r - plan.epoch
         fp = plan.fixed_point
-        words, self.clipped = fp.encode(self._vector, crypto.uniform_draws(self._rng, self._vector.shape[0]))
+        rounding_key = crypto.derive_key(self._rng.token(crypto.KEY_BYTES), "rounding", fed, r, self.node_id)
+        words, self.clipped = fp.encode(self._vector, crypto.uniform_draws(rounding_key, self._vector.shape[0]))
         n = words.shape[0]
         scratch = crypto.keystream_scratch(n, fp.ring_bits)
         words += self_mask(ep.seeds[i], fed, r, self.node_id, n, fp.ring_bits, scratch)

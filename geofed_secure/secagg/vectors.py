@@ -58,7 +58,7 @@ def _replayed_draws(seed: int, federation_ids: tuple[str, ...], node_id: str, pa
     out["shamir_coefficient_bytes"] = [{"mask_key": [rng.token(crypto.SHARE_BYTES).hex() for _ in range(threshold - 1)],
                                         "self_mask_seed": [rng.token(crypto.SHARE_BYTES).hex() for _ in range(threshold - 1)]}
                                        for _ in range(k)]
-    out["rounding_draw_bytes"] = rng.token(8 * length).hex()
+    out["rounding_seed"] = rng.token(32).hex()
     return out
 
 
@@ -102,7 +102,9 @@ def _masking_case(name: str, *, n: int, length: int, params: MaskingParameters, 
             continue
         assert ep.mask_privates[0].hex() == draws["mask_private_keys"][0] and ep.graph_nonce.hex() == draws["graph_nonce"]
         seed0 = ep.seeds[0]
-        uniforms = (np.frombuffer(bytes.fromhex(draws["rounding_draw_bytes"]), "<u8") >> np.uint64(11)).astype(np.float64) * 2.0**-53
+        rounding_key = crypto.derive_key(bytes.fromhex(draws["rounding_seed"]), "rounding", "vectors", 1, v)
+        uniforms = (np.frombuffer(crypto.keystream_words(rounding_key, d, 64).tobytes(), "<u8") >> np.uint64(11)
+                    ).astype(np.float64) * 2.0**-53
         encoded, clipped = fp.encode(inputs[v], uniforms)
         info.update({
             "channel_public_key": crypto.x25519_public(ep.channel_private).hex(),
@@ -110,7 +112,7 @@ def _masking_case(name: str, *, n: int, length: int, params: MaskingParameters, 
             "self_mask_commitment_round1": crypto.commitment(seed0, "vectors", 1, v).hex(),
             "self_mask_key_round1": crypto.derive_key(seed0, "self-mask", "vectors", 1, v).hex(),
             "self_mask_prefix": [int(w) for w in self_mask(seed0, "vectors", 1, v, PREFIX_WORDS, params.ring_bits)],
-            "rounding_uniforms": [float(u) for u in uniforms],
+            "rounding_key": rounding_key.hex(), "rounding_uniforms": [float(u) for u in uniforms],
             "encoded_input": [int(w) for w in encoded], "clipped_coordinates": clipped,
             "shares_held_round1": {o: {"mask_key": s[0][0].hex(), "self_mask_seed": s[0][1].hex()}
                                    for o, s in sorted(ep.own_shares.items())},
