@@ -216,9 +216,20 @@ def error_bound(contributors: int, f: int, clip: float) -> float:
     return contributors * 2.0**-f + contributors * clip * 2.0**-52
 
 
-def uniform(draw: bytes) -> float:
-    """U_j: the 8-byte draw as a little-endian u64, shifted right by 11 bits, times 2^-53 (exact in binary64)."""
-    return (int.from_bytes(draw, "little") >> 11) * 2.0**-53
+def rounding_key(seed: bytes, fed: str, rnd: int, owner: str) -> bytes:
+    """Section 3 / 2.2: the key of the rounding keystream, KDF(rounding seed, "rounding", federation, r, u)."""
+    return kdf(seed, "rounding", fed, rnd, owner)
+
+
+def uniform(word: int) -> float:
+    """U_j from one little-endian 64-bit keystream word: shifted right by 11 bits, times 2^-53 (exact in binary64)."""
+    return (word >> 11) * 2.0**-53
+
+
+def rounding_uniforms(key: bytes, d: int) -> list[float]:
+    """Section 3: U_0 .. U_{d-1} from the first d little-endian 64-bit words of the AES-256-CTR keystream (2.4) under
+    `key`, read in 8-byte words whatever the ring."""
+    return [uniform(w) for w in prg(key, d, 64)]
 
 
 def clip_value(x: float, clip: float) -> float:
@@ -241,6 +252,8 @@ def decode(word: int, f: int, bits: int) -> float:
 def weighted_input(x: list[float], w: float, clip: float) -> list[float]:
     """Section 3: the d + 1 values (w x_1, ..., w x_d, w), binary64 products, the weight last; a weight above clip
     is refused (DataError) rather than clipped silently."""
+    if not (math.isfinite(w) and w > 0):
+        raise DataError(f"weight {w!r} is not positive and finite (section 3)")
     if w > clip:
         raise DataError(f"weight {w} above clip {clip}: rescale the weights or raise clip")
     return [w * v for v in x] + [w]
@@ -409,8 +422,8 @@ class Node:
         check_provisioning(threshold, degree, colluders)
         n = len(identity_keys)
         fractional_bits(n, clip, ring_bits)  # f for M <= n members is at least f for n: refuse here, once
-        if any(math.isnan(v) for v in inputs):
-            raise LocalProtocolError("NaN in the input")
+        if not all(math.isfinite(v) for v in inputs):
+            raise DataError("NaN or infinite value in the input (section 3)")
         self.id, self.fed, self.rng, self.x = node_id, federation, rng, list(inputs)
         self.identity = Ed25519PrivateKey.from_private_bytes(identity_seed)
         self.identity_keys = identity_keys  # provisioned: node id -> Ed25519 public key
@@ -420,7 +433,7 @@ class Node:
         self.state, self.last_round, self.epoch, self.stage = "ready", 0, None, None
         self.draws: dict = {}           # the epoch's draws (2.9 items 1-2), named as in the vectors' intermediates
         self.share_channels: dict = {}  # per holder, from this owner's side (intermediates `share_channels`)
-        self.rounds: dict = {}          # per round: its rounding draws (2.9 item 3) and the values derived from them
+        self.rounds: dict = {}          # per round: its rounding seed (2.9 item 3) and the values derived from it
 
     # -- helpers
     def _refuse(self, why: str):
@@ -564,8 +577,9 @@ class Node:
     def _masked_input(self):
         r, i, bits, d = self.round, self.round - self.epoch, self.bits, self.d
         mod = 2**bits
-        raw = self.rng.token(8 * d)
-        us = [uniform(raw[8 * j:8 * j + 8]) for j in range(d)]
+        seed = self.rng.token(32)  # 2.9 item 3: one rounding seed per masked input
+        rkey = rounding_key(seed, self.fed, r, self.id)
+        us = rounding_uniforms(rkey, d)
         enc = [encode(x, self.clip, self.f, u, bits) for x, u in zip(self.x, us)]
         self_key = kdf(self.b[i], "self-mask", self.fed, r, self.id)
         y = [(e + m) % mod for e, m in zip(enc, prg(self_key, d, bits))]
@@ -578,7 +592,7 @@ class Node:
             y = [(a + sign * w) % mod for a, w in zip(y, mask)]
             pairwise[v] = {"x25519_shared": shared, "mask_key": key, "sign": "+" if sign > 0 else "-",
                            "mask_prefix": mask[:4]}
-        self.rounds[r] = {"rounding_draw_bytes": raw, "rounding_uniforms": us, "encoded_input": enc,
+        self.rounds[r] = {"rounding_seed": seed, "rounding_key": rkey, "rounding_uniforms": us, "encoded_input": enc,
                           "clipped_coordinates": sum(abs(x) > self.clip for x in self.x),
                           "self_mask_key": self_key, "self_mask_prefix": prg(self_key, 4, bits),
                           "pairwise": pairwise}

@@ -145,7 +145,7 @@ def test_transcript_entries_follow_section_10(case):
 
 # ---------------------------------------------------------------- 1. randomness (2.9)
 
-def derive_draws(rng, K: int, t: int, d: int) -> dict:
+def derive_draws(rng, K: int, t: int) -> dict:
     draws = {"channel_private_key": rng.token(32), "mask_private_keys": [], "self_mask_seeds": []}
     for _ in range(K):
         draws["mask_private_keys"].append(rng.token(32))
@@ -160,7 +160,7 @@ def derive_draws(rng, K: int, t: int, d: int) -> dict:
                 spec.shamir_coefficient(rng, log)
             entry[name] = log
         draws["shamir_coefficient_bytes"].append(entry)
-    draws["rounding_draw_bytes"] = rng.token(8 * d)
+    draws["rounding_seed"] = rng.token(32)  # 2.9 item 3: one 32-byte rounding seed per masked input
     return draws
 
 
@@ -171,8 +171,7 @@ def test_randomness_rederived_from_seed(case):
     p, inter = case["parameters"], case["intermediates"]
     # Execute
     ids, rngs, _ = spec.simulation_randomness(case["seed"], names)
-    derived = {v: as_hex(derive_draws(rngs[v], p["rounds_per_epoch"], threshold_of(case), len(case["inputs"][v])))
-               for v in names}
+    derived = {v: as_hex(derive_draws(rngs[v], p["rounds_per_epoch"], threshold_of(case))) for v in names}
     identity = {v: Ed25519PrivateKey.from_private_bytes(ids[v]).public_key().public_bytes_raw().hex() for v in names}
     # Assert
     for v in names:
@@ -227,7 +226,7 @@ def test_node_intermediates(case):
     # Assert
     for v, node in nodes.items():
         pub = published[v]
-        drawn = as_hex({**node.draws, **({"rounding_draw_bytes": node.rounds[1]["rounding_draw_bytes"]}
+        drawn = as_hex({**node.draws, **({"rounding_seed": node.rounds[1]["rounding_seed"]}
                                          if 1 in node.rounds else {})})
         assert drawn == {k: pub["draws"][k] for k in drawn}, v  # what it drew is what the vectors list
         if "encoded_input" not in pub:  # never joined the epoch: only its draws and identity are published
@@ -236,7 +235,8 @@ def test_node_intermediates(case):
         r1, adv = as_hex(node.rounds[1]), node.my_advert
         got = {"channel_public_key": adv["channel_key"], "graph_commitment": adv["graph_commitment"],
                "self_mask_commitment_round1": adv["commitments"][0], "self_mask_key_round1": r1["self_mask_key"],
-               "self_mask_prefix": r1["self_mask_prefix"], "rounding_uniforms": r1["rounding_uniforms"],
+               "self_mask_prefix": r1["self_mask_prefix"], "rounding_key": r1["rounding_key"],
+               "rounding_uniforms": r1["rounding_uniforms"],
                "encoded_input": r1["encoded_input"], "clipped_coordinates": r1["clipped_coordinates"],
                "pairwise": r1["pairwise"],
                "share_channels": {h: {**as_hex({**c, "associated_data": b""}),
@@ -324,15 +324,15 @@ def test_server_reproduces_published_result(case, published):
 def test_steady_state_round_against_published_transcript():
     """Round 2 of the K = 2 case (5.4, 5.5, section 7): RoundStart of the same epoch answered directly with the
     masked input, then the unchecked fast path: two round trips; it uses round key i = 1 and the peers of the set-up,
-    and its rounding draws follow round 1's in the node's stream."""
+    and its rounding seed follows round 1's in the node's stream (its key bound to round 2)."""
     # Prepare
     case = next(c for c in VALID if c["later_results"])
     names, K, d = sorted(case["inputs"]), case["parameters"]["rounds_per_epoch"], len(case["inputs"]["node-0"])
     round2 = [m for m in case["transcript"] if m["round"] == 2]
     _, rngs, _ = spec.simulation_randomness(case["seed"], names)
-    for v in names:  # the set-up's draws and round 1's rounding draws (2.9 items 1-3) come first
-        derive_draws(rngs[v], K, threshold_of(case), d)
-    expected_draws = {v: rngs[v].token(8 * d) for v in names}
+    for v in names:  # the set-up's draws and round 1's rounding seed (2.9 items 1-3) come first
+        derive_draws(rngs[v], K, threshold_of(case))
+    expected_seeds = {v: rngs[v].token(32) for v in names}
     # Execute
     nodes, _ = replay_nodes(case)
     replies = {v: [spec.decode_message(bytes.fromhex(m["hex"]))[1] for m in round2 if m["sender"] == v]
@@ -343,8 +343,10 @@ def test_steady_state_round_against_published_transcript():
             ("server", "RoundStart"), (v, "MaskedInput"), ("server", "UnmaskRequest"), (v, "UnmaskResponse")], v
     for v, node in nodes.items():
         assert node.state == "ready" and node.epoch == 1
-        assert node.rounds[2]["rounding_draw_bytes"] == expected_draws[v]
-        assert node.rounds[2]["rounding_draw_bytes"] != node.rounds[1]["rounding_draw_bytes"]
+        assert node.rounds[2]["rounding_seed"] == expected_seeds[v]
+        assert node.rounds[2]["rounding_seed"] != node.rounds[1]["rounding_seed"]
+        assert node.rounds[2]["rounding_key"] == spec.kdf(expected_seeds[v], "rounding", case["federation_id"], 2, v)
+        assert node.rounds[2]["rounding_uniforms"] == spec.rounding_uniforms(node.rounds[2]["rounding_key"], d)
         assert node.rounds[2]["self_mask_key"] != node.rounds[1]["self_mask_key"]  # round key i = 1
         assert replies[v][0]["words"] == {"length": d, "ring_bits": case["parameters"]["ring_bits"]}
         assert sorted(node.rounds[2]["pairwise"]) == node.peers
@@ -356,8 +358,9 @@ def test_steady_state_round_against_published_transcript():
 # ---------------------------------------------------------------- 5. fixed point (section 3)
 
 def test_binary64_rounding_is_pinned_by_the_f59_case():
-    """Section 3 / 10: encoded with binary64 sums; 11 of the 60 coordinates would encode differently with exact
-    rational arithmetic; one clipped coordinate per node."""
+    """Section 3 / 10: encoded with binary64 sums; 16 of the 60 coordinates would encode differently with exact
+    rational arithmetic; one clipped coordinate per node. The uniforms are those of the published rounding seed:
+    AES-256-CTR words under KDF(seed, "rounding", federation, 1, u)."""
     # Prepare
     case = next(c for c in VALID if c["name"].startswith("64-bit ring, f = 59"))
     p, f = case["parameters"], 59
@@ -365,7 +368,10 @@ def test_binary64_rounding_is_pinned_by_the_f59_case():
     # Execute / Assert
     for v, x in case["inputs"].items():
         pub = case["intermediates"]["nodes"][v]
-        us = pub["rounding_uniforms"]
+        key = spec.kdf(bytes.fromhex(pub["draws"]["rounding_seed"]), "rounding", case["federation_id"], 1, v)
+        assert key.hex() == pub["rounding_key"], v
+        us = spec.rounding_uniforms(key, len(x))
+        assert us == pub["rounding_uniforms"], v
         binary64 = [spec.encode(xj, p["clip"], f, u, p["ring_bits"]) for xj, u in zip(x, us)]
         exact = [math.floor(Fraction(spec.clip_value(xj, p["clip"])) * 2**f + Fraction(u)) % 2 ** p["ring_bits"]
                  for xj, u in zip(x, us)]
@@ -373,7 +379,7 @@ def test_binary64_rounding_is_pinned_by_the_f59_case():
         assert pub["clipped_coordinates"] == 1 == sum(abs(xj) > p["clip"] for xj in x), v
         differ += sum(a != b for a, b in zip(binary64, exact))
         total += len(x)
-    assert (differ, total) == (11, 60)
+    assert (differ, total) == (16, 60)
 
 
 @pytest.mark.parametrize("bits,clip,members,f,bound", [(32, 1.0, 100, 24, None), (32, 8.0, 10, 24, 6.0e-7),
@@ -605,3 +611,17 @@ def test_node_refuses_mutated_message(name, index, receiver, rnd, state, mutate)
     with pytest.raises(spec.ProtocolAborted) as refused:
         node.handle(bad)
     assert node.state == "aborted" and refused.value.party == receiver
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_inputs_and_weights_are_data_errors(bad):
+    # Prepare
+    case = VALID[0]
+    inputs = {**case["inputs"], "node-0": [bad, *case["inputs"]["node-0"][1:]]}
+    # Execute / Assert (section 3)
+    with pytest.raises(spec.DataError):
+        build_nodes({**case, "inputs": inputs})
+    with pytest.raises(spec.DataError):
+        spec.weighted_input([0.5, 0.25], bad, clip=4.0)
+    with pytest.raises(spec.DataError):
+        spec.weighted_input([0.5, 0.25], -1.0, clip=4.0)
