@@ -262,11 +262,15 @@ class _CollectSignatures(Adversary):
             return True
         return False
 
+    def signed_view(self, ctx: AttackContext) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The view the signers were shown (the honest twin's, unless a subclass showed another)."""
+        return ctx.server._view
+
     def override(self, ctx):
         if not ctx.intercepted:
             return None
         fed = ctx.server.provisioning.federation_id
-        alive, dropped = ctx.server._view
+        alive, dropped = self.signed_view(ctx)
         signatures = {v: m.signature for v, m in ctx.intercepted.items() if isinstance(m, ConsistencySignature)}
         request = UnmaskRequest(federation_id=fed, round=ctx.round, alive=alive, dropped=dropped, signatures=signatures)
         ctx.intercepted.clear()
@@ -383,7 +387,7 @@ class OmitGraphReveal(_GraphSeedAdversary):
         return nonces
 
 
-class SparseFastPathSplit(Adversary):
+class SparseFastPathSplit(_CollectSignatures):
     name = "sparse_fast_path_split"
     description = ("on a SecAgg+ ring of degree 4: victim v masks only with v-2 and v+2 (shares withheld), v-2 and v+2 "
                    "are kept from masking with v-1 and v+1; v-2, v, v+2 get the unchecked fast path (v's self-mask seed), "
@@ -425,20 +429,8 @@ class SparseFastPathSplit(Adversary):
             out = {v: unchecked if v in fast else self.check for v in everyone}
         return out
 
-    def intercept(self, reply, ctx):
-        if isinstance(reply, ConsistencySignature):
-            ctx.intercepted[reply.node_id] = reply
-            return True
-        return False
-
-    def override(self, ctx):
-        if not ctx.intercepted:
-            return None
-        signatures = {v: m.signature for v, m in ctx.intercepted.items()}
-        ctx.intercepted.clear()
-        request = UnmaskRequest(federation_id=self.check.federation_id, round=ctx.round, alive=self.check.alive,
-                                dropped=self.check.dropped, signatures=signatures)
-        return {v: request for v in signatures}
+    def signed_view(self, ctx):
+        return self.check.alive, self.check.dropped
 
 
 CATALOGUE: dict[str, type[Adversary]] = {cls.name: cls for cls in (
