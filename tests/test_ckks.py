@@ -44,7 +44,7 @@ from geofed_secure.secagg.ckks import (
     transition_table_markdown,
     vector_input,
 )
-from geofed_secure.secagg.types import SERVER
+from geofed_secure.secagg.common import SERVER
 
 PROTOCOL_DIR = Path(__file__).resolve().parents[1] / "protocols" / "ckks-v1"
 FED = "fed"

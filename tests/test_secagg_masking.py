@@ -21,8 +21,8 @@ from geofed_secure.errors import (
     ProtocolAborted,
 )
 from geofed_secure.secagg import STAGES, simulate_aggregation
-from geofed_secure.secagg import primitives as crypto
-from geofed_secure.secagg.adversary import CATALOGUE, Adversary
+from geofed_secure.secagg.masking import primitives as crypto
+from geofed_secure.secagg.masking.adversary import CATALOGUE, Adversary
 from geofed_secure.secagg.masking import (
     NODE_TRANSITIONS,
     SERVER_TRANSITIONS,
@@ -31,7 +31,7 @@ from geofed_secure.secagg.masking import (
     pairwise_mask,
     self_mask,
 )
-from geofed_secure.secagg.messages import (
+from geofed_secure.secagg.masking.messages import (
     MAGIC,
     MESSAGE_TYPES,
     VERSION,
@@ -49,8 +49,8 @@ from geofed_secure.secagg.messages import (
     UnmaskResponse,
     decode,
 )
-from geofed_secure.secagg.simulate import MaskingFederation
-from geofed_secure.secagg.types import SERVER
+from geofed_secure.secagg.masking.federation import MaskingFederation
+from geofed_secure.secagg.common import SERVER
 
 FAST = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 IDS = ("n0", "n1", "n2", "n3", "n4")
@@ -192,7 +192,7 @@ def individual_inputs_the_server_can_compute(transcript, round_, *, threshold, c
                  else crypto.x25519_public(value) == adverts[owner].mask_keys[i])
         return value if check else None
 
-    from geofed_secure.secagg.fixedpoint import FixedPoint
+    from geofed_secure.secagg.masking.fixedpoint import FixedPoint
     exposed = {}
     for v, words in inputs.items():
         if v in colluders:

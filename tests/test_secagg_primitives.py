@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from geofed_secure.errors import ConfigError, DataError
-from geofed_secure.secagg import primitives as crypto
-from geofed_secure.secagg.fixedpoint import FixedPoint
+from geofed_secure.secagg.masking import primitives as crypto
+from geofed_secure.secagg.masking.fixedpoint import FixedPoint
 
 FAST = settings(max_examples=25, deadline=None)
 SECRET = bytes(range(32))
@@ -344,7 +344,7 @@ def test_for_cohort_refuses_bad_parameters(n, clip, ring_bits):
         FixedPoint.for_cohort(n, clip, ring_bits)
 
 
-@pytest.mark.parametrize("module", ["masking", "primitives", "fixedpoint"])
+@pytest.mark.parametrize("module", ["masking.spec", "masking.primitives", "masking.fixedpoint"])
 def test_secagg_doctests(module):
     import doctest
     import importlib

@@ -12,8 +12,8 @@ from geofed_secure.errors import GeofedError, ProtocolAborted
 from geofed_secure.runtime.messages import NodeUpdate, RoundBroadcast
 from geofed_secure.runtime.simulator import Simulator
 from geofed_secure.runtime.transcript import SERVER, Transcript
-from geofed_secure.secagg.fixedpoint import FixedPoint
-from geofed_secure.secagg.messages import MaskedInput
+from geofed_secure.secagg.masking.fixedpoint import FixedPoint
+from geofed_secure.secagg.masking.messages import MaskedInput
 from geofed_secure.server.checkpoint import CheckpointStore
 
 NODE_TO_SERVER_SECAGG = {"KeyAdvertisement", "ShareBundle", "MaskedInput", "ConsistencySignature", "UnmaskResponse"}

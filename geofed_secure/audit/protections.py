@@ -8,7 +8,7 @@
 | outside observer | the final model only: the aggregated update, no alignment release | the same | the same |
 
 A malicious server sees what an honest-but-curious one sees: the deviations of the secure-aggregation adversary
-catalogue (``geofed_secure.secagg.adversary``) are refused by honest nodes before anything more is revealed (tested
+catalogue (``geofed_secure.secagg.masking.adversary``) are refused by honest nodes before anything more is revealed (tested
 in the secure-aggregation suite). An ``aggregate`` view holds the target's release plus the uploads of the nodes the
 adversary does not control; the adversary subtracts its own nodes' uploads exactly and its SIMULATION of the others
 (:class:`~geofed_secure.audit.experiment.OtherNodes` ``estimate``). The sums under masking and CKKS come out of the

@@ -13,7 +13,7 @@ Roles (what the role sees in a transcript is fixed by the role; ``observes`` can
 | ``observer`` | nothing of the transcript; only the released final model (``final/`` of a run) |
 
 ``behaviour = "malicious"`` marks an adversary that may deviate (the secure-aggregation adversary catalogue,
-``geofed_secure.secagg.adversary``, lists what honest nodes refuse); views are selected the same way for both.
+``geofed_secure.secagg.masking.adversary``, lists what honest nodes refuse); views are selected the same way for both.
 """
 
 from __future__ import annotations

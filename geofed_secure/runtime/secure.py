@@ -28,8 +28,8 @@ from geofed_secure.runtime.messages import (
 )
 from geofed_secure.runtime.transcript import Transcript
 from geofed_secure.secagg.masking import MaskingParameters
-from geofed_secure.secagg.simulate import MaskingFederation
-from geofed_secure.secagg.types import WireRecord
+from geofed_secure.secagg.masking.federation import MaskingFederation
+from geofed_secure.secagg.common import WireRecord
 
 FaultHook = Callable[[str, int, str], None]
 

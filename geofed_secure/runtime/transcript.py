@@ -130,7 +130,7 @@ class Transcript:
 def decode_any(blob: bytes):
     """Decode a transcript record of any protocol: round messages, secagg-v1 or ckks-v1 (by magic bytes)."""
     if blob[:4] == b"GFSA":
-        from geofed_secure.secagg.messages import decode
+        from geofed_secure.secagg.masking.messages import decode
         return decode(blob)
     if blob[:4] == b"GFCK":
         from geofed_secure.secagg.ckks import decode_ckks_message

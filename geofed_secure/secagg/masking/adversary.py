@@ -15,9 +15,8 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from geofed_secure.secagg import primitives as crypto
-from geofed_secure.secagg.masking import MaskingServer
-from geofed_secure.secagg.messages import (
+from geofed_secure.secagg.masking import primitives as crypto
+from geofed_secure.secagg.masking.messages import (
     ConsistencyRequest,
     ConsistencySignature,
     GraphSeeds,
@@ -30,6 +29,7 @@ from geofed_secure.secagg.messages import (
     UnmaskRequest,
     advertisement_signed_bytes,
 )
+from geofed_secure.secagg.masking.server import MaskingServer
 
 
 @dataclass

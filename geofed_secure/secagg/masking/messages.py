@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from geofed_secure.errors import MessageError
-from geofed_secure.secagg.primitives import KEY_BYTES, PROTOCOL_ID, SIGNATURE_BYTES
+from geofed_secure.secagg.masking.primitives import KEY_BYTES, PROTOCOL_ID, SIGNATURE_BYTES
 
 MAGIC = b"GFSA"
 VERSION = 1

@@ -73,7 +73,7 @@ class FixedPoint:
         """(ring words, number of clipped coordinates). Non-finite input raises :class:`DataError`.
 
         ``draws``: one uniform in [0, 1) per coordinate for the stochastic rounding (secagg-v1 takes them from
-        :func:`~geofed_secure.secagg.primitives.uniform_draws`, SPEC 3), or a numpy Generator to draw them from.
+        :func:`~geofed_secure.secagg.masking.primitives.uniform_draws`, SPEC 3), or a numpy Generator to draw them from.
         """
         x = np.asarray(values, dtype=np.float64)
         if x.ndim != 1:

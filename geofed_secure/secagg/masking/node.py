@@ -1,0 +1,395 @@
+"""The node's side of secagg-v1 (SPEC section 5): :class:`MaskingNode` and its transition table.
+
+:class:`MaskingNode` and :class:`MaskingServer` never touch a socket, a clock or a thread: a driver (the
+in-process simulator, the tests, the federation runtime, Flower) moves their messages. Transitions are data
+(:data:`NODE_TRANSITIONS`, :data:`SERVER_TRANSITIONS`); the state diagrams in ``protocols/secagg-v1/SPEC.md``
+are generated from them. Any message that is illegal in the current state, or any dishonest-server behaviour a
+node can detect, makes the node raise :class:`~geofed_secure.errors.ProtocolAborted` and stay ABORTED, having
+revealed nothing for that round beyond what it had already sent.
+
+What each party learns (threat model, SPEC section 6): the server learns the sum of the contributors' encoded
+inputs and who contributed. Against a malicious server colluding with at most ``colluders`` (z) nodes it learns
+no individual input and no sum of fewer than three honest inputs, because (i) a node answers only a view whose
+survivors it masked with, that keeps at least t - 1 of its peers alive, and that every survivor signed, (ii) every
+answered view lists more than (M + z) / 2 of the M epoch members, so at most one view per round is answered, and
+(iii) t >= z + 3. A node learns nothing about other nodes' inputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from geofed_secure.errors import (
+    DataError,
+    LocalProtocolError,
+    ProtocolAborted,
+)
+from geofed_secure.secagg.masking import primitives as crypto
+from geofed_secure.secagg.masking.messages import (
+    ConsistencyRequest,
+    ConsistencySignature,
+    GraphSeedReveal,
+    GraphSeeds,
+    KeyAdvertisement,
+    KeyRoster,
+    MaskedInput,
+    Message,
+    RoundStart,
+    ShareBundle,
+    ShareDelivery,
+    UnmaskRequest,
+    UnmaskResponse,
+    advertisement_signed_bytes,
+    view_signed_bytes,
+)
+from geofed_secure.secagg.masking.spec import (
+    EpochPlan,
+    Provisioning,
+    channel_key,
+    check_roster,
+    pairwise_mask,
+    plan_epoch,
+    self_mask,
+    share_header,
+)
+from geofed_secure.secagg.masking.tables import NODE_TRANSITIONS, node_event
+
+# ---------------------------------------------------------------------------------------------------------
+# Node
+
+
+@dataclass
+class _NodeEpochSecrets:
+    channel_private: bytes
+    mask_privates: list[bytes]
+    seeds: list[bytes]
+    graph_nonce: bytes
+    plan: EpochPlan | None = None
+    roster: KeyRoster | None = None  # held between the roster and the graph seeds (SecAgg+)
+    own_shares: dict[str, list[tuple[bytes, bytes]]] = field(default_factory=dict)  # owner -> per round (key, seed) share
+    peers: tuple[str, ...] = ()  # neighbours whose shares arrived: the nodes this node masks with
+    adverts: dict[str, KeyAdvertisement] = field(default_factory=dict)
+    channel_secrets: dict[str, bytes] = field(default_factory=dict)  # X25519(c_u, C_v) per neighbour, computed once
+
+    def channel_secret(self, peer: str) -> bytes:
+        if peer not in self.channel_secrets:
+            if not self.channel_secrets:
+                self._channel_private_key = crypto.X25519Private(self.channel_private)
+            self.channel_secrets[peer] = self._channel_private_key.exchange(self.adverts[peer].channel_key)
+        return self.channel_secrets[peer]
+
+
+class MaskingNode:
+    """One node's side of secagg-v1. Methods return the message to send to the server.
+
+    ``rng`` supplies every secret, in the order SPEC 2.9 fixes (keys, seeds, graph nonce, Shamir coefficients,
+    rounding draws); inject :class:`~geofed_secure.secagg.masking.primitives.DeterministicRandomness` for reproducible
+    runs and vectors.
+    """
+
+    def __init__(self, node_id: str, identity_private: bytes, provisioning: Provisioning, rng: crypto.Randomness) -> None:
+        if node_id not in provisioning.identities:
+            raise LocalProtocolError(f"{node_id!r} is not a provisioned node of {provisioning.federation_id!r}")
+        self.node_id = node_id
+        self.provisioning = provisioning
+        self.params = provisioning.parameters
+        self._identity = identity_private
+        self._rng = rng
+        self.state = "ready"
+        self.round = 0  # current (or last) round
+        self.epoch: _NodeEpochSecrets | None = None
+        self.clipped = 0  # coordinates clipped in the current round's input
+        self._vector: np.ndarray | None = None
+        self._view: tuple[tuple[str, ...], tuple[str, ...]] | None = None
+        self._advertised: KeyAdvertisement | None = None
+
+    # -- plumbing -----------------------------------------------------------------------------------
+    def _abort(self, reason: str, stage: str) -> ProtocolAborted:
+        self.state = "aborted"
+        self._vector = None
+        return ProtocolAborted(reason, party=self.node_id, stage=stage)
+
+    def _advance(self, message: Message, stage: str) -> str:
+        if self.state == "aborted":
+            raise LocalProtocolError(f"{self.node_id}: the session is aborted; start a new MaskingNode")
+        sparse = self.epoch is not None and self.epoch.plan is not None and self.epoch.plan.graph_seed is not None
+        event = node_event(message, self.params.degree, sparse_epoch=sparse)
+        target = NODE_TRANSITIONS[self.state].get(event)
+        if target is None:
+            raise self._abort(f"{event} is not legal in state {self.state!r}", stage)
+        fed = message.federation_id
+        if fed != self.provisioning.federation_id:
+            raise self._abort(f"message for federation {fed!r}", stage)
+        return target
+
+    def _expect_round(self, got: int, stage: str) -> None:
+        if got != self.round:
+            raise self._abort(f"message for round {got} during round {self.round} (replayed or stale)", stage)
+
+    # -- stage 0: a round starts ---------------------------------------------------------------------
+    def begin_round(self, start: RoundStart, vector: np.ndarray) -> KeyAdvertisement | MaskedInput:
+        """Take the round's input (1-D float vector of ``start.vector_length``); answer with keys or the masked input."""
+        stage = "advertise_keys" if node_event(start) == "RoundStart(new epoch)" else "masked_input"
+        target = self._advance(start, stage)
+        if start.round <= self.round:
+            raise self._abort(f"round {start.round} does not follow round {self.round} (replayed round start)", stage)
+        if start.anchor_digest != self.provisioning.anchor_digest:
+            raise self._abort("the anchor digest changed: the node refuses an anchor set it was not provisioned with", stage)
+        x = np.asarray(vector, dtype=np.float64)
+        if x.ndim != 1 or x.shape[0] != start.vector_length:
+            raise LocalProtocolError(f"input must be a 1-D vector of {start.vector_length} values, got shape {x.shape}")
+        if not np.isfinite(x).all():
+            raise DataError(f"{self.node_id}: input has NaN/inf; refusing to mask it (fix the update before aggregation)")
+        if target == "advertised":
+            self.round = start.round
+            self._vector = x
+            self.state = target
+            return self._advertise(start.round)
+        ep = self.epoch
+        if ep is None or ep.plan is None or ep.plan.epoch != start.epoch or not 0 <= start.round - start.epoch < self.params.rounds_per_epoch:
+            raise self._abort(f"no keys for epoch {start.epoch} round {start.round}; the server must start a new epoch", stage)
+        if self.node_id not in ep.plan.members:
+            raise self._abort("this node is not a member of the epoch", stage)
+        self.round = start.round
+        self._vector = x
+        self.state = target
+        return self._masked_input()
+
+    def _advertise(self, epoch: int) -> KeyAdvertisement:
+        # Draw order is part of the spec (2.9): channel key, then per round (mask key, self-mask seed), then the nonce.
+        channel_private, channel_public = crypto.x25519_keypair(self._rng)
+        mask_privates, mask_publics, seeds, commitments = [], [], [], []
+        fed = self.provisioning.federation_id
+        for i in range(self.params.rounds_per_epoch):
+            private, public = crypto.x25519_keypair(self._rng)
+            seed = self._rng.token(crypto.KEY_BYTES)
+            mask_privates.append(private)
+            mask_publics.append(public)
+            seeds.append(seed)
+            commitments.append(crypto.commitment(seed, fed, epoch + i, self.node_id))
+        nonce = self._rng.token(crypto.KEY_BYTES)
+        self.epoch = _NodeEpochSecrets(channel_private=channel_private, mask_privates=mask_privates, seeds=seeds, graph_nonce=nonce)
+        fields = {"federation_id": fed, "epoch": epoch, "node_id": self.node_id, "channel_key": channel_public,
+                      "mask_keys": tuple(mask_publics), "commitments": tuple(commitments),
+                      "graph_commitment": crypto.commitment(nonce, fed, epoch, self.node_id, purpose="graph-commit")}
+        self._advertised = KeyAdvertisement(**fields, signature=crypto.sign(self._identity, advertisement_signed_bytes(**fields)))
+        return self._advertised
+
+    # -- stage 1: share keys -------------------------------------------------------------------------
+    def receive(self, message: Message) -> Message:
+        """Handle one server message; return the answer. Illegal or dishonest input raises ProtocolAborted."""
+        handlers = {KeyRoster: self._on_roster, GraphSeeds: self._on_graph_seeds, ShareDelivery: self._on_delivery,
+                    ConsistencyRequest: self._on_consistency, UnmaskRequest: self._on_unmask}
+        handler = handlers.get(type(message))
+        if handler is None:
+            if self.state == "aborted":
+                raise LocalProtocolError(f"{self.node_id}: the session is aborted; start a new MaskingNode")
+            if isinstance(message, RoundStart) and self.state == "ready":
+                raise LocalProtocolError("a RoundStart goes through begin_round(start, vector)")
+            raise self._abort(f"{type(message).__name__} is not legal for a node in state {self.state!r}", "unknown")
+        return handler(message)
+
+    def abandon_round(self) -> None:
+        """Driver's call when this node's round ended without it (timeout, lost messages): back to ``ready``.
+
+        Keys of a finished epoch set-up are kept (later rounds of the epoch use their own, unrevealed keys);
+        an unfinished set-up is discarded.
+        """
+        if self.state == "aborted":
+            raise LocalProtocolError(f"{self.node_id}: the session is aborted; start a new MaskingNode")
+        if self.state in ("advertised", "revealed", "shared"):
+            self.epoch = None
+        self.state, self._vector, self._view = "ready", None, None
+
+    def _on_roster(self, roster: KeyRoster) -> ShareBundle | GraphSeedReveal:
+        stage = "share_keys"
+        target = self._advance(roster, stage)
+        if roster.epoch != self.round:
+            raise self._abort(f"roster for epoch {roster.epoch} during the set-up of epoch {self.round} (replayed)", stage)
+        assert self.epoch is not None
+        try:
+            check_roster(self.provisioning, roster, party=self.node_id)
+        except ProtocolAborted:
+            self.state = "aborted"
+            raise
+        mine = next((a for a in roster.advertisements if a.node_id == self.node_id), None)
+        if mine is None or mine != self._advertised:
+            raise self._abort("the roster does not hold this node's own advertisement unchanged (dropped or replaced)", stage)
+        self.epoch.roster = roster
+        self.epoch.adverts = {a.node_id: a for a in roster.advertisements}
+        if target == "revealed":  # SecAgg+: the graph waits for every member's nonce (commit-reveal, SPEC 5.2)
+            self.state = target
+            return GraphSeedReveal(federation_id=roster.federation_id, epoch=roster.epoch, node_id=self.node_id,
+                                   nonce=self.epoch.graph_nonce)
+        return self._share_keys(self._plan(roster, None), target)
+
+    def _on_graph_seeds(self, seeds: GraphSeeds) -> ShareBundle:
+        stage = "share_keys"
+        target = self._advance(seeds, stage)
+        assert self.epoch is not None and self.epoch.roster is not None
+        if seeds.epoch != self.epoch.roster.epoch:
+            raise self._abort(f"graph seeds for epoch {seeds.epoch} during the set-up of epoch {self.epoch.roster.epoch}", stage)
+        if seeds.nonces.get(self.node_id) != self.epoch.graph_nonce:
+            raise self._abort("the graph seeds do not carry this node's own nonce unchanged", stage)
+        return self._share_keys(self._plan(self.epoch.roster, seeds.nonces), target)
+
+    def _plan(self, roster: KeyRoster, nonces: Mapping[str, bytes] | None) -> EpochPlan:
+        try:
+            return plan_epoch(self.provisioning, roster, party=self.node_id, nonces=nonces)
+        except ProtocolAborted:
+            self.state = "aborted"
+            raise
+
+    def _share_keys(self, plan: EpochPlan, target: str) -> ShareBundle:
+        assert self.epoch is not None
+        self.epoch.plan = plan
+        self.epoch.roster = None
+        holders = plan.holders[self.node_id]
+        xs = [plan.x_of(h) for h in holders]
+        # Coefficient draws in this order (SPEC 2.9): per round, the mask key's polynomial, then the seed's.
+        per_round = [(crypto.shamir_split(self.epoch.mask_privates[i], plan.threshold, xs, self._rng),
+                      crypto.shamir_split(self.epoch.seeds[i], plan.threshold, xs, self._rng))
+                     for i in range(self.params.rounds_per_epoch)]
+        sealed = {}
+        fed = self.provisioning.federation_id
+        for j, holder in enumerate(holders):
+            shares = [(key_shares[j], seed_shares[j]) for key_shares, seed_shares in per_round]
+            if holder == self.node_id:
+                self.epoch.own_shares[self.node_id] = shares
+                continue
+            key = channel_key(self.epoch.channel_secret(holder), fed, plan.epoch, self.node_id, holder)
+            plaintext = b"".join(k + s for k, s in shares)
+            sealed[holder] = crypto.seal(key, plaintext, share_header(fed, plan.epoch, self.node_id, holder, plan.roster_digest))
+        self.state = target
+        return ShareBundle(federation_id=fed, epoch=plan.epoch, node_id=self.node_id, sealed=sealed)
+
+    def _on_delivery(self, delivery: ShareDelivery) -> MaskedInput:
+        stage = "masked_input"
+        target = self._advance(delivery, stage)
+        assert self.epoch is not None and self.epoch.plan is not None
+        plan = self.epoch.plan
+        if delivery.epoch != plan.epoch or delivery.receiver != self.node_id:
+            raise self._abort(f"share delivery for {delivery.receiver!r} in epoch {delivery.epoch} (misrouted or replayed)", stage)
+        neighbours = set(plan.neighbours(self.node_id))
+        if not set(delivery.sealed) <= neighbours:
+            raise self._abort(f"shares from non-neighbours {sorted(set(delivery.sealed) - neighbours)[:3]}", stage)
+        fed = self.provisioning.federation_id
+        size = 2 * crypto.SHARE_BYTES
+        for sender, blob in delivery.sealed.items():
+            key = channel_key(self.epoch.channel_secret(sender), fed, plan.epoch, sender, self.node_id)
+            try:
+                plaintext = crypto.unseal(key, blob, share_header(fed, plan.epoch, sender, self.node_id, plan.roster_digest))
+            except crypto.DecryptionFailed:
+                raise self._abort(f"shares from {sender!r} failed authentication (forged, tampered, or sealed under "
+                                  "another roster)", stage) from None
+            if len(plaintext) != size * self.params.rounds_per_epoch:
+                raise self._abort(f"shares from {sender!r} have the wrong length", stage)
+            self.epoch.own_shares[sender] = [(plaintext[i * size:i * size + crypto.SHARE_BYTES],
+                                              plaintext[i * size + crypto.SHARE_BYTES:(i + 1) * size])
+                                             for i in range(self.params.rounds_per_epoch)]
+        self.epoch.peers = tuple(sorted(delivery.sealed))
+        if len(self.epoch.peers) + 1 < plan.threshold:
+            raise self._abort(f"only {len(self.epoch.peers)} neighbours shared keys; the threshold is {plan.threshold}", stage)
+        self.state = target
+        return self._masked_input()
+
+    # -- stage 2: masked input -----------------------------------------------------------------------
+    def _masked_input(self) -> MaskedInput:
+        ep = self.epoch
+        assert ep is not None and ep.plan is not None and self._vector is not None
+        plan, fed, r = ep.plan, self.provisioning.federation_id, self.round
+        i = r - plan.epoch
+        fp = plan.fixed_point
+        rounding_key = crypto.derive_key(self._rng.token(crypto.KEY_BYTES), "rounding", fed, r, self.node_id)
+        words, self.clipped = fp.encode(self._vector, crypto.uniform_draws(rounding_key, self._vector.shape[0]))
+        n = words.shape[0]
+        scratch = crypto.keystream_scratch(n, fp.ring_bits)
+        words += self_mask(ep.seeds[i], fed, r, self.node_id, n, fp.ring_bits, scratch)
+        mask_key = crypto.X25519Private(ep.mask_privates[i])
+        for peer in ep.peers:
+            mask = pairwise_mask(mask_key.exchange(ep.adverts[peer].mask_keys[i]), fed, r, self.node_id, peer, n, fp.ring_bits, scratch)
+            if self.node_id < peer:
+                words += mask
+            else:
+                words -= mask
+        self._vector = None
+        return MaskedInput(federation_id=fed, round=r, node_id=self.node_id, words=words)
+
+    # -- stage 3: consistency check ------------------------------------------------------------------
+    def _check_view(self, alive: tuple[str, ...], dropped: tuple[str, ...], stage: str) -> None:
+        """The survivor rules of SPEC 5.4, on the check path and on the fast path alike."""
+        assert self.epoch is not None and self.epoch.plan is not None
+        plan, peers = self.epoch.plan, set(self.epoch.peers)
+        both = sorted(set(alive) & set(dropped))
+        if both:
+            raise self._abort(f"{both[0]!r} is listed both alive and dropped (the server would get both of its secrets)", stage)
+        if self.node_id not in alive:
+            raise self._abort("this node is not listed alive", stage)
+        unknown = sorted((set(alive) | set(dropped)) - set(plan.members))
+        if unknown:
+            raise self._abort(f"view lists non-members {unknown[:3]}", stage)
+        if len(alive) < plan.view_floor:
+            raise self._abort(f"only {len(alive)} survivor(s); an answered view needs {plan.view_floor} (more than half "
+                              "the epoch's members plus colluders, at least the threshold and 3)", stage)
+        # Bonawitz et al. 2017, round 3: the survivors must be among the nodes this node masked with.
+        strangers = sorted((set(alive) & set(plan.neighbours(self.node_id))) - peers)
+        if strangers:
+            raise self._abort(f"the view lists {strangers[:3]} alive, but this node never received their shares and did "
+                              "not mask with them (the server withheld shares to isolate this node)", stage)
+        unlisted = sorted(peers - set(alive) - set(dropped))
+        if unlisted:
+            raise self._abort(f"the view omits {unlisted[:3]}, with whom this node masked", stage)
+        kept = len(peers & set(alive))
+        if kept + 1 < plan.threshold:
+            raise self._abort(f"only {kept} of the {len(peers)} peers this node masked with are listed alive; with fewer "
+                              f"than {plan.threshold - 1} its input would lose its masks", stage)
+
+    def _on_consistency(self, request: ConsistencyRequest) -> ConsistencySignature:
+        stage = "consistency_check"
+        target = self._advance(request, stage)
+        self._expect_round(request.round, stage)
+        self._check_view(request.alive, request.dropped, stage)
+        assert self.epoch is not None and self.epoch.plan is not None
+        self._view = (request.alive, request.dropped)
+        fed = self.provisioning.federation_id
+        signed = view_signed_bytes(fed, self.round, self.epoch.plan.roster_digest, request.alive, request.dropped)
+        self.state = target
+        return ConsistencySignature(federation_id=fed, round=self.round, node_id=self.node_id,
+                                    signature=crypto.sign(self._identity, signed))
+
+    # -- stage 4: unmask -----------------------------------------------------------------------------
+    def _on_unmask(self, request: UnmaskRequest) -> UnmaskResponse:
+        stage = "unmask"
+        target = self._advance(request, stage)
+        self._expect_round(request.round, stage)
+        self._check_view(request.alive, request.dropped, stage)
+        ep = self.epoch
+        assert ep is not None and ep.plan is not None
+        plan, fed = ep.plan, self.provisioning.federation_id
+        if self.state == "signed":
+            if (request.alive, request.dropped) != self._view:
+                raise self._abort("the unmask request's survivor view differs from the view this node signed", stage)
+            # Every survivor must have signed this very view: a survivor that refused it (e.g. because it did not
+            # mask with the others) is never unmasked without its consent, and two answered views cannot coexist.
+            missing = sorted(set(request.alive) - set(request.signatures))
+            if missing:
+                raise self._abort(f"survivors {missing[:3]} did not confirm the view; every survivor must sign it", stage)
+            signed = view_signed_bytes(fed, self.round, plan.roster_digest, request.alive, request.dropped)
+            for signer, signature in request.signatures.items():
+                public = self.provisioning.identities.get(signer)
+                if signer not in request.alive or public is None or not crypto.verify(public, signature, signed):
+                    raise self._abort(f"the signature of {signer!r} is not over this node's view: survivor sets differ "
+                                      "between nodes", stage)
+        i = self.round - plan.epoch
+        holdings = set(ep.own_shares)
+        self_mask_shares = {o: ep.own_shares[o][i][1] for o in sorted(holdings & set(request.alive))}
+        mask_key_shares = {o: ep.own_shares[o][i][0] for o in sorted(holdings & set(request.dropped))}
+        self.state = target
+        self._view = None
+        return UnmaskResponse(federation_id=fed, round=self.round, node_id=self.node_id,
+                              self_mask_shares=self_mask_shares, mask_key_shares=mask_key_shares)
+
+

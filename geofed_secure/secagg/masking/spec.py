@@ -1,0 +1,280 @@
+"""secagg-v1 constants, provisioned parameters and the pure derivations of SPEC sections 2, 3 and 5.1-5.2.
+
+Everything here is a function of provisioned values and messages: the threshold and view-quorum rules, the
+SecAgg+ graph, the epoch plan each party checks, and the mask keystreams. The state machines
+(:mod:`.node`, :mod:`.server`) compose these; nothing here holds state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from geofed_secure.errors import (
+    ConfigError,
+    LocalProtocolError,
+    ProtocolAborted,
+)
+from geofed_secure.secagg.common import SERVER
+from geofed_secure.secagg.masking import primitives as crypto
+from geofed_secure.secagg.masking.fixedpoint import FixedPoint
+from geofed_secure.secagg.masking.messages import (
+    KeyRoster,
+    signed_bytes_of,
+)
+
+MIN_COHORT = 3  # with 2 nodes, each learns the other's input from the sum
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MaskingParameters:
+    """Provisioned with the federation (never taken from the server at run time).
+
+    ``colluders`` (z): how many nodes may collude with a malicious server (SPEC 6). Privacy of every honest
+    node's input holds for z colluders when ``threshold >= z + 3`` (each alive owner keeps at least two honest
+    alive peers it masked with) and every answered view has more than (members + z) / 2 survivors; parameters
+    outside the bound are refused here or at epoch planning.
+    ``threshold``: shares needed to reconstruct one owner's secret; None -> max(3 + z, floor((m + z)/2) + 1) where m is
+    the number of share holders per owner computed from the PROVISIONED federation size (degree + 1, or all
+    provisioned nodes for the complete graph), so a server that hands out a small roster cannot lower it.
+    t < 3 + z is refused here, 2t <= m + z and t > m at epoch planning (with the epoch's m).
+    ``degree``: SecAgg+ neighbourhood size (even; odd values are rounded up); None -> complete graph.
+    ``rounds_per_epoch``: rounds served by one key set-up (steady-state rounds need two round trips).
+    """
+
+    ring_bits: int = 64
+    clip: float = 1.0e4
+    threshold: int | None = None
+    degree: int | None = None
+    rounds_per_epoch: int = 8
+    colluders: int = 0
+
+    def __post_init__(self) -> None:
+        if self.ring_bits not in (32, 64):
+            raise ConfigError("secure.ring_bits", f"must be 32 or 64, got {self.ring_bits!r}")
+        if not isinstance(self.rounds_per_epoch, int) or not 1 <= self.rounds_per_epoch <= 1024:
+            raise ConfigError("secure.rounds_per_epoch", f"must be an integer in [1, 1024], got {self.rounds_per_epoch!r}")
+        if self.degree is not None and (not isinstance(self.degree, int) or self.degree < 2):
+            raise ConfigError("secure.neighbors", f"must be an integer >= 2 or omitted (complete graph), got {self.degree!r}")
+        if not isinstance(self.colluders, int) or isinstance(self.colluders, bool) or self.colluders < 0:
+            raise ConfigError("secure.colluders", f"must be an integer >= 0, got {self.colluders!r}")
+        floor = MIN_COHORT + self.colluders
+        if self.threshold is not None and (not isinstance(self.threshold, int) or self.threshold < floor):
+            raise ConfigError("secure.threshold", f"must be an integer >= {floor} (3 + colluders) or omitted, got "
+                              f"{self.threshold!r}: with t < 3 + z an owner's alive peers could all be colluders or "
+                              "one honest node, exposing its input or a sum of two")
+        if self.degree is not None and floor > sparse_holders(self.degree):
+            raise ConfigError("secure.colluders", f"degree {self.degree} gives {sparse_holders(self.degree)} share holders "
+                              f"per owner, too few to keep two honest peers against {self.colluders} colluder(s); "
+                              f"raise secure.neighbors to at least {2 * (floor - 1)} or lower secure.colluders")
+        FixedPoint.for_cohort(1, self.clip, self.ring_bits)  # validates clip
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Provisioning:
+    """What every party receives out of band before the first round: ids, identity keys, anchors, parameters."""
+
+    federation_id: str
+    identities: Mapping[str, bytes]  # node id -> Ed25519 public key
+    anchor_digest: str
+    parameters: MaskingParameters = field(default_factory=MaskingParameters)
+
+    def __post_init__(self) -> None:
+        # M <= n epoch members: if n clipped inputs fit the ring, every epoch's encoding fits (SPEC 3)
+        FixedPoint.for_cohort(max(1, len(self.identities)), self.parameters.clip, self.parameters.ring_bits)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The epoch: who advertised keys, the neighbourhood graph, threshold and encoding (identical at every party).
+# Terms (SPEC 1): n = provisioned nodes, M = epoch members (the roster), m = share holders per owner (its
+# neighbours and itself), t = threshold, z = tolerated colluders.
+
+
+def sparse_holders(degree: int) -> int:
+    """Share holders per owner in a SecAgg+ ring lattice of ``degree``: 2 ceil(degree / 2) + 1."""
+    return 2 * ((degree + 1) // 2) + 1
+
+
+def is_sparse(degree: int | None, members: int) -> bool:
+    """True when the epoch uses a SecAgg+ ring lattice (a seeded graph) rather than the complete graph."""
+    return degree is not None and degree < members - 1
+
+
+def holders_per_owner(members: int, degree: int | None) -> int:
+    return sparse_holders(degree) if degree is not None and is_sparse(degree, members) else members
+
+
+def default_threshold(n_provisioned: int, degree: int | None, colluders: int = 0) -> int:
+    """max(3 + z, floor((m + z)/2) + 1) for m share holders per owner in a federation of ``n_provisioned`` nodes.
+
+    >>> default_threshold(10, None), default_threshold(100, 6), default_threshold(3, None), default_threshold(100, 6, 2)
+    (6, 4, 3, 5)
+    >>> default_threshold(9, None, 1)
+    6
+    """
+    return max(MIN_COHORT + colluders, (holders_per_owner(n_provisioned, degree) + colluders) // 2 + 1)
+
+
+def view_quorum(members: int, colluders: int) -> int:
+    """Survivors every answered view must list: more than (M + z) / 2, and at least 3 (SPEC 5.5).
+
+    Two views with this many survivors each share an honest survivor, and an honest node answers one view per
+    round, so at most one view per round is ever answered.
+
+    >>> view_quorum(5, 0), view_quorum(10, 0), view_quorum(10, 1), view_quorum(3, 0)
+    (3, 6, 6, 3)
+    """
+    return max(MIN_COHORT, (members + colluders) // 2 + 1)
+
+
+@dataclass(frozen=True, slots=True)
+class EpochPlan:
+    epoch: int
+    members: tuple[str, ...]  # nodes whose signed advertisement is in the roster, sorted
+    holders: Mapping[str, tuple[str, ...]]  # owner -> the nodes holding its shares (its neighbours and itself)
+    threshold: int
+    quorum: int  # survivors an answered view must list (view_quorum)
+    fixed_point: FixedPoint
+    roster_digest: bytes  # binds share transport and view signatures to this exact roster
+    graph_seed: bytes | None  # None for the complete graph
+
+    def x_of(self, node_id: str) -> int:
+        """Shamir evaluation point of a node: its 1-based position in the sorted member list."""
+        return self.members.index(node_id) + 1
+
+    def neighbours(self, node_id: str) -> tuple[str, ...]:
+        return tuple(v for v in self.holders[node_id] if v != node_id)
+
+    @property
+    def view_floor(self) -> int:
+        return max(MIN_COHORT, self.threshold, self.quorum)
+
+
+def roster_digest(roster: KeyRoster) -> bytes:
+    """SHA-256 of the roster's wire bytes, domain-separated (SPEC 2.8)."""
+    return crypto.digest("roster", roster.encode())
+
+
+def graph_seed(federation_id: str, epoch: int, digest: bytes, nonces: Mapping[str, bytes], members: tuple[str, ...]) -> bytes:
+    """The SecAgg+ graph seed (SPEC 5.2): every member's revealed nonce, in member order, bound to the roster."""
+    return crypto.digest("graph-seed", federation_id, epoch, digest, *(nonces[v] for v in members))
+
+
+def neighbourhoods(members: tuple[str, ...], degree: int | None, seed: bytes | None) -> dict[str, tuple[str, ...]]:
+    """Share holders per member: a ring lattice of ``degree`` on a seeded order (SecAgg+), or all members.
+
+    Ring order: members sorted by SHA-256(seed || id); each member's holders are itself and the ceil(degree/2)
+    members before and after it in that order (cyclically). ``seed`` comes from a commit-reveal among the members
+    (:func:`graph_seed`), so the server cannot choose the graph.
+    """
+    n = len(members)
+    if not is_sparse(degree, n):
+        return {v: members for v in members}
+    assert degree is not None and seed is not None
+    half = (degree + 1) // 2
+    order = sorted(members, key=lambda v: hashlib.sha256(seed + v.encode()).digest())
+    holders = {}
+    for i, v in enumerate(order):
+        ring = {order[(i + d) % n] for d in range(-half, half + 1)}
+        holders[v] = tuple(sorted(ring))
+    return holders
+
+
+def check_roster(provisioning: Provisioning, roster: KeyRoster, *, party: str) -> tuple[str, ...]:
+    """The roster checks that need no graph (SPEC 5.1); returns the members. A bad roster aborts."""
+    params = provisioning.parameters
+    for advert in roster.advertisements:
+        if advert.node_id not in provisioning.identities:
+            raise ProtocolAborted(f"roster holds keys of {advert.node_id!r}, who is not a provisioned node (injected key)",
+                                  party=party, stage="share_keys")
+        if advert.federation_id != provisioning.federation_id or advert.epoch != roster.epoch:
+            raise ProtocolAborted(f"the advertisement of {advert.node_id!r} is for another federation or epoch (replayed)",
+                                  party=party, stage="share_keys")
+        if len(advert.mask_keys) != params.rounds_per_epoch:
+            raise ProtocolAborted(f"{advert.node_id!r} advertised {len(advert.mask_keys)} round keys, the federation uses "
+                                  f"{params.rounds_per_epoch}", party=party, stage="share_keys")
+    members = tuple(a.node_id for a in roster.advertisements)
+    if len(members) < MIN_COHORT:
+        raise ProtocolAborted(f"epoch {roster.epoch} has {len(members)} member(s); the floor is {MIN_COHORT}",
+                              party=party, stage="share_keys")
+    return members
+
+
+def plan_epoch(provisioning: Provisioning, roster: KeyRoster, *, party: str,
+               nonces: Mapping[str, bytes] | None = None) -> EpochPlan:
+    """Check a roster (and, for a SecAgg+ graph, every member's revealed nonce) and derive the epoch plan.
+
+    A bad roster or nonce aborts: this is where injected or replaced keys and a steered graph are caught. The
+    server verifies every advertisement's signature (on arrival); a node verifies those of its share holders, the
+    only keys it ever uses (a forged advertisement elsewhere can change the graph, i.e. availability, but no key
+    this node encrypts or masks with). This keeps a node's set-up cost O(degree) signatures instead of O(n).
+    """
+    params = provisioning.parameters
+    members = check_roster(provisioning, roster, party=party)
+    fed, epoch = provisioning.federation_id, roster.epoch
+    digest = roster_digest(roster)
+    by_id = {a.node_id: a for a in roster.advertisements}
+    seed = None
+    if is_sparse(params.degree, len(members)):
+        if nonces is None:
+            raise LocalProtocolError("a SecAgg+ epoch needs every member's graph-seed nonce before it can be planned")
+        missing = sorted(set(members) - set(nonces))
+        if missing or set(nonces) - set(members):
+            raise ProtocolAborted(f"graph-seed nonces of {missing[:3]} are missing or strangers' nonces were added: the "
+                                  "graph must come from every member's nonce (the server may not pick a subset)",
+                                  party=party, stage="share_keys")
+        for v in members:
+            if crypto.commitment(nonces[v], fed, epoch, v, purpose="graph-commit") != by_id[v].graph_commitment:
+                raise ProtocolAborted(f"the graph-seed nonce of {v!r} does not match its commitment (the server tried to "
+                                      "steer the graph)", party=party, stage="share_keys")
+        seed = graph_seed(fed, epoch, digest, nonces, members)
+    holders = neighbourhoods(members, params.degree, seed)
+    m = len(holders[members[0]])
+    threshold = params.threshold if params.threshold is not None else default_threshold(
+        len(provisioning.identities), params.degree, params.colluders)
+    if threshold > m:
+        raise ProtocolAborted(f"epoch {epoch} has {len(members)} member(s) and {m} share holders per node; the threshold "
+                              f"is {threshold} holders", party=party, stage="share_keys")
+    if 2 * threshold <= m + params.colluders:
+        raise ProtocolAborted(f"threshold {threshold} of {m} share holders is not above (holders + colluders) / 2 = "
+                              f"{(m + params.colluders) / 2:g}", party=party, stage="share_keys")
+    # The server verified each advertisement on arrival (MaskingServer.receive); a node its holders but itself
+    # (it compares its own advertisement byte for byte).
+    to_verify = () if party == SERVER else tuple(v for v in holders.get(party, members) if v != party)
+    for node_id in to_verify:
+        advert = by_id[node_id]
+        if not crypto.verify(provisioning.identities[node_id], advert.signature, signed_bytes_of(advert)):
+            raise ProtocolAborted(f"the keys advertised for {node_id!r} are not signed by its identity key "
+                                  "(injected, replaced or replayed key)", party=party, stage="share_keys")
+    return EpochPlan(epoch=epoch, members=members, holders=holders, threshold=threshold,
+                     quorum=view_quorum(len(members), params.colluders),
+                     fixed_point=FixedPoint.for_cohort(len(members), params.clip, params.ring_bits),
+                     roster_digest=digest, graph_seed=seed)
+
+
+def channel_key(shared_secret: bytes, federation_id: str, epoch: int, sender: str, receiver: str) -> bytes:
+    return crypto.derive_key(shared_secret, "share-channel", federation_id, epoch, sender, receiver)
+
+
+def share_header(federation_id: str, epoch: int, sender: str, receiver: str, digest: bytes) -> bytes:
+    """Associated data of a sealed share (SPEC 2.6): binds it to the sender, receiver and the exact roster."""
+    return b"|".join([crypto.PROTOCOL_ID, b"shares", federation_id.encode(), str(epoch).encode(), sender.encode(),
+                      receiver.encode(), digest.hex().encode()])
+
+
+def self_mask(seed: bytes, federation_id: str, round_: int, owner: str, length: int, ring_bits: int,
+              scratch: np.ndarray | None = None) -> np.ndarray:
+    """PRG output of an owner's self mask for one round (SPEC 5.3)."""
+    key = crypto.derive_key(seed, "self-mask", federation_id, round_, owner)
+    return crypto.keystream_words(key, length, ring_bits, scratch=scratch)
+
+
+def pairwise_mask(shared_secret: bytes, federation_id: str, round_: int, a: str, b: str, length: int, ring_bits: int,
+                  scratch: np.ndarray | None = None) -> np.ndarray:
+    """PRG output of the pairwise mask of nodes a and b for one round; the smaller id adds it, the other subtracts."""
+    low, high = sorted((a, b))
+    key = crypto.derive_key(shared_secret, "pairwise-mask", federation_id, round_, low, high)
+    return crypto.keystream_words(key, length, ring_bits, scratch=scratch)
