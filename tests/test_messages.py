@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from geofed_secure.errors import MessageError
-from geofed_secure.runtime.messages import NodeUpdate, RoundBroadcast, decode_message, encode_message
+from geofed_secure.wire.round import NodeUpdate, RoundBroadcast, decode_message, encode_message
 
 DIGEST = "ab" * 32
 

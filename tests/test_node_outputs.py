@@ -14,7 +14,7 @@ import pytest
 from conftest import with_sections
 
 from geofed_secure.errors import DataError, FailureCode, MessageError, PrivacyBudgetExceeded, TrainingError
-from geofed_secure.runtime.messages import FailureNotice, NodeUpdate, decode_message, encode_message
+from geofed_secure.wire.round import FailureNotice, NodeUpdate, decode_message, encode_message
 from geofed_secure.runtime.nodelog import NodeLog
 from geofed_secure.runtime.secure import CLIPPED_FIELD, COUNT_RADIX, SecureInputLayout
 from geofed_secure.runtime.simulator import Simulator

@@ -594,7 +594,7 @@ def test_demo_toml_spells_out_the_privacy_defaults():
 def test_a_failed_round_rolls_back_the_model_but_not_the_spent_budget(tiny_config, tiny_modalities, tiny_backbone_dir,
                                                                       monkeypatch):
     from geofed_secure.errors import TrainingError
-    from geofed_secure.runtime.messages import RoundBroadcast
+    from geofed_secure.wire.round import RoundBroadcast
 
     node = make_node(dp_config(tiny_config), tiny_modalities, tiny_backbone_dir)
     state = {k: v.clone() for k, v in node.state_dict().items() if not k.startswith("privacy/")}

@@ -9,7 +9,7 @@ import pytest
 from conftest import with_sections
 
 from geofed_secure.errors import GeofedError, ProtocolAborted
-from geofed_secure.runtime.messages import NodeUpdate, RoundBroadcast
+from geofed_secure.wire.round import NodeUpdate, RoundBroadcast
 from geofed_secure.runtime.simulator import Simulator
 from geofed_secure.runtime.transcript import SERVER, Transcript
 from geofed_secure.secagg.masking.fixedpoint import FixedPoint

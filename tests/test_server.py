@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from geofed_secure.errors import AnchorDigestMismatch, MessageError
-from geofed_secure.runtime.messages import NodeUpdate
+from geofed_secure.wire.round import NodeUpdate
 from geofed_secure.server.server import RoundFailed, Server
 
 DIGEST = "cd" * 32

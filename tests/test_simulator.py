@@ -9,7 +9,7 @@ import pytest
 
 from conftest import with_sections
 from geofed_secure.errors import AnchorDigestMismatch, CheckpointError, MessageError
-from geofed_secure.runtime.messages import NodeUpdate, RoundBroadcast, decode_message, encode_message
+from geofed_secure.wire.round import NodeUpdate, RoundBroadcast, decode_message, encode_message
 from geofed_secure.runtime.simulator import Simulator
 from geofed_secure.runtime.transcript import SERVER, Transcript
 

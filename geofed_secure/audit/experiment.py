@@ -46,7 +46,7 @@ from geofed_secure.encoders.cache import FeatureCache
 from geofed_secure.errors import CheckpointError, ConfigError
 from geofed_secure.node.node import N_CLASSES, Node, NodeData
 from geofed_secure.privacy.noise import derived_node_secret
-from geofed_secure.runtime.messages import GRAM_FIELD, WEIGHTED_PREFIX
+from geofed_secure.wire.round import GRAM_FIELD, WEIGHTED_PREFIX
 from geofed_secure.seeding import numpy_rng
 
 RELEASES = ("update", "gram", "prototypes", "raw_embeddings")

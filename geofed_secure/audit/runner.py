@@ -31,7 +31,7 @@ from geofed_secure.audit.metrics import AttackResult, Interval
 from geofed_secure.audit.threat_model import ThreatModel
 from geofed_secure.audit.views import View, load_run_view
 from geofed_secure.errors import CheckpointError, ConfigError
-from geofed_secure.runtime.messages import GRAM_FIELD
+from geofed_secure.wire.round import GRAM_FIELD
 
 RANKS = (5, 10, 20)
 

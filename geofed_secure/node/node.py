@@ -32,7 +32,7 @@ from geofed_secure.privacy.accounting import PrivacyLedger, PrivacyPlan
 from geofed_secure.privacy.dpsgd import DPSGDRound
 from geofed_secure.privacy.mechanisms import private_precision_weight
 from geofed_secure.privacy.noise import NODE_SECRET_BYTES, DPRandomness, new_node_secret, randomness_source
-from geofed_secure.runtime.messages import GRAM_FIELD, WEIGHT_FIELD, WEIGHTED_PREFIX, NodeUpdate, RoundBroadcast
+from geofed_secure.wire.round import GRAM_FIELD, WEIGHT_FIELD, WEIGHTED_PREFIX, NodeUpdate, RoundBroadcast
 from geofed_secure.seeding import derive_seed, numpy_rng
 
 N_CLASSES = 10

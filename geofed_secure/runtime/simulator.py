@@ -10,7 +10,7 @@ checkpoint), and local optimizers are rebuilt every round, so nothing else needs
 :class:`GeofedError` from the hook is a dropout: the node sends nothing more that round).
 
 The reporter (console), ``summary.json`` and the transcript model what the SERVER learns. A node that fails sends
-only a :class:`~geofed_secure.runtime.messages.FailureNotice` with a typed
+only a :class:`~geofed_secure.wire.round.FailureNotice` with a typed
 :class:`~geofed_secure.errors.FailureCode` (a dropout sends nothing and is recorded as ``dropped``); the error's
 text, which may depend on private data, goes to the node's own log, ``<run>/nodes/<node_id>/log.jsonl``
 (:mod:`geofed_secure.runtime.nodelog`), which stands for that node's disk. Under secure aggregation the node's
@@ -46,12 +46,12 @@ from geofed_secure.privacy import ACCOUNTANT_DESCRIPTIONS, ADJACENCY, ADJACENCY_
 from geofed_secure.privacy.noise import DOES_NOT_HOLD_AGAINST, HOLDS_AGAINST, NOTICES, randomness_source
 from geofed_secure.runtime.evaluation import Evaluation, evaluate
 from geofed_secure.runtime.federation import FederationData, build_federation
-from geofed_secure.runtime.messages import FailureNotice, NodeUpdate, RoundBroadcast, decode_message, encode_message
 from geofed_secure.runtime.nodelog import NodeLog
 from geofed_secure.runtime.secure import SecureInputLayout, make_aggregator
 from geofed_secure.runtime.transcript import SERVER, Transcript
 from geofed_secure.server.checkpoint import CheckpointStore
 from geofed_secure.server.server import Server
+from geofed_secure.wire.round import FailureNotice, NodeUpdate, RoundBroadcast, decode_message, encode_message
 
 FaultHook = Callable[[str, int, str], None]
 STAGES = ("broadcast", "local_training", "upload", "aggregate", "checkpoint")

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from geofed_secure.errors import CheckpointError
-from geofed_secure.runtime.messages import Message, decode_message
+from geofed_secure.wire.round import Message, decode_message
 
 SERVER = "server"
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from geofed_secure.data.anchors import verify_anchor_digest
 from geofed_secure.errors import FailureCode, GeofedError, MessageError
-from geofed_secure.runtime.messages import (
+from geofed_secure.wire.round import (
     GRAM_FIELD,
     WEIGHT_FIELD,
     WEIGHTED_PREFIX,

@@ -3,7 +3,7 @@
 Keys are provisioned once per run: every node gets the secret context, the server only the public one. Per
 round each node encrypts its flattened upload, the server adds the ciphertexts it cannot decrypt and sends
 the encrypted sum to the contributors; each decrypts it, and the first contributor in id order releases the
-decrypted SUM to the server (:class:`~geofed_secure.runtime.messages.AggregateRelease`) so it can checkpoint
+decrypted SUM to the server (:class:`~geofed_secure.wire.round.AggregateRelease`) so it can checkpoint
 and broadcast the next global state. The server therefore learns the same as under pairwise masking (the
 sum and the contributors), never an individual upload; but any one node colluding with the server can
 decrypt every upload (protocols/ckks-v1/SPEC.md says so plainly).
@@ -17,10 +17,10 @@ import numpy as np
 
 from geofed_secure.config import RunConfig
 from geofed_secure.errors import FailureCode, GeofedError, ProtocolAborted
-from geofed_secure.runtime.messages import AggregateRelease, decode_message, encode_message
-from geofed_secure.runtime.secure import FaultHook, SecureInputLayout, SecureRound
+from geofed_secure.runtime.secure.layout import FaultHook, SecureInputLayout, SecureRound
 from geofed_secure.runtime.transcript import SERVER, Transcript
 from geofed_secure.secagg import ckks
+from geofed_secure.wire.round import AggregateRelease, decode_message, encode_message
 
 
 class CkksAggregator:
