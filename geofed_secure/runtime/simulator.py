@@ -1,7 +1,8 @@
 """In-process simulator: drives the transport-agnostic node and server logic for a whole run.
 
-Per round: the server's broadcast is encoded, recorded in the transcript and decoded by each node; each node's
-upload is encoded, recorded and decoded by the server (so the simulator exercises the real wire format). Then
+Each round is :class:`~geofed_secure.runtime.round.FederatedRound` (the round every driver runs) over an
+:class:`InProcessLink`: the server's broadcast is encoded, recorded in the transcript and decoded by each node; each
+node's upload is encoded, recorded and decoded by the server (so the simulator exercises the real wire format). Then
 the evaluator scores the aggregated model, and a checkpoint is written atomically. ``resume=True`` continues
 from the last checkpoint and, with the same seed, ends with bit-identical global weights: every random stream
 derives from (seed, purpose, node, round), DP noise and sampling from each node's secret (kept in that node's
@@ -30,7 +31,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import safetensors.numpy
@@ -38,7 +39,7 @@ import torch
 
 from geofed_secure.config import RunConfig
 from geofed_secure.data.demo import ModalityData
-from geofed_secure.errors import CheckpointError, DataError, FailureCode, GeofedError, MessageError, PrivacyBudgetExceeded
+from geofed_secure.errors import CheckpointError, DataError, FailureCode, GeofedError
 from geofed_secure.model import geodora
 from geofed_secure.model.backbone import load_backbone
 from geofed_secure.node.node import LocalRoundStats, Node
@@ -47,29 +48,25 @@ from geofed_secure.privacy.noise import DOES_NOT_HOLD_AGAINST, HOLDS_AGAINST, NO
 from geofed_secure.runtime.evaluation import Evaluation, evaluate
 from geofed_secure.runtime.federation import FederationData, build_federation
 from geofed_secure.runtime.nodelog import NodeLog
+from geofed_secure.runtime.round import (
+    NODE_LOG,
+    Answer,
+    FaultHook,
+    FederatedRound,
+    NodeAnswer,
+    NodeSide,
+    Reporter,
+    SilentReporter,
+    local_only_round,
+    stats_line,
+)
 from geofed_secure.runtime.secure import SecureInputLayout, make_aggregator
 from geofed_secure.runtime.transcript import SERVER, Transcript
 from geofed_secure.server.checkpoint import CheckpointStore
 from geofed_secure.server.server import Server
-from geofed_secure.wire.round import FailureNotice, NodeUpdate, RoundBroadcast, decode_message, encode_message
+from geofed_secure.wire.round import RoundBroadcast, decode_message, encode_message
 
-FaultHook = Callable[[str, int, str], None]
 STAGES = ("broadcast", "local_training", "upload", "aggregate", "checkpoint")
-NODE_LOG = "nodes/{node_id}/log.jsonl"  # relative to the run folder; stands for the node's own disk
-
-
-class Reporter(Protocol):
-    def round_started(self, round_: int, total: int) -> None: ...
-    def node_done(self, round_: int, node_id: str, info: str) -> None: ...
-    def round_done(self, round_: int, line: str) -> None: ...
-    def log(self, message: str) -> None: ...
-
-
-class SilentReporter:
-    def round_started(self, round_: int, total: int) -> None: ...
-    def node_done(self, round_: int, node_id: str, info: str) -> None: ...
-    def round_done(self, round_: int, line: str) -> None: ...
-    def log(self, message: str) -> None: ...
 
 
 @dataclass
@@ -85,6 +82,54 @@ def backbone_factory(config: RunConfig) -> Callable[[], torch.nn.Module]:
     """Load the pretrained backbone once; every node and the server get their own deep copy."""
     base = load_backbone(config.model.backbone)
     return lambda: copy.deepcopy(base)
+
+
+class InProcessLink:
+    """The simulator's :class:`~geofed_secure.runtime.round.NodeLink`: every node runs in this process.
+
+    The broadcast and the node's answer are encoded, recorded in the transcript and decoded by the receiver, so
+    the simulation exercises the real wire format. ``fault_hook`` injects dropouts at the named stages
+    (``broadcast``, ``local_training``, ``upload``; a :class:`GeofedError` from the hook is a dropout).
+    """
+
+    def __init__(self, sides: Mapping[str, NodeSide], fault_hook: FaultHook) -> None:
+        self.sides = sides
+        self.fault_hook = fault_hook
+        self.stats: dict[str, LocalRoundStats] = {}  # nodes that trained this round (harness view)
+
+    def deliver(self, round_: int, node_id: str, broadcast: RoundBroadcast, transcript: Transcript, *,
+                secure_layout: SecureInputLayout | None) -> NodeAnswer:
+        side = self.sides[node_id]
+        try:
+            self.fault_hook("broadcast", round_, node_id)
+            blob = encode_message(broadcast)
+            transcript.record(round_, SERVER, node_id, blob, broadcast)
+            self.fault_hook("local_training", round_, node_id)
+        except GeofedError as exc:
+            side.dropped(round_, exc)
+            return NodeAnswer(Answer.NOTHING)
+        result = side.train(round_, blob)
+        if isinstance(result, bytes):
+            return self._recorded(round_, node_id, transcript, Answer.FAILURE, result)
+        if side.node.last_stats is not None:
+            self.stats[node_id] = side.node.last_stats
+        try:
+            self.fault_hook("upload", round_, node_id)
+        except GeofedError as exc:
+            side.dropped(round_, exc)
+            return NodeAnswer(Answer.NOTHING)
+        kind, reply = side.upload(round_, result, secure_layout=secure_layout)
+        if kind is Answer.SECURE_INPUT_READY:
+            return NodeAnswer(kind)
+        return self._recorded(round_, node_id, transcript, kind, reply, info=stats_line(side.node))
+
+    @staticmethod
+    def _recorded(round_: int, node_id: str, transcript: Transcript, kind: Answer, blob: bytes, info: str = "") -> NodeAnswer:
+        transcript.record(round_, node_id, SERVER, blob, decode_message(blob))
+        return NodeAnswer(kind, blob, info=info)
+
+    def secure_inputs(self) -> dict[str, np.ndarray]:
+        return {k: side.secure_input for k, side in self.sides.items() if side.secure_input is not None}
 
 
 class Simulator:
@@ -126,141 +171,6 @@ class Simulator:
         self.history: list[dict[str, Any]] = []
         self.weights: dict[str, float] = {}
         self.node_logs: dict[str, NodeLog] = {}
-        self._round_stats: dict[str, LocalRoundStats] = {}  # nodes that trained in the current round
-
-    # -- one round ----------------------------------------------------------------------------------
-    def _node_round(self, round_: int, node_id: str, node: Node, broadcast: RoundBroadcast,
-                    transcript: Transcript) -> NodeUpdate | None:
-        """The node's side of a round: receive the broadcast over the wire, train, return its (local) NodeUpdate.
-
-        None when the node is out of the round; that is handled here as the node and the network would: a dropout
-        sends nothing (the server records ``dropped``), the node's own error is logged in full on the node and
-        reported to the server as a :class:`FailureNotice` carrying only its code.
-        """
-        try:
-            self.fault_hook("broadcast", round_, node_id)
-            blob = encode_message(broadcast)
-            transcript.record(round_, SERVER, node_id, blob, broadcast)
-            self.fault_hook("local_training", round_, node_id)
-        except GeofedError as exc:
-            self._dropped(round_, node_id, exc)
-            return None
-        try:
-            update = node.handle_broadcast(decode_message(blob))
-        except GeofedError as exc:
-            code = FailureCode.for_node_error(exc)
-            if isinstance(exc, MessageError) and node.last_round >= round_:
-                code = FailureCode.INVALID_UPDATE  # it trained; its own upload failed validation, not the broadcast
-            self._node_failed(round_, node_id, code, exc, transcript)
-            return None
-        self._log_stats(round_, node_id, node)
-        try:
-            self.fault_hook("upload", round_, node_id)
-        except GeofedError as exc:
-            self._dropped(round_, node_id, exc)
-            return None
-        return update
-
-    def _log_stats(self, round_: int, node_id: str, node: Node) -> None:
-        stats = node.last_stats
-        if stats is not None:
-            self._round_stats[node_id] = stats
-            self.node_logs[node_id].write(round_, "trained", task_loss=stats.task_loss, geo_loss=stats.geo_loss,
-                                          precision_weight=stats.precision_weight)
-
-    def _dropped(self, round_: int, node_id: str, exc: GeofedError) -> None:
-        """Nothing more arrives from ``node_id`` this round: the server notes the absence, the node its cause."""
-        self.node_logs[node_id].write(round_, "failure", code=FailureCode.DROPPED.value, error=f"{type(exc).__name__}: {exc}")
-        if self.federated:
-            self.server.reject(node_id, FailureCode.DROPPED)
-        self.reporter.log(f"round {round_}: node {node_id} left out ({FailureCode.DROPPED.value}: nothing arrived)")
-
-    def _node_failed(self, round_: int, node_id: str, code: FailureCode, exc: GeofedError,
-                     transcript: Transcript | None) -> None:
-        """The node's own failure: full text in its own log; to the server (if any) a FailureNotice with the code."""
-        self.node_logs[node_id].write(round_, "failure", code=code.value, error=f"{type(exc).__name__}: {exc}")
-        if transcript is not None:
-            node = self.nodes[node_id]
-            notice = FailureNotice(federation_id=self.config.federation.id, round=round_, node_id=node_id,
-                                   anchor_digest=node.anchor_digest, code=code)
-            blob = encode_message(notice)
-            transcript.record(round_, node_id, SERVER, blob, notice)
-            self.server.receive_failure(decode_message(blob))  # type: ignore[arg-type]
-        self.reporter.log(f"round {round_}: node {node_id} left out ({code.value}; the error stays in its own log)")
-
-    def _federated_round(self, round_: int, transcript: Transcript) -> tuple[dict[str, int], dict[str, FailureCode], int | None]:
-        """(bytes each node sent, typed failures as the server recorded them, total clipped count or None)."""
-        self._round_stats = {}
-        if self.secure is not None:
-            return self._secure_round(round_, transcript)
-        uploaded: dict[str, int] = {}
-        broadcasts = self.server.begin_round()
-        for node_id, node in self.nodes.items():
-            update = self._node_round(round_, node_id, node, broadcasts[node_id], transcript)
-            if update is None:
-                continue
-            up_blob = encode_message(update)
-            transcript.record(round_, node_id, SERVER, up_blob, update)
-            try:
-                self.server.receive(decode_message(up_blob))  # type: ignore[arg-type]
-            except GeofedError as exc:  # the server's own verdict on an upload it holds in clear: it may keep why
-                self.server.reject(node_id, FailureCode.REJECTED_BY_SERVER)
-                self.reporter.log(f"round {round_}: the server rejected the upload of {node_id} ({type(exc).__name__}: {exc})")
-                continue
-            uploaded[node_id] = len(up_blob)
-            self.reporter.node_done(round_, node_id, _stats_line(node))  # clear uploads: the server sees p_k anyway
-        self.fault_hook("aggregate", round_, SERVER)
-        result = self.server.finish_round()
-        self.weights = dict(result.weights)
-        return uploaded, dict(result.rejected), None
-
-    def _secure_round(self, round_: int, transcript: Transcript) -> tuple[dict[str, int], dict[str, FailureCode], int | None]:
-        """Local training as in plaintext mode, but uploads reach the server only as a masked/encrypted sum."""
-        inputs: dict[str, np.ndarray] = {}
-        layout = SecureInputLayout.for_round(self.server.global_state, self.n_anchors, clip=self.config.secure.clip)
-        broadcasts = self.server.begin_round()
-        for node_id, node in self.nodes.items():
-            update = self._node_round(round_, node_id, node, broadcasts[node_id], transcript)
-            if update is None:
-                continue
-            try:
-                vector, clipped = layout.node_input(update.payload)  # on the node: checks, clips, counts
-            except GeofedError as exc:
-                self._node_failed(round_, node_id, FailureCode.INVALID_UPDATE, exc, transcript)
-                continue
-            self.node_logs[node_id].write(round_, "secure_input", clipped_coordinates=clipped, clip=layout.clip)
-            inputs[node_id] = vector
-            self.reporter.node_done(round_, node_id, f"trained; its statistics stay in {NODE_LOG.format(node_id=node_id)}")
-        self.fault_hook("aggregate", round_, SERVER)
-        outcome = self.secure.aggregate(round_, inputs, layout, transcript, self.fault_hook)
-        for node_id, code in outcome.left_out.items():
-            stage = outcome.dropped_at.get(node_id)
-            where = f" at secure-aggregation stage {stage}" if stage else ""
-            self.node_logs[node_id].write(round_, "failure", code=code.value, error=f"left out of the sum{where}")
-            self.reporter.log(f"round {round_}: node {node_id} left out of the sum ({code.value}{where})")
-        result = self.server.finish_round_from_sums(outcome.sums, outcome.contributors, outcome.left_out)
-        self.weights = {}  # individual precision weights are hidden from the server
-        clipped_total = layout.clipped_total(outcome.sums, outcome.max_abs_error)
-        if clipped_total != 0:
-            self.reporter.log(f"round {round_}: {clipped_total if clipped_total is not None else 'an unknown number of'} "
-                              f"coordinate(s) clipped to +-{layout.clip:g}, summed over the {len(outcome.contributors)} "
-                              "contributors (no node's own count reaches the server)")
-        return dict(outcome.bytes_sent), dict(result.rejected), clipped_total
-
-    def _local_round(self, round_: int) -> dict[str, FailureCode]:
-        self._round_stats = {}
-        failures: dict[str, FailureCode] = {}
-        for node_id, node in self.nodes.items():
-            try:
-                self.fault_hook("local_training", round_, node_id)
-                node.local_round(round_, consensus=None)
-            except PrivacyBudgetExceeded as exc:  # this node stops; the others go on
-                failures[node_id] = FailureCode.for_node_error(exc)
-                self._node_failed(round_, node_id, failures[node_id], exc, None)
-                continue
-            self._log_stats(round_, node_id, node)
-            self.reporter.node_done(round_, node_id, _stats_line(node))  # no server in local-only mode
-        return failures
 
     # -- the run ------------------------------------------------------------------------------------
     def run(self, *, resume: bool = False) -> RunResult:
@@ -287,19 +197,26 @@ class Simulator:
         for round_ in range(start, total + 1):
             self.reporter.round_started(round_, total)
             t0 = time.perf_counter()
+            sides = {k: NodeSide(n, self.node_logs[k], federation_id=self.config.federation.id) for k, n in self.nodes.items()}
             if self.federated:
-                uploaded, failures, clipped = self._federated_round(round_, transcript)
+                link = InProcessLink(sides, self.fault_hook)
+                federated_round = FederatedRound(self.server, link, secure=self.secure, n_anchors=self.n_anchors,
+                                                 clip=self.config.secure.clip, reporter=self.reporter,
+                                                 fault_hook=self.fault_hook, node_logs=self.node_logs)
+                outcome = federated_round.run(round_, transcript, tuple(self.nodes))
+                outcome.stats = link.stats
                 evaluation = evaluate(self.nodes, self._eval_anchors(), self.server.global_state,
                                       eval_samples=self.config.data.eval_samples)
             else:
-                uploaded, failures, clipped = {}, self._local_round(round_), None
+                outcome = local_only_round(round_, sides, reporter=self.reporter, fault_hook=self.fault_hook)
                 evaluation = evaluate(self.nodes, self._eval_anchors(), None, eval_samples=self.config.data.eval_samples)
+            self.weights = outcome.weights
             seconds = time.perf_counter() - t0
             # under secure aggregation a node's training statistics are its own: they are in its log, not here
-            stats = {} if self.secure is not None else self._round_stats
-            record = _round_record(round_, evaluation, uploaded, failures, self.weights, stats, seconds)
+            stats = {} if self.secure is not None else outcome.stats
+            record = _round_record(round_, evaluation, outcome.uploaded, outcome.failures, self.weights, stats, seconds)
             if self.secure is not None:
-                record["clipped_coordinates"] = clipped
+                record["clipped_coordinates"] = outcome.clipped_total
             self.history.append(record)
             self.fault_hook("checkpoint", round_, SERVER)
             self._checkpoint(round_, len(transcript))
@@ -424,14 +341,6 @@ def _without_rounds(config: Mapping[str, Any]) -> dict[str, Any]:
     plain = json.loads(json.dumps(config))
     plain["federation"].pop("rounds", None)
     return plain
-
-
-def _stats_line(node: Node) -> str:
-    s = node.last_stats
-    if s is None:
-        return ""
-    geo = f" geo={s.geo_loss:.3f}" if s.geo_loss is not None else ""
-    return f"task={s.task_loss:.3f}{geo} p={s.precision_weight:.2f}"
 
 
 def _round_record(round_: int, ev: Evaluation, uploaded: Mapping[str, int], failures: Mapping[str, FailureCode],
