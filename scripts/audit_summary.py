@@ -1,4 +1,4 @@
-"""Print the headline numbers of audit reports as Markdown tables (the README's audit tables come from this).
+"""Print the headline numbers of audit reports as Markdown tables (the audit tables of docs/evidence.md come from this).
 
     python scripts/audit_summary.py audits/reference/*/report.json
 """

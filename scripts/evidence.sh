@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduce the README's evidence table: default federation vs lambda = 0 vs local-only vs shuffled anchors.
+# Reproduce the evidence table of docs/evidence.md: default federation vs lambda = 0 vs local-only vs shuffled anchors.
 # Usage: bash scripts/evidence.sh [OUT_DIR]   (about 3 minutes per run on 2 cores with a warm feature cache)
 set -euo pipefail
 out=${1:-runs/evidence}

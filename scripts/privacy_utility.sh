@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduce the README's privacy-utility table: the default demo (secure aggregation by masking) at
+# Reproduce the privacy-utility table of docs/evidence.md: the default demo (secure aggregation by masking) at
 # epsilon = infinity (no DP), 8, 3 and 1 per node (delta 1e-5, replace-one PLD accountant), with the default recipe and with
 # the large-batch recipe of examples/dp-recipe.toml.
 # Usage: bash scripts/privacy_utility.sh [OUT_DIR]   (3-4 minutes per run on 2 cores with a warm feature cache)

@@ -1,4 +1,4 @@
-"""Scaling table of one secagg-v1 round (key set-up included), in process, for the README.
+"""Scaling table of one secagg-v1 round (key set-up included), in process, for docs/evidence.md.
 
     python scripts/secagg_scaling.py [--ns 10,30,100,300] [--ds 10000,100000,1000000]
 
