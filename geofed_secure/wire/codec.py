@@ -1,0 +1,455 @@
+"""The one codec of the framed wire families (secagg-v1, ckks-v1): id checks, canonical JSON, framing, field kinds.
+
+Wire format of a family (:class:`Framing`): ``MAGIC (4 bytes) | version (1 byte) | header length (4 bytes,
+big-endian) | header | body``. The header is canonical JSON (sorted keys, no spaces, ASCII): an object holding
+``type`` and one member per field. The body holds the raw bytes of at most one field (ring words, ciphertexts),
+whose sizes the header fixes.
+
+A message is a frozen dataclass deriving from :class:`WireMessage` that declares ``SCHEMA = {field: kind}``.
+A kind (:data:`ID`, :data:`DIGEST`, :class:`Int`, :class:`Bytes`, :class:`List`, :class:`IdMap`,
+:class:`Nested`, :class:`Words`, :class:`Chunks`) checks a value when a message is built and converts it to
+and from the wire, so one declaration gives validation, encoding and decoding. :meth:`Codec.decode` is strict:
+magic, version, header size, a JSON object, a known type, the exact field set, every value, the body framing,
+and that re-encoding gives the same bytes; every defect raises :class:`~geofed_secure.errors.MessageError`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, fields, is_dataclass
+from types import MappingProxyType
+from typing import Any, ClassVar
+
+import numpy as np
+
+from geofed_secure.errors import MessageError
+
+ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+DIGEST_PATTERN = re.compile(r"^[0-9a-f]{64}\Z")
+_HEX = re.compile(r"^(?:[0-9a-f]{2})*\Z")
+PREFIX_BYTES = 9  # magic (4) + version (1) + header length (4)
+
+
+def fail(what: str, problem: str) -> MessageError:
+    """The error for a defect of ``what`` (a message, or ``Message.field``)."""
+    return MessageError(f"{what}: {problem}")
+
+
+def check_id(value: Any, *, what: str) -> str:
+    """A federation or node id: 1 to 64 characters of ``[A-Za-z0-9._-]``, starting with a letter or digit."""
+    if not isinstance(value, str) or not ID_PATTERN.match(value):
+        raise fail(what, f"{value!r} is not a valid id ([A-Za-z0-9._-], <= 64 characters)")
+    return value
+
+
+def check_digest(value: Any, *, what: str) -> str:
+    """A SHA-256 digest written as 64 lowercase hex characters."""
+    if not isinstance(value, str) or not DIGEST_PATTERN.match(value):
+        raise fail(what, "must be 64 lowercase hex characters (SHA-256)")
+    return value
+
+
+def check_int(value: Any, low: int, high: int | None = None, *, what: str) -> int:
+    """An int (not a bool) in ``[low, high]``; ``high=None`` leaves it unbounded above."""
+    if (not isinstance(value, int) or isinstance(value, bool) or value < low
+            or (high is not None and value > high)):
+        bound = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise fail(what, f"must be an integer {bound}, got {value!r}")
+    return value
+
+
+def canonical_json(obj: Any) -> bytes:
+    """The one JSON encoding of ``obj``: sorted keys, no spaces, ASCII only."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+
+
+# -- field kinds ------------------------------------------------------------------------------------------------
+
+
+class Kind:
+    """How one field is checked when a message is built, written to the header, and read back from the wire.
+
+    ``from_json`` only converts the JSON form to the Python form (hex to bytes, ...); the message's
+    constructor then runs ``check``, so a decoded message passes the same checks as one built in code.
+    """
+
+    __slots__ = ()
+
+    def check(self, value: Any, *, what: str) -> Any:
+        """Validate ``value``; return its frozen form."""
+        raise NotImplementedError
+
+    def to_json(self, value: Any) -> Any:
+        return value
+
+    def from_json(self, raw: Any, *, what: str) -> Any:
+        return raw
+
+    def header_key(self, name: str) -> str:
+        """The header member that describes field ``name``."""
+        return name
+
+
+@dataclass(frozen=True, slots=True)
+class Id(Kind):
+    """A federation or node id (:func:`check_id`)."""
+
+    def check(self, value: Any, *, what: str) -> str:
+        return check_id(value, what=what)
+
+
+@dataclass(frozen=True, slots=True)
+class Digest(Kind):
+    """A SHA-256 digest as 64 lowercase hex characters (:func:`check_digest`)."""
+
+    def check(self, value: Any, *, what: str) -> str:
+        return check_digest(value, what=what)
+
+
+@dataclass(frozen=True, slots=True)
+class Int(Kind):
+    """An integer in ``[low, high]`` (a JSON number; never a bool or a float)."""
+
+    low: int = 0
+    high: int | None = None
+
+    def check(self, value: Any, *, what: str) -> int:
+        return check_int(value, self.low, self.high, what=what)
+
+
+@dataclass(frozen=True, slots=True)
+class Bytes(Kind):
+    """Bytes, of exactly ``size`` when given; lowercase hex in the header."""
+
+    size: int | None = None
+
+    def check(self, value: Any, *, what: str) -> bytes:
+        if not isinstance(value, bytes):
+            raise fail(what, f"must be bytes, got {type(value).__name__}")
+        if self.size is not None and len(value) != self.size:
+            raise fail(what, f"must be {self.size} bytes, got {len(value)}")
+        return value
+
+    def to_json(self, value: bytes) -> str:
+        return value.hex()
+
+    def from_json(self, raw: Any, *, what: str) -> bytes:
+        if not isinstance(raw, str) or not _HEX.match(raw):
+            raise fail(what, "bytes must be lowercase hex, two characters a byte")
+        return bytes.fromhex(raw)
+
+
+@dataclass(frozen=True, slots=True)
+class List(Kind):
+    """A list of ``item`` values (a tuple once built), ``min_count`` to ``max_count`` long.
+
+    ``sorted_by``: the items must be sorted and unique, by themselves (``""``) or by that attribute of each
+    item (``"node_id"``); ``None`` leaves the order free.
+    """
+
+    item: Kind
+    min_count: int = 0
+    max_count: int | None = None
+    sorted_by: str | None = None
+
+    def check(self, value: Any, *, what: str) -> tuple[Any, ...]:
+        if not isinstance(value, tuple | list):
+            raise fail(what, "must be a list")
+        if len(value) < self.min_count or (self.max_count is not None and len(value) > self.max_count):
+            bound = f"{self.min_count} or more" if self.max_count is None else f"{self.min_count} to {self.max_count}"
+            raise fail(what, f"must hold {bound} items, got {len(value)}")
+        items = tuple(self.item.check(v, what=what) for v in value)
+        if self.sorted_by is not None:
+            keys = [getattr(v, self.sorted_by) for v in items] if self.sorted_by else list(items)
+            if keys != sorted(set(keys)):
+                by = f" by {self.sorted_by}" if self.sorted_by else ""
+                raise fail(what, f"items must be sorted{by} and unique")
+        return items
+
+    def to_json(self, value: tuple[Any, ...]) -> list[Any]:
+        return [self.item.to_json(v) for v in value]
+
+    def from_json(self, raw: Any, *, what: str) -> list[Any]:
+        if not isinstance(raw, list):
+            raise fail(what, "must be a list")
+        return [self.item.from_json(v, what=what) for v in raw]
+
+
+@dataclass(frozen=True, slots=True)
+class IdMap(Kind):
+    """A mapping id -> ``value`` kind, frozen and sorted by id once built; a JSON object on the wire."""
+
+    value: Kind
+
+    def check(self, value: Any, *, what: str) -> Mapping[str, Any]:
+        if not isinstance(value, Mapping):
+            raise fail(what, "must be a mapping id -> value")
+        checked = {check_id(k, what=what): self.value.check(v, what=f"{what}[{k}]") for k, v in value.items()}
+        return MappingProxyType(dict(sorted(checked.items())))
+
+    def to_json(self, value: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: self.value.to_json(v) for k, v in value.items()}
+
+    def from_json(self, raw: Any, *, what: str) -> dict[str, Any]:
+        if not isinstance(raw, dict):
+            raise fail(what, "must be a JSON object")
+        return {k: self.value.from_json(v, what=f"{what}[{k}]") for k, v in raw.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class Nested(Kind):
+    """A message of class ``cls`` (no body field) inside another: its full header, ``type`` included."""
+
+    cls: type[WireMessage]
+
+    def __post_init__(self) -> None:
+        if any(isinstance(kind, BodyKind) for kind in self.cls.SCHEMA.values()):
+            raise TypeError(f"{self.cls.__name__} carries a body and cannot be nested")
+
+    def check(self, value: Any, *, what: str) -> WireMessage:
+        if not isinstance(value, self.cls):
+            raise fail(what, f"must be a {self.cls.__name__}, got {type(value).__name__}")
+        return value
+
+    def to_json(self, value: WireMessage) -> dict[str, Any]:
+        return value.header()
+
+    def from_json(self, raw: Any, *, what: str) -> WireMessage:
+        # the type is checked before anything is built, so a hostile header cannot nest messages deeply
+        if not isinstance(raw, dict) or raw.get("type") != self.cls.__name__:
+            raise fail(what, f"must hold only {self.cls.__name__} headers")
+        return build(self.cls, {k: v for k, v in raw.items() if k != "type"}, b"")
+
+
+class BodyKind(Kind):
+    """A kind whose bytes travel in the body; the header member ``header_key`` describes their size."""
+
+    __slots__ = ()
+
+    def to_json(self, value: Any) -> Any:
+        raise NotImplementedError
+
+    def to_body(self, value: Any) -> bytes:
+        raise NotImplementedError
+
+    def from_body(self, raw: Any, body: bytes, *, what: str) -> Any:
+        """The value described by header member ``raw`` whose bytes are all of ``body``."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, slots=True)
+class Words(BodyKind):
+    """A 1-D array of little-endian ring words (``ring_bits`` each); header ``{"ring_bits", "length"}``."""
+
+    ring_bits: tuple[int, ...] = (32, 64)
+
+    def check(self, value: Any, *, what: str) -> np.ndarray:
+        dtypes = [np.dtype(f"<u{bits // 8}") for bits in self.ring_bits]
+        if not isinstance(value, np.ndarray) or value.ndim != 1 or value.dtype not in dtypes:
+            sizes = " or ".join(f"uint{bits}" for bits in self.ring_bits)
+            raise fail(what, f"must be a 1-D little-endian {sizes} array")
+        frozen = value.copy()
+        frozen.setflags(write=False)
+        return frozen
+
+    def to_json(self, value: np.ndarray) -> dict[str, int]:
+        return {"ring_bits": value.dtype.itemsize * 8, "length": int(value.shape[0])}
+
+    def to_body(self, value: np.ndarray) -> bytes:
+        return value.tobytes()
+
+    def from_body(self, raw: Any, body: bytes, *, what: str) -> np.ndarray:
+        if not isinstance(raw, dict) or set(raw) != {"ring_bits", "length"}:
+            raise fail(what, "must describe exactly ring_bits and length")
+        bits = raw["ring_bits"]
+        if not isinstance(bits, int) or isinstance(bits, bool) or bits not in self.ring_bits:
+            raise fail(what, f"ring_bits must be one of {list(self.ring_bits)}, got {bits!r}")
+        length = check_int(raw["length"], 0, what=f"{what}.length")
+        dtype = np.dtype(f"<u{bits // 8}")
+        if len(body) != length * dtype.itemsize:
+            raise fail(what, f"body holds {len(body)} bytes, header announces {length} words of {bits} bits")
+        return np.frombuffer(body, dtype=dtype)
+
+
+@dataclass(frozen=True, slots=True)
+class Chunks(BodyKind):
+    """Opaque byte strings (ciphertexts), ``1`` to ``max_count`` of them, each ``1`` to ``max_chunk_bytes``.
+
+    The header member ``size_key`` lists their sizes; their bytes follow one another in the body.
+    """
+
+    max_count: int
+    max_chunk_bytes: int
+    size_key: str = "chunk_bytes"
+
+    def check(self, value: Any, *, what: str) -> tuple[bytes, ...]:
+        if not isinstance(value, tuple | list):
+            raise fail(what, "must be a list of byte strings")
+        if not 1 <= len(value) <= self.max_count:
+            raise fail(what, f"must hold 1 to {self.max_count} chunks, got {len(value)}")
+        for i, chunk in enumerate(value):
+            if not isinstance(chunk, bytes) or not 1 <= len(chunk) <= self.max_chunk_bytes:
+                raise fail(what, f"chunk {i} must be 1 to {self.max_chunk_bytes} bytes")
+        return tuple(value)
+
+    def header_key(self, name: str) -> str:
+        return self.size_key
+
+    def to_json(self, value: tuple[bytes, ...]) -> list[int]:
+        return [len(chunk) for chunk in value]
+
+    def to_body(self, value: tuple[bytes, ...]) -> bytes:
+        return b"".join(value)
+
+    def from_body(self, raw: Any, body: bytes, *, what: str) -> tuple[bytes, ...]:
+        if not isinstance(raw, list) or not 1 <= len(raw) <= self.max_count:
+            raise fail(what, f"must be a list of 1 to {self.max_count} chunk sizes")
+        chunks, offset = [], 0
+        for size in raw:
+            check_int(size, 1, self.max_chunk_bytes, what=what)
+            chunks.append(body[offset:offset + size])
+            offset += size
+        if offset != len(body):
+            raise fail(what, f"body holds {len(body)} bytes but {self.size_key} add up to {offset}")
+        return tuple(chunks)
+
+
+ID = Id()
+DIGEST = Digest()
+IDS = List(ID, sorted_by="")  # sorted, unique ids; possibly none
+
+
+def schema(**kinds: Kind) -> Mapping[str, Kind]:
+    """A message's ``SCHEMA``: field name -> kind, in declaration order, read-only."""
+    return MappingProxyType(kinds)
+
+
+# -- messages ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Framing:
+    """One wire family's frame: ``magic | version | header length | header | body`` (see the module docstring)."""
+
+    name: str
+    magic: bytes
+    version: int
+    max_header_bytes: int
+
+    def frame(self, header: Mapping[str, Any], body: bytes = b"") -> bytes:
+        """Frame a header object (written as canonical JSON) and a body."""
+        raw = canonical_json(header)
+        return self.magic + bytes([self.version]) + len(raw).to_bytes(4, "big") + raw + body
+
+    def unframe(self, data: Any) -> tuple[bytes, dict[str, Any], bytes]:
+        """(raw header bytes, header object, body) of framed bytes; checks all but the header's content."""
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise MessageError(f"{self.name} message must be bytes, got {type(data).__name__}")
+        data = bytes(data)
+        if len(data) < PREFIX_BYTES or data[:4] != self.magic:
+            raise MessageError(f"not a {self.name} message (bad magic)")
+        if data[4] != self.version:
+            raise MessageError(f"{self.name} wire version {data[4]} is not supported (this is version {self.version})")
+        size = int.from_bytes(data[5:PREFIX_BYTES], "big")
+        if size > self.max_header_bytes or PREFIX_BYTES + size > len(data):
+            raise MessageError(f"{self.name} header length {size} exceeds the message or the limit")
+        raw = data[PREFIX_BYTES:PREFIX_BYTES + size]
+        try:
+            header = json.loads(raw.decode("ascii"))
+        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError, JSONDecodeError, over-long integers
+            raise MessageError(f"{self.name} header is not valid JSON: {type(exc).__name__}") from None
+        if not isinstance(header, dict):
+            raise MessageError(f"{self.name} header must be a JSON object")
+        return raw, header, data[PREFIX_BYTES + size:]
+
+
+class WireMessage:
+    """Base of framed messages: checks from ``SCHEMA`` when built; ``header``, ``body`` and ``encode`` from it too.
+
+    A subclass is a frozen dataclass with one field per ``SCHEMA`` entry and sets ``FRAMING``; rules that tie
+    fields together go in :meth:`_check_together`.
+    """
+
+    __slots__ = ()
+    SCHEMA: ClassVar[Mapping[str, Kind]]
+    FRAMING: ClassVar[Framing]
+
+    def __post_init__(self) -> None:
+        for name, kind in self.SCHEMA.items():
+            object.__setattr__(self, name, kind.check(getattr(self, name), what=f"{type(self).__name__}.{name}"))
+        self._check_together()
+
+    def _check_together(self) -> None:
+        """Raise :class:`MessageError` if the (each valid) fields break a rule between them; none by default."""
+
+    def header(self) -> dict[str, Any]:
+        """The header object: ``type`` and each field's JSON form."""
+        out: dict[str, Any] = {"type": type(self).__name__}
+        for name, kind in self.SCHEMA.items():
+            out[kind.header_key(name)] = kind.to_json(getattr(self, name))
+        return out
+
+    def body(self) -> bytes:
+        return b"".join(kind.to_body(getattr(self, name)) for name, kind in self.SCHEMA.items()
+                        if isinstance(kind, BodyKind))
+
+    def encode(self) -> bytes:
+        """The message's one canonical wire encoding."""
+        return self.FRAMING.frame(self.header(), self.body())
+
+
+def build(cls: type[WireMessage], header: Mapping[str, Any], body: bytes) -> WireMessage:
+    """A ``cls`` from its header members (without ``type``) and body; :class:`MessageError` on any defect."""
+    what = cls.__name__
+    expected = {kind.header_key(name) for name, kind in cls.SCHEMA.items()}
+    if set(header) != expected:
+        missing, extra = sorted(expected - set(header)), sorted(set(header) - expected)
+        raise fail(what, f"header fields wrong (missing {missing}, unexpected {extra})")
+    body_kinds = [kind for kind in cls.SCHEMA.values() if isinstance(kind, BodyKind)]
+    if body and not body_kinds:
+        raise fail(what, f"carries {len(body)} unexpected body bytes")
+    values = {}
+    for name, kind in cls.SCHEMA.items():
+        key = kind.header_key(name)
+        if isinstance(kind, BodyKind):
+            values[name] = kind.from_body(header[key], body, what=f"{what}.{key}")
+        else:
+            values[name] = kind.from_json(header[key], what=f"{what}.{key}")
+    return cls(**values)  # the constructor runs every check
+
+
+class Codec:
+    """Strict decoding of one wire family: its framing and its message classes, by type name."""
+
+    def __init__(self, framing: Framing, messages: Iterable[type[WireMessage]]) -> None:
+        self.framing = framing
+        self.types: Mapping[str, type[WireMessage]] = MappingProxyType({cls.__name__: cls for cls in messages})
+        for cls in self.types.values():
+            _check_declaration(cls, framing)
+
+    def decode(self, data: bytes) -> WireMessage:
+        """Parse and validate wire bytes; any defect raises :class:`MessageError` naming what was wrong."""
+        raw, header, body = self.framing.unframe(data)
+        name = header.pop("type", None)
+        cls = self.types.get(name) if isinstance(name, str) else None
+        if cls is None:
+            raise MessageError(f"unknown {self.framing.name} message type {name!r}")
+        message = build(cls, header, body)
+        if canonical_json(message.header()) != raw or message.body() != body:
+            raise fail(cls.__name__, "not in canonical form (one encoding per message)")
+        return message
+
+
+def _check_declaration(cls: type[WireMessage], framing: Framing) -> None:
+    """Programming errors in a message declaration, caught at import rather than on the first odd message."""
+    if not is_dataclass(cls) or cls.FRAMING is not framing:
+        raise TypeError(f"{cls.__name__} must be a dataclass with FRAMING = {framing.name}'s framing")
+    if {f.name for f in fields(cls)} != set(cls.SCHEMA):
+        raise TypeError(f"{cls.__name__}: SCHEMA and dataclass fields differ")
+    keys = [kind.header_key(name) for name, kind in cls.SCHEMA.items()]
+    if "type" in keys or len(set(keys)) != len(keys):
+        raise TypeError(f"{cls.__name__}: header members must be unique and not 'type'")
+    if sum(isinstance(kind, BodyKind) for kind in cls.SCHEMA.values()) > 1:
+        raise TypeError(f"{cls.__name__}: at most one field may travel in the body")
