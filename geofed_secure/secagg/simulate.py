@@ -10,12 +10,10 @@ from geofed_secure.errors import ConfigError, DataError, ProtocolAborted
 from geofed_secure.secagg.common import SERVER, AggregationResult, checked_dropouts
 from geofed_secure.secagg.masking.adversary import CATALOGUE, Adversary, AttackContext
 from geofed_secure.secagg.masking.federation import MaskingFederation
-from geofed_secure.secagg.masking.messages import (
-    _ID,
-)
 from geofed_secure.secagg.masking.spec import (
     MaskingParameters,
 )
+from geofed_secure.wire.codec import ID_PATTERN
 
 
 def _validated(inputs: Mapping[str, np.ndarray], weights: Mapping[str, float] | None, clip: float) -> dict[str, np.ndarray]:
@@ -28,7 +26,7 @@ def _validated(inputs: Mapping[str, np.ndarray], weights: Mapping[str, float] | 
             raise DataError(f"input of {node_id!r} must be a non-empty 1-D array, got shape {x.shape}")
         if not np.isfinite(x).all():
             raise DataError(f"input of {node_id!r} has NaN/inf values; a node refuses to mask them")
-        if not isinstance(node_id, str) or not _ID.fullmatch(node_id):
+        if not isinstance(node_id, str) or not ID_PATTERN.match(node_id):
             raise DataError(f"node id {node_id!r} must be 1-64 characters of [A-Za-z0-9._-] starting with a letter or digit")
         arrays[node_id] = x
     lengths = {x.shape[0] for x in arrays.values()}
