@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,10 +28,6 @@ SIMULATION_ANCHOR_DIGEST = hashlib.sha256(b"geofed-ckks-v1 simulation anchors").
 STAGES_BEFORE_UPLOAD = ("advertise_keys", "graph_seed", "share_keys", "masked_input")
 # Wire stages of ckks-v1, in order (WireRecord.stage).
 WIRE_STAGES = ("round_start", "encrypted_input", "aggregate")
-
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
-_HEX64 = re.compile(r"^[0-9a-f]{64}\Z")
-
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
