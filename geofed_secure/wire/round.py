@@ -14,20 +14,19 @@ will later reveal instead of the individual values.
 from __future__ import annotations
 
 import json
-import re
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 import numpy as np
 import safetensors.numpy
 
 from geofed_secure.errors import FailureCode, MessageError
+from geofed_secure.wire.codec import IDS, check_digest, check_id, check_int
 
 WIRE_VERSION = "1"
-_HEX64 = re.compile(r"^[0-9a-f]{64}\Z")
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 
 # Payload field names of a NodeUpdate (a prefix "weighted/" marks fields already multiplied by the weight).
 GRAM_FIELD = "gram_upper"
@@ -52,12 +51,9 @@ def _frozen_arrays(arrays: Mapping[str, np.ndarray], *, what: str) -> Mapping[st
 
 
 def _check_common(federation_id: str, round_: int, anchor_digest: str, *, what: str) -> None:
-    if not isinstance(federation_id, str) or not _ID.match(federation_id):
-        raise MessageError(f"{what}: federation_id {federation_id!r} is not a valid id ([A-Za-z0-9._-], <= 64 chars)")
-    if not isinstance(round_, int) or isinstance(round_, bool) or round_ < 1:
-        raise MessageError(f"{what}: round must be an integer >= 1, got {round_!r}")
-    if not isinstance(anchor_digest, str) or not _HEX64.match(anchor_digest):
-        raise MessageError(f"{what}: anchor_digest must be 64 lowercase hex characters")
+    check_id(federation_id, what=f"{what}.federation_id")
+    check_int(round_, 1, what=f"{what}.round")
+    check_digest(anchor_digest, what=f"{what}.anchor_digest")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -96,8 +92,7 @@ class NodeUpdate:
 
     def __post_init__(self) -> None:
         _check_common(self.federation_id, self.round, self.anchor_digest, what="NodeUpdate")
-        if not isinstance(self.node_id, str) or not _ID.match(self.node_id):
-            raise MessageError(f"NodeUpdate: node_id {self.node_id!r} is not a valid id")
+        check_id(self.node_id, what="NodeUpdate.node_id")
         payload = _frozen_arrays(self.payload, what=f"NodeUpdate from {self.node_id}")
         if GRAM_FIELD not in payload or WEIGHT_FIELD not in payload:
             raise MessageError(f"NodeUpdate from {self.node_id}: payload needs '{GRAM_FIELD}' and '{WEIGHT_FIELD}'")
@@ -123,10 +118,8 @@ class AggregateRelease:
 
     def __post_init__(self) -> None:
         _check_common(self.federation_id, self.round, self.anchor_digest, what="AggregateRelease")
-        ids = (self.node_id, *self.contributors)
-        if not all(isinstance(v, str) and _ID.match(v) for v in ids) or list(self.contributors) != sorted(set(self.contributors)):
-            raise MessageError("AggregateRelease: node_id and contributors must be valid ids, contributors sorted and unique")
-        object.__setattr__(self, "contributors", tuple(self.contributors))
+        check_id(self.node_id, what="AggregateRelease.node_id")
+        object.__setattr__(self, "contributors", IDS.check(self.contributors, what="AggregateRelease.contributors"))
         object.__setattr__(self, "sums", _frozen_arrays(self.sums, what="AggregateRelease"))
 
 
@@ -146,8 +139,7 @@ class FailureNotice:
 
     def __post_init__(self) -> None:
         _check_common(self.federation_id, self.round, self.anchor_digest, what="FailureNotice")
-        if not isinstance(self.node_id, str) or not _ID.match(self.node_id):
-            raise MessageError(f"FailureNotice: node_id {self.node_id!r} is not a valid id")
+        check_id(self.node_id, what="FailureNotice.node_id")
         try:
             code = FailureCode(self.code)
         except ValueError:
@@ -238,7 +230,7 @@ def decode_message(blob: bytes) -> Message:
         raise MessageError(f"unsupported wire version {meta.get('geofed.version')!r} (this build speaks {WIRE_VERSION})")
     try:
         round_ = int(meta["round"])
-        common = {"federation_id": meta["federation_id"], "round": round_, "anchor_digest": meta["anchor_digest"]}
+        common: dict[str, Any] = {"federation_id": meta["federation_id"], "round": round_, "anchor_digest": meta["anchor_digest"]}
         kind = meta["geofed.type"]
     except (KeyError, ValueError) as exc:
         raise MessageError(f"message metadata incomplete or malformed: {exc}") from exc
