@@ -157,9 +157,9 @@ def _resolve_config(args: argparse.Namespace) -> tuple[RunConfig, Path, bool]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from geofed_secure.demo import load_demo_modalities
     from geofed_secure.report import write_plots
-    from geofed_secure.runtime.federation import load_demo_modalities
-    from geofed_secure.runtime.simulator import Simulator
+    from geofed_secure.runtime import Simulator
 
     config, out, resume = _resolve_config(args)
     console.print(f"[bold]geofed run[/bold]: {len(config.nodes)} nodes, {config.federation.rounds} rounds, "

@@ -130,8 +130,13 @@ class RunConfig:
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
 
-    def replace(self, **sections: Any) -> "RunConfig":
+    def replace(self, **sections: Any) -> RunConfig:
         return dataclasses.replace(self, **sections)
+
+
+def needed_modalities(config: RunConfig) -> list[str]:
+    """Every modality the configured nodes use (their own, and a bridge node's paired one), sorted."""
+    return sorted({n.modality for n in config.nodes} | {n.paired_modality for n in config.nodes if n.paired_modality})
 
 
 _SECTIONS = {"federation": FederationSection, "model": ModelSection, "training": TrainingSection, "data": DataSection,
@@ -167,7 +172,7 @@ def _coerce(cls: type, table: Mapping[str, Any], where: str, source: str | None)
 def config_from_dict(data: Mapping[str, Any], *, source: str | None = None) -> RunConfig:
     unknown = set(data) - set(_SECTIONS) - {"nodes"}
     if unknown:
-        key = sorted(unknown)[0]
+        key = min(unknown)
         raise ConfigError(key, f"unknown section; known: {sorted(_SECTIONS) + ['nodes']}", source=source)
     sections = {name: _coerce(cls, data.get(name, {}), name, source) for name, cls in _SECTIONS.items()}
     if "nodes" in data:

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from geofed_secure.audit.canary_run import run_canary_audit
 from geofed_secure.config import PrivacySection, RunConfig
-from geofed_secure.runtime.federation import build_federation, load_demo_modalities
-from geofed_secure.runtime.simulator import backbone_factory
+from geofed_secure.demo import load_demo_modalities
+from geofed_secure.runtime import backbone_factory, build_federation
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ import torch
 
 from geofed_secure.alignment.cka import centered_cka, debiased_cka, kernel_alignment
 from geofed_secure.alignment.gram import cosine_gram
-from geofed_secure.data.demo import load_modality
+from geofed_secure.demo import load_modality
 from geofed_secure.encoders.cache import FeatureCache
 
 

@@ -21,11 +21,11 @@ import warnings
 import numpy as np
 from opacus.accountants import PRVAccountant
 
-from geofed_secure.config import RunConfig, load_config
-from geofed_secure.data.demo import ModalityData, load_source, split_indices
-from geofed_secure.data.features import TokenFeatures
+from geofed_secure.config import RunConfig, load_config, needed_modalities
+from geofed_secure.data import ModalityData, TokenFeatures, load_source
+from geofed_secure.demo import split_indices
 from geofed_secure.privacy.accounting import PrivacyPlan, epsilon_of
-from geofed_secure.runtime.federation import build_federation, needed_modalities
+from geofed_secure.runtime import build_federation
 
 
 def label_only_modalities(config: RunConfig) -> dict[str, ModalityData]:
@@ -37,9 +37,9 @@ def label_only_modalities(config: RunConfig) -> dict[str, ModalityData]:
                               anchors_per_class=config.data.anchors_per_class, eval_per_class=config.data.eval_per_class,
                               max_pool=config.data.max_pool)
 
-        def features(index: np.ndarray) -> TokenFeatures:
+        def features(index: np.ndarray, labels: np.ndarray = source.labels) -> TokenFeatures:
             return TokenFeatures(np.zeros((len(index), 1, 1), np.float32), np.ones((len(index), 1), bool),
-                                 source.labels[index].astype(np.int64))
+                                 labels[index].astype(np.int64))
 
         out[modality] = ModalityData(modality=modality, encoder_name="labels-only", synthetic=source.synthetic,
                                      pool=features(split.pool), anchors=features(split.anchors),

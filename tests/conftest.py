@@ -12,11 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from geofed_secure.config import (
-    DataSection, FederationSection, ModelSection, NodeSpec, RunConfig, SecureSection, TrainingSection,
-)
+from geofed_secure.config import DataSection, FederationSection, ModelSection, NodeSpec, RunConfig, SecureSection, TrainingSection
+from geofed_secure.data import ModalityData
 from geofed_secure.data.anchors import anchor_digest
-from geofed_secure.data.demo import ModalityData
 from geofed_secure.data.features import TokenFeatures
 
 torch.set_num_threads(1)

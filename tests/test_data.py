@@ -18,12 +18,11 @@ from geofed_secure.data import (
     AnchorManifest,
     anchor_digest,
     dirichlet_partition,
-    load_modality,
     load_source,
-    split_indices,
     verify_anchor_digest,
 )
 from geofed_secure.data import sources as S
+from geofed_secure.demo import load_modality, split_indices
 from geofed_secure.encoders import FeatureCache, get_encoder
 from geofed_secure.errors import AnchorDigestMismatch, ConfigError, DataError, GeofedError
 
@@ -124,7 +123,7 @@ def test_partition_infeasible_min_size_is_data_error():
 
 def _reference_digest(modality, samples, labels):
     """Independent implementation of the canonical encoding documented in anchors.py."""
-    u64 = lambda n: struct.pack("<Q", n)  # noqa: E731
+    u64 = lambda n: struct.pack("<Q", n)
     blob = b"geofed-secure/anchor-digest/v1\x00" + u64(len(modality.encode())) + modality.encode()
     if isinstance(samples, np.ndarray):
         a = samples.astype(samples.dtype.newbyteorder("<"))
@@ -431,7 +430,7 @@ def test_load_modality_pretrained_encoders(modality, tmp_path):
 
 def test_nan_features_from_an_encoder_are_refused(tmp_path, monkeypatch):
     """An encoder that emits NaN stops load_modality with an error naming the encoder; nothing is cached."""
-    from geofed_secure.data import demo
+    from geofed_secure import demo
     from geofed_secure.encoders import get_encoder as real_get_encoder
 
     class NaNEncoder:

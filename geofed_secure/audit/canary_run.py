@@ -25,7 +25,7 @@ from geofed_secure.audit.canary import epsilon_lower_bound
 from geofed_secure.config import NodeSpec, RunConfig
 from geofed_secure.data.features import TokenFeatures, concat_features
 from geofed_secure.errors import ConfigError
-from geofed_secure.node.node import N_CLASSES, Node, NodeData
+from geofed_secure.node import N_CLASSES, Node, NodeData
 from geofed_secure.privacy.noise import derived_node_secret
 from geofed_secure.seeding import numpy_rng
 

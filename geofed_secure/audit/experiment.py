@@ -44,10 +44,10 @@ from geofed_secure.config import PrivacySection, RunConfig
 from geofed_secure.data.features import TokenFeatures, concat_features
 from geofed_secure.encoders.cache import FeatureCache
 from geofed_secure.errors import CheckpointError, ConfigError
-from geofed_secure.node.node import N_CLASSES, Node, NodeData
+from geofed_secure.node import N_CLASSES, Node, NodeData
 from geofed_secure.privacy.noise import derived_node_secret
-from geofed_secure.wire.round import GRAM_FIELD, WEIGHTED_PREFIX
 from geofed_secure.seeding import numpy_rng
+from geofed_secure.wire.round import GRAM_FIELD, WEIGHTED_PREFIX
 
 RELEASES = ("update", "gram", "prototypes", "raw_embeddings")
 CACHE_VERSION = 2
@@ -137,8 +137,8 @@ def run_experiment(plan: AuditPlan, *, progress: Callable[[str], None] = lambda 
 
     ``base_config`` / ``modalities`` replace the demo federation (its nodes, backbone and encoded data), e.g. in tests.
     """
-    from geofed_secure.runtime.federation import build_federation, load_demo_modalities
-    from geofed_secure.runtime.simulator import backbone_factory
+    from geofed_secure.demo import load_demo_modalities
+    from geofed_secure.runtime import backbone_factory, build_federation
 
     config = run_config(plan, base=base_config)
     specs = {n.id: n for n in config.nodes}

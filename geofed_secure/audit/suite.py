@@ -36,7 +36,7 @@ from geofed_secure.audit.plan import AuditPlan
 from geofed_secure.audit.protections import AGGREGATE, check_target, observed, observed_public, protocol_sums, release_view
 from geofed_secure.audit.threat_model import ThreatModel
 from geofed_secure.errors import ConfigError
-from geofed_secure.node.node import N_CLASSES
+from geofed_secure.node import N_CLASSES
 from geofed_secure.seeding import numpy_rng
 
 INVERSION_RANKS = (5, 10, 20)

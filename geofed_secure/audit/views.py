@@ -19,7 +19,7 @@ import safetensors.numpy
 
 from geofed_secure.audit.threat_model import ThreatModel
 from geofed_secure.errors import CheckpointError
-from geofed_secure.runtime.transcript import Transcript, TranscriptRecord
+from geofed_secure.runtime import Transcript, TranscriptRecord, decode_any
 
 FINAL_MODEL = Path("final") / "global_adapters.safetensors"
 
@@ -35,8 +35,6 @@ class View:
         """Decoded messages of the view (decoding re-validates each), optionally of one type and/or round."""
         if self._transcript is None:
             return
-        from geofed_secure.runtime.transcript import decode_any
-
         for rec in self.records:
             if (type_ is None or rec.type == type_) and (round_ is None or rec.round == round_):
                 yield rec, decode_any(self._transcript.blob(rec))

@@ -8,19 +8,18 @@ train and held-out test samples.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
-from geofed_secure.config import RunConfig
+from geofed_secure.config import RunConfig, needed_modalities
 from geofed_secure.data.anchors import AnchorManifest
-from geofed_secure.data.demo import ModalityData, load_modality
 from geofed_secure.data.features import TokenFeatures
+from geofed_secure.data.modality import ModalityData
 from geofed_secure.data.partition import dirichlet_partition
-from geofed_secure.encoders.cache import FeatureCache
 from geofed_secure.errors import DataError
-from geofed_secure.node.node import NodeData
+from geofed_secure.node import NodeData
 from geofed_secure.seeding import numpy_rng
 
 
@@ -33,21 +32,6 @@ class FederationData:
     @property
     def anchor_digest(self) -> str:
         return self.manifest.digest
-
-
-def needed_modalities(config: RunConfig) -> list[str]:
-    names = {n.modality for n in config.nodes} | {n.paired_modality for n in config.nodes if n.paired_modality}
-    return sorted(names)
-
-
-def load_demo_modalities(config: RunConfig, *, progress: Callable[[str, int, int], None] | None = None) -> dict[str, ModalityData]:
-    """Encode (or read from the feature cache) every modality the configured nodes need."""
-    cache = FeatureCache(config.data.cache_dir or None)
-    return {
-        m: load_modality(m, cache=cache, seed=config.federation.seed, anchors_per_class=config.data.anchors_per_class,
-                         eval_per_class=config.data.eval_per_class, max_pool=config.data.max_pool, progress=progress)
-        for m in needed_modalities(config)
-    }
 
 
 def build_federation(config: RunConfig, modalities: Mapping[str, ModalityData]) -> FederationData:
@@ -78,7 +62,7 @@ def build_federation(config: RunConfig, modalities: Mapping[str, ModalityData]) 
     for node in config.nodes:
         pool = modalities[node.modality].pool
         index = numpy_rng(seed, "split", node.id).permutation(shares[node.id])
-        n_test = max(1, int(round(len(index) * config.data.test_fraction)))
+        n_test = max(1, round(len(index) * config.data.test_fraction))
         train_idx, test_idx = index[n_test:], index[:n_test]
         paired = None
         if node.paired_modality:
