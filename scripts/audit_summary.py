@@ -20,6 +20,13 @@ def tag(result: dict | None) -> str:
     return ci(result["metrics"]["auc"]) + (" (unit)" if result["attack"].endswith("unit") else "")
 
 
+def strongest(rows: list[dict], release: str) -> dict | None:
+    """The release-level LiRA result (plain or unit-norm) with the highest AUC on ``release``, if any."""
+    candidates = [r for r in rows if r["attack"] in ("lira_release", "lira_release_unit")
+                  and r["metadata"]["release"] == release]
+    return max(candidates, key=lambda r: r["metrics"]["auc"]["value"], default=None)
+
+
 def main(paths: list[str]) -> None:
     print("| threat model | cell | Gram: best LiRA AUC | prototypes: best AUC (attack) | B update: best LiRA AUC | Gram extraction error, B = 50 / 100 (public model) |")
     print("|---|---|---|---|---|---|")
@@ -28,13 +35,7 @@ def main(paths: list[str]) -> None:
         name = report["threat_model"]["name"]
         for cell in report["views"]:
             rows = [r for r in report["results"] if r["metadata"].get("protection") == cell]
-
-            def strongest(release: str) -> dict | None:
-                candidates = [r for r in rows if r["attack"] in ("lira_release", "lira_release_unit")
-                              and r["metadata"]["release"] == release]
-                return max(candidates, key=lambda r: r["metrics"]["auc"]["value"], default=None)
-
-            gram, update = strongest("gram"), strongest("update")
+            gram, update = strongest(rows, "gram"), strongest(rows, "update")
             protos = [r for r in rows if r["metadata"]["release"] == "prototypes" and r["attack"] != "prototype_label_inference"
                       and not r["attack"].endswith("node_encoder") and "auc" in r["metrics"]]
             best = max(protos, key=lambda r: r["metrics"]["auc"]["value"], default=None)

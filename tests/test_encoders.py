@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import re
 import os
+import re
 
 import numpy as np
 import pytest
@@ -155,7 +155,7 @@ def test_image_linear_probe_above_chance():
     from sklearn.preprocessing import StandardScaler
 
     src = load_source("image", seed=0, max_samples=1000)
-    tok, mask = get_encoder("image").encode(src.samples)
+    tok, _ = get_encoder("image").encode(src.samples)
     feats = tok.mean(axis=1)
     rng = np.random.default_rng(0)
     perm = rng.permutation(len(feats))
@@ -278,7 +278,7 @@ def test_cache_corrupt_file_is_reencoded(tmp_path, damage):
         cache.get_or_encode(enc, _data(n=6, L=5, seed=1), data_digest="d2")
         path.write_bytes(cache.path_for(enc.name, "d2").read_bytes())
         enc.calls = 1
-    tok, mask = cache.get_or_encode(enc, x, data_digest="d1")
+    tok, _ = cache.get_or_encode(enc, x, data_digest="d1")
     assert enc.calls == 2 and cache.corrupt == 1
     assert np.array_equal(tok, good)
     # the rewritten entry is valid again
@@ -319,7 +319,7 @@ def test_cache_with_real_encoder_and_progress(tmp_path):
     enc.batch_size = 16
     src = load_source("tabular", seed=0, max_samples=40)
     seen = []
-    tok, mask = cache.get_or_encode(enc, src.samples, data_digest="tab40", progress=lambda d, t: seen.append((d, t)))
+    tok, _ = cache.get_or_encode(enc, src.samples, data_digest="tab40", progress=lambda d, t: seen.append((d, t)))
     assert seen == [(16, 40), (32, 40), (40, 40)]
     assert np.array_equal(tok, enc.encode(src.samples)[0])
     seen.clear()

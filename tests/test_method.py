@@ -6,8 +6,8 @@ import math
 
 import numpy as np
 import torch
-
 from conftest import with_sections
+
 from geofed_secure.config import NodeSpec
 from geofed_secure.node.node import info_nce
 from geofed_secure.runtime.federation import build_federation

@@ -19,7 +19,7 @@ import torch
 from geofed_secure.alignment.gram import _as_array, _check_finite, _check_square, _to_numpy64
 from geofed_secure.errors import DataError
 
-__all__ = ["center_gram", "centered_cka", "debiased_cka", "kernel_alignment", "cka_loss"]
+__all__ = ["center_gram", "centered_cka", "cka_loss", "debiased_cka", "kernel_alignment"]
 
 #: Floor on a squared Frobenius norm in denominators: a constant (centred-to-zero) Gram gives CKA 0.
 SQNORM_EPS = 1e-12

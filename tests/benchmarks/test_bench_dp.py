@@ -11,12 +11,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from test_bench_round import N_ANCHORS, features
 
 from geofed_secure.alignment.gram import cosine_gram
 from geofed_secure.config import NodeSpec, PrivacySection, RunConfig, TrainingSection
 from geofed_secure.model.backbone import load_backbone
 from geofed_secure.node.node import Node, NodeData
-from test_bench_round import N_ANCHORS, features
 
 STEPS = 8
 

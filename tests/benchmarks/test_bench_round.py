@@ -15,8 +15,8 @@ from geofed_secure.config import NodeSpec, RunConfig
 from geofed_secure.data.features import TokenFeatures
 from geofed_secure.model.backbone import load_backbone
 from geofed_secure.node.node import Node, NodeData
-from geofed_secure.wire.round import NodeUpdate
 from geofed_secure.server.server import Server
+from geofed_secure.wire.round import NodeUpdate
 
 N_ANCHORS = 50
 

@@ -16,8 +16,8 @@ import os
 import numpy as np
 import pytest
 
-from geofed_secure.secagg.masking import primitives as crypto
 from geofed_secure.secagg import simulate_aggregation
+from geofed_secure.secagg.masking import primitives as crypto
 
 N, D, DEGREE = 10, 100_000, 6  # flwr's num_shares = DEGREE + 1 (its neighbourhood counts the node itself)
 
