@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.resources
 import os
 from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -46,13 +47,21 @@ def load_backbone(name_or_path: str) -> nn.Module:
     for key in ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout"):
         if hasattr(config, key):
             setattr(config, key, 0.0)
-    kwargs = {"add_pooling_layer": False} if config.model_type == "bert" else {}
+    kwargs: dict[str, Any] = {"add_pooling_layer": False} if config.model_type == "bert" else {}
     model = AutoModel.from_pretrained(path, config=config, local_files_only=True, **kwargs)
     model.requires_grad_(False)
     return model
 
 
-def hidden_size(model: nn.Module) -> int:
+class Configured(Protocol):
+    """A Hugging Face model, or the peft model wrapping one (peft forwards ``config`` to the model it wraps)."""
+
+    @property
+    def config(self) -> Any: ...
+
+
+def hidden_size(model: Configured) -> int:
+    """d_model, the width of the transformer's hidden states (``config.hidden_size``)."""
     return int(model.config.hidden_size)
 
 

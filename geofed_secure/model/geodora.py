@@ -17,13 +17,16 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from geofed_secure.errors import ConfigError, MessageError
 from geofed_secure.seeding import torch_generator
+
+if TYPE_CHECKING:
+    from peft.tuners.lora import LoraLayer
 
 MAGNITUDE_POLICIES = ("local", "averaged")
 ADAPTER = "default"
@@ -45,7 +48,7 @@ class GeoDoRAConfig:
             raise ConfigError("model.magnitude", f"must be one of {MAGNITUDE_POLICIES}, got {self.magnitude!r}")
 
     @classmethod
-    def from_section(cls, model: Any) -> "GeoDoRAConfig":
+    def from_section(cls, model: Any) -> GeoDoRAConfig:
         """From the ``[model]`` section of a run configuration."""
         return cls(rank=model.rank, target_modules=tuple(model.target_modules), use_dora=model.use_dora,
                    magnitude=model.magnitude)
@@ -72,18 +75,18 @@ def apply_geodora(backbone: nn.Module, config: GeoDoRAConfig, *, federation_seed
     except ValueError as exc:  # peft: target modules not found
         raise ConfigError("model.target_modules", str(exc)) from exc
     for name, layer in lora_layers(model):
-        weight_a = layer.lora_A[ADAPTER].weight
+        weight_a = _adapter_weight(layer.lora_A)
         gen = torch_generator(federation_seed, "geolora-A", name)
         # Gaussian with variance 1/in_features: A x keeps the scale of x (FFA-LoRA uses a Gaussian A).
         shared_a = torch.randn(weight_a.shape, generator=gen, dtype=torch.float32) / math.sqrt(weight_a.shape[1])
         with torch.no_grad():
             weight_a.copy_(shared_a.to(weight_a.dtype))
-            layer.lora_B[ADAPTER].weight.zero_()
+            _adapter_weight(layer.lora_B).zero_()
         weight_a.requires_grad_(False)
         if config.use_dora:
             # Re-initialise m from W0 now that A changed (B = 0, so ||W0 + BA|| = ||W0||).
-            layer.lora_magnitude_vector[ADAPTER].weight.data = torch.linalg.norm(
-                layer.get_base_layer().weight.detach(), dim=1
+            _adapter_weight(layer.lora_magnitude_vector).data = torch.linalg.norm(
+                _base_weight(layer).detach(), dim=1
             ).to(weight_a.dtype)
     if not any(True for _ in lora_layers(model)):
         raise ConfigError("model.target_modules", f"no layer of the backbone matches {config.target_modules}")
@@ -94,44 +97,56 @@ def _module_path(peft_name: str) -> str:
     return peft_name.removeprefix("base_model.model.")
 
 
-def lora_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+def lora_layers(model: nn.Module) -> Iterator[tuple[str, LoraLayer]]:
     """(backbone module path, peft LoRA layer) for every adapted linear layer, in a stable order."""
+    from peft.tuners.lora import LoraLayer
+
     for name, module in model.named_modules():
-        if hasattr(module, "lora_A") and isinstance(module.lora_A, nn.ModuleDict) and ADAPTER in module.lora_A:
+        if isinstance(module, LoraLayer) and ADAPTER in module.lora_A:
             yield _module_path(name), module
 
 
+def _adapter_weight(table: nn.ModuleDict) -> nn.Parameter:
+    """The default adapter's weight in one of a LoRA layer's tables: A or B (``nn.Linear``), or DoRA's magnitude m."""
+    return table[ADAPTER].get_parameter("weight")
+
+
+def _base_weight(layer: LoraLayer) -> nn.Parameter:
+    """W0, the frozen weight of the linear layer that ``layer`` adapts."""
+    return layer.get_base_layer().get_parameter("weight")
+
+
 def magnitude_parameters(model: nn.Module) -> list[nn.Parameter]:
-    return [layer.lora_magnitude_vector[ADAPTER].weight for _, layer in lora_layers(model) if _has_dora(layer)]
+    return [_adapter_weight(layer.lora_magnitude_vector) for _, layer in lora_layers(model) if _has_dora(layer)]
 
 
-def _has_dora(layer: nn.Module) -> bool:
-    return hasattr(layer, "lora_magnitude_vector") and ADAPTER in layer.lora_magnitude_vector
+def _has_dora(layer: LoraLayer) -> bool:
+    return ADAPTER in layer.lora_magnitude_vector
 
 
 def get_lora_b(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {f"{name}.lora_B": layer.lora_B[ADAPTER].weight.detach().clone() for name, layer in lora_layers(model)}
+    return {f"{name}.lora_B": _adapter_weight(layer.lora_B).detach().clone() for name, layer in lora_layers(model)}
 
 
 def get_magnitudes(model: nn.Module) -> dict[str, torch.Tensor]:
     return {
-        f"{name}.magnitude": layer.lora_magnitude_vector[ADAPTER].weight.detach().clone()
+        f"{name}.magnitude": _adapter_weight(layer.lora_magnitude_vector).detach().clone()
         for name, layer in lora_layers(model)
         if _has_dora(layer)
     }
 
 
 def get_lora_a(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {f"{name}.lora_A": layer.lora_A[ADAPTER].weight.detach().clone() for name, layer in lora_layers(model)}
+    return {f"{name}.lora_A": _adapter_weight(layer.lora_A).detach().clone() for name, layer in lora_layers(model)}
 
 
 def load_shared_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
     """Copy ``.lora_B`` / ``.magnitude`` entries of ``state`` into the model; unknown keys or shapes -> MessageError."""
     params: dict[str, torch.Tensor] = {}
     for name, layer in lora_layers(model):
-        params[f"{name}.lora_B"] = layer.lora_B[ADAPTER].weight
+        params[f"{name}.lora_B"] = _adapter_weight(layer.lora_B)
         if _has_dora(layer):
-            params[f"{name}.magnitude"] = layer.lora_magnitude_vector[ADAPTER].weight
+            params[f"{name}.magnitude"] = _adapter_weight(layer.lora_magnitude_vector)
     unknown = sorted(set(state) - set(params))
     if unknown:
         raise MessageError(f"shared state names unknown parameters {unknown[:3]}; the backbone/target_modules differ")
@@ -163,12 +178,12 @@ def merged_state(model: nn.Module, magnitudes: Mapping[str, torch.Tensor] | None
     for name, layer in lora_layers(model):
         mag = None
         if _has_dora(layer):
-            mag = (magnitudes or {}).get(f"{name}.magnitude", layer.lora_magnitude_vector[ADAPTER].weight)
+            mag = (magnitudes or {}).get(f"{name}.magnitude", _adapter_weight(layer.lora_magnitude_vector))
             mag = mag.detach()
         out[f"{name}.weight"] = merged_weight(
-            layer.get_base_layer().weight.detach(),
-            layer.lora_A[ADAPTER].weight.detach(),
-            layer.lora_B[ADAPTER].weight.detach(),
+            _base_weight(layer).detach(),
+            _adapter_weight(layer.lora_A).detach(),
+            _adapter_weight(layer.lora_B).detach(),
             mag,
         )
     return out

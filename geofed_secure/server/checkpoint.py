@@ -60,8 +60,8 @@ class CheckpointStore:
         shutil.rmtree(tmp, ignore_errors=True)
         (tmp / "nodes").mkdir(parents=True)
         safetensors.numpy.save_file({k: np.ascontiguousarray(v) for k, v in server.items()}, tmp / "server.safetensors")
-        for node_id, state in nodes.items():
-            safetensors.torch.save_file({k: v.contiguous() for k, v in state.items()}, tmp / "nodes" / f"{node_id}.safetensors")
+        for node_id, node_state in nodes.items():
+            safetensors.torch.save_file({k: v.contiguous() for k, v in node_state.items()}, tmp / "nodes" / f"{node_id}.safetensors")
         files = {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("*.safetensors"))}
         state = {"round": round_, "files": files, **meta}
         (tmp / "state.json").write_text(json.dumps(state, indent=1, sort_keys=True))

@@ -85,7 +85,7 @@ class FixedPoint:
         clipped = int(np.count_nonzero(scaled != x))
         scaled *= 2.0**self.frac_bits  # exact: scaling by a power of two
         # floor(y + U), U ~ Uniform[0, 1), rounds up with probability frac(y): unbiased stochastic rounding
-        uniforms = draws.random(x.shape[0]) if isinstance(draws, np.random.Generator) else np.asarray(draws, np.float64)
+        uniforms = draws.random(len(x)) if isinstance(draws, np.random.Generator) else np.asarray(draws, np.float64)
         if uniforms.shape != x.shape:
             raise DataError(f"need one rounding draw per coordinate: {uniforms.shape} draws for {x.shape} values")
         scaled += uniforms

@@ -156,7 +156,7 @@ def keystream_words(key: bytes, nwords: int, ring_bits: int, *, scratch: np.ndar
     out = scratch if scratch is not None and scratch.nbytes >= nbytes + 16 else np.empty(nbytes + 16, np.uint8)
     encryptor = Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor()
     if nbytes:
-        encryptor.update_into(memoryview(_ZEROS)[:nbytes], out)
+        encryptor.update_into(memoryview(_ZEROS)[:nbytes], out.data)
     return out[:nbytes].view(dtype)
 
 
