@@ -81,6 +81,15 @@ class LocalProtocolError(GeofedError):
     """The caller used a protocol session out of order (our own misuse, not the peer's misbehaviour)."""
 
 
+class RemoteProtocolError(MessageError):
+    """A peer's message arrived out of order or failed a check (the peer's misbehaviour, not our own misuse).
+
+    h11's distinction: :class:`LocalProtocolError` is ours, this one is the peer's. A subclass of
+    :class:`MessageError`, so ``except MessageError`` still catches it. A secure-aggregation server raises it for a
+    node's bad message and keeps its state: one node never ends a round for everyone (that node counts as dropped).
+    """
+
+
 class PrivacyBudgetExceeded(GeofedError):
     """A node refused to train: one more round would spend more than its differential-privacy budget.
 
