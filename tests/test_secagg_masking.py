@@ -19,18 +19,19 @@ from geofed_secure.errors import (
     LocalProtocolError,
     MessageError,
     ProtocolAborted,
+    RemoteProtocolError,
 )
 from geofed_secure.secagg import STAGES, simulate_aggregation
-from geofed_secure.secagg.masking import primitives as crypto
-from geofed_secure.secagg.masking.adversary import CATALOGUE, Adversary
+from geofed_secure.secagg.common import SERVER
+from geofed_secure.secagg.machine import rows
 from geofed_secure.secagg.masking import (
-    NODE_TRANSITIONS,
-    SERVER_TRANSITIONS,
     MaskingParameters,
-    node_event,
     pairwise_mask,
     self_mask,
 )
+from geofed_secure.secagg.masking import primitives as crypto
+from geofed_secure.secagg.masking.adversary import CATALOGUE, Adversary
+from geofed_secure.secagg.masking.federation import MaskingFederation
 from geofed_secure.secagg.masking.messages import (
     MAGIC,
     MESSAGE_TYPES,
@@ -49,16 +50,23 @@ from geofed_secure.secagg.masking.messages import (
     UnmaskResponse,
     decode,
 )
-from geofed_secure.secagg.masking.federation import MaskingFederation
-from geofed_secure.secagg.common import SERVER
+from geofed_secure.secagg.masking.tables import (
+    NODE_TRANSITIONS,
+    SERVER_TRANSITIONS,
+    Guard,
+    NodeEvent,
+    NodeState,
+    ServerEvent,
+    ServerState,
+    graph_guard,
+    refusal,
+    unmask_guard,
+)
 
 FAST = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 IDS = ("n0", "n1", "n2", "n3", "n4")
 LENGTH = 3
 SEED = 11
-NODE_EVENTS = ("RoundStart(new epoch)", "RoundStart(same epoch)", "KeyRoster(complete graph)", "KeyRoster(SecAgg+ graph)",
-               "GraphSeeds", "ShareDelivery", "ConsistencyRequest", "UnmaskRequest(nobody dropped)",
-               "UnmaskRequest(unchecked, SecAgg+ epoch)", "UnmaskRequest(after check)")
 NODE_REPLIES = (KeyAdvertisement, GraphSeedReveal, ShareBundle, MaskedInput, ConsistencySignature, UnmaskResponse)
 SERVER_SENDS = (RoundStart, KeyRoster, GraphSeeds, ShareDelivery, ConsistencyRequest, UnmaskRequest)
 # The (state, message) tables run on a SecAgg+ federation (7 nodes, degree 4), whose set-up has the graph-seed reveal;
@@ -774,7 +782,8 @@ def test_a_member_that_does_not_reveal_its_nonce_aborts_the_set_up():
 
 
 # =========================================================================================================
-# 4. The (state, message) tables
+# 4. The (state, event) tables: every event in every state, through the public API (Flower's secaggplus_mod_test
+# habit), legal pairs to the table's target, the others refused as refusal() says
 
 
 @functools.lru_cache(maxsize=1)
@@ -785,7 +794,7 @@ def reference_round():
     inbox = [stage.outgoing["n0"] for stage in stages]
     start, roster, seeds, delivery, check, unmask = inbox
     small = dataclasses.replace(roster, advertisements=roster.advertisements[:5])  # n0..n4: a complete graph
-    assert node_event(small, TABLE_DEGREE) == "KeyRoster(complete graph)"
+    assert graph_guard(TABLE_DEGREE, len(small.advertisements)) is Guard.COMPLETE_GRAPH
     nobody = UnmaskRequest(federation_id=fed.provisioning.federation_id, round=1, alive=TABLE_IDS, dropped=(), signatures={})
     replies = {type(r): r for stage in stages for r in stage.replies.values()}
     return {"start": start, "roster": roster, "small_roster": small, "seeds": seeds, "delivery": delivery, "check": check,
@@ -811,68 +820,89 @@ def node_in(state):
     return node
 
 
-def event_message(event):
+# Every way a node sees an event: (event, the guard its message carries; "unchecked": decided by the node's epoch).
+NODE_TRIGGERS = ((NodeEvent.ROUND_START, Guard.NEW_EPOCH), (NodeEvent.ROUND_START, Guard.SAME_EPOCH),
+                 (NodeEvent.KEY_ROSTER, Guard.COMPLETE_GRAPH), (NodeEvent.KEY_ROSTER, Guard.SECAGG_PLUS_GRAPH),
+                 (NodeEvent.GRAPH_SEEDS, None), (NodeEvent.SHARE_DELIVERY, None), (NodeEvent.CONSISTENCY_REQUEST, None),
+                 (NodeEvent.UNMASK_REQUEST, "unchecked"), (NodeEvent.UNMASK_REQUEST, Guard.AFTER_CHECK),
+                 (NodeEvent.ABANDON_ROUND, None))
+
+
+def trigger_message(event, guard):
     ref = reference_round()
     return {
-        "RoundStart(new epoch)": dataclasses.replace(ref["start"], round=2, epoch=2),
-        "RoundStart(same epoch)": dataclasses.replace(ref["start"], round=2, epoch=1),
-        "KeyRoster(complete graph)": ref["small_roster"], "KeyRoster(SecAgg+ graph)": ref["roster"],
-        "GraphSeeds": ref["seeds"], "ShareDelivery": ref["delivery"], "ConsistencyRequest": ref["check"],
-        "UnmaskRequest(nobody dropped)": ref["nobody"], "UnmaskRequest(unchecked, SecAgg+ epoch)": ref["nobody"],
-        "UnmaskRequest(after check)": ref["unmask"],
-    }[event]
+        (NodeEvent.ROUND_START, Guard.NEW_EPOCH): dataclasses.replace(ref["start"], round=2, epoch=2),
+        (NodeEvent.ROUND_START, Guard.SAME_EPOCH): dataclasses.replace(ref["start"], round=2, epoch=1),
+        (NodeEvent.KEY_ROSTER, Guard.COMPLETE_GRAPH): ref["small_roster"],
+        (NodeEvent.KEY_ROSTER, Guard.SECAGG_PLUS_GRAPH): ref["roster"],
+        (NodeEvent.GRAPH_SEEDS, None): ref["seeds"], (NodeEvent.SHARE_DELIVERY, None): ref["delivery"],
+        (NodeEvent.CONSISTENCY_REQUEST, None): ref["check"], (NodeEvent.UNMASK_REQUEST, "unchecked"): ref["nobody"],
+        (NodeEvent.UNMASK_REQUEST, Guard.AFTER_CHECK): ref["unmask"],
+    }[event, guard]
 
 
-REPLY_TO = {"RoundStart(new epoch)": KeyAdvertisement, "RoundStart(same epoch)": MaskedInput,
-            "KeyRoster(complete graph)": ShareBundle, "KeyRoster(SecAgg+ graph)": GraphSeedReveal, "GraphSeeds": ShareBundle,
-            "ShareDelivery": MaskedInput, "ConsistencyRequest": ConsistencySignature,
-            "UnmaskRequest(nobody dropped)": UnmaskResponse, "UnmaskRequest(after check)": UnmaskResponse}
+def fire(node, event, guard):
+    """Make ``node`` see (event, guard): a driver call or a server message, through the public API."""
+    if event is NodeEvent.ABANDON_ROUND:
+        return node.abandon_round()
+    return feed(node, trigger_message(event, guard), np.ones(LENGTH))
 
 
-def test_node_table_names_every_event_and_state():
-    assert set(NODE_TRANSITIONS) == {"ready", "advertised", "revealed", "shared", "masked", "signed", "aborted"}
-    assert {e for row in NODE_TRANSITIONS.values() for e in row} <= set(NODE_EVENTS)
-    assert {node_event(event_message(e), TABLE_DEGREE, sparse_epoch="SecAgg+ epoch" in e) for e in NODE_EVENTS} == set(NODE_EVENTS)
-    assert NODE_TRANSITIONS["aborted"] == {}
+def actual_guard(node, event, guard):
+    """The guard the node's own context gives a trigger (an unchecked unmask depends on its epoch's graph)."""
+    if guard != "unchecked":
+        return guard
+    sparse = node.epoch is not None and node.epoch.plan is not None and node.epoch.plan.graph_seed is not None
+    return unmask_guard(trigger_message(event, guard), sparse_epoch=sparse)
 
 
-@pytest.mark.parametrize("event", NODE_EVENTS)
-@pytest.mark.parametrize("state", sorted(NODE_TRANSITIONS))
-def test_node_state_message_pair(state, event):
+def next_state(table, state, event, guard):
+    row = table[state]
+    return row.get(event, row.get((event, guard)))
+
+
+REPLY_TO = {NodeEvent.ROUND_START: {Guard.NEW_EPOCH: KeyAdvertisement, Guard.SAME_EPOCH: MaskedInput},
+            NodeEvent.KEY_ROSTER: {Guard.COMPLETE_GRAPH: ShareBundle, Guard.SECAGG_PLUS_GRAPH: GraphSeedReveal},
+            NodeEvent.GRAPH_SEEDS: ShareBundle, NodeEvent.SHARE_DELIVERY: MaskedInput,
+            NodeEvent.CONSISTENCY_REQUEST: ConsistencySignature, NodeEvent.UNMASK_REQUEST: UnmaskResponse,
+            NodeEvent.ABANDON_ROUND: type(None)}
+
+
+def test_node_triggers_cover_every_event_and_every_row():
+    assert {e for e, _ in NODE_TRIGGERS} == set(NodeEvent)
+    assert set(NODE_TRANSITIONS) == set(NodeState) and NODE_TRANSITIONS[NodeState.ABORTED] == {}
+    guarded = {(e, g) for s in NODE_TRANSITIONS for e, g, _ in rows(NODE_TRANSITIONS, s) if g is not None}
+    # masked + (UnmaskRequest, nobody dropped) needs a complete-graph epoch: test_the_fast_path_is_legal_from_masked...
+    assert guarded - set(NODE_TRIGGERS) == {(NodeEvent.UNMASK_REQUEST, Guard.NOBODY_DROPPED)}
+
+
+@pytest.mark.parametrize("event, guard", NODE_TRIGGERS, ids=[f"{e}-{g}" for e, g in NODE_TRIGGERS])
+@pytest.mark.parametrize("state", list(NodeState))
+def test_node_state_event_pair(state, event, guard):
     # Prepare
     node = node_in(state)
-    message = event_message(event)
-    sparse = node.epoch is not None and node.epoch.plan is not None and node.epoch.plan.graph_seed is not None
-    seen = node_event(message, TABLE_DEGREE, sparse_epoch=sparse)
-    # an unchecked unmask is the SecAgg+ event once the node's epoch is sparse (the complete-graph fast path from
-    # 'masked' is exercised by test_the_fast_path_is_legal_from_masked_on_the_complete_graph)
-    assert seen == event or {seen, event} == {"UnmaskRequest(nobody dropped)", "UnmaskRequest(unchecked, SecAgg+ epoch)"}
-    target = NODE_TRANSITIONS[state].get(seen)
+    seen = actual_guard(node, event, guard)
+    target = next_state(NODE_TRANSITIONS, state, event, seen)
 
-    if state == "aborted":
-        # Execute / Assert: an aborted session refuses everything as our own misuse
-        with pytest.raises(LocalProtocolError):
-            feed(node, message)
-        assert node.state == "aborted"
-        return
     if target is not None:
         # Execute / Assert: legal pairs proceed to the table's target and answer with the right message
-        reply = feed(node, message, np.ones(LENGTH))
-        assert isinstance(reply, REPLY_TO[event])
+        reply = fire(node, event, guard)
+        expected = REPLY_TO[event]
+        assert isinstance(reply, expected[seen] if isinstance(expected, dict) else expected)
         assert node.state == target
-        wire(reply)
         return
-    # Execute / Assert: illegal pairs abort, permanently
-    with pytest.raises(ProtocolAborted) as info:
-        feed(node, message, np.ones(LENGTH))
-    assert info.value.party == "n0"
-    assert node.state == "aborted"
-    for other in NODE_EVENTS:
-        with pytest.raises(LocalProtocolError):
-            feed(node, event_message(other))
-    with pytest.raises(LocalProtocolError):
-        node.abandon_round()
-    assert node.state == "aborted"
+    # Execute / Assert: illegal pairs raise what refusal() documents and leave the state it documents ...
+    error, after = refusal("node", state, event)
+    with pytest.raises(error) as info:
+        fire(node, event, guard)
+    assert node.state == after == NodeState.ABORTED
+    if error is ProtocolAborted:
+        assert info.value.party == "n0"
+    # ... for good: every later call is our own misuse
+    for other in NODE_TRIGGERS:
+        with pytest.raises(LocalProtocolError, match="start a new session"):
+            fire(node, *other)
+    assert node.state == NodeState.ABORTED
 
 
 def test_the_fast_path_is_legal_from_masked_on_the_complete_graph():
@@ -881,33 +911,42 @@ def test_the_fast_path_is_legal_from_masked_on_the_complete_graph():
     node = fed.nodes["n0"]
     assert node.state == "masked"
     nobody = UnmaskRequest(federation_id=fed.provisioning.federation_id, round=1, alive=IDS, dropped=(), signatures={})
+    assert unmask_guard(nobody, sparse_epoch=False) is Guard.NOBODY_DROPPED
     reply = feed(node, nobody)
-    assert isinstance(reply, UnmaskResponse) and node.state == NODE_TRANSITIONS["masked"]["UnmaskRequest(nobody dropped)"]
+    assert isinstance(reply, UnmaskResponse)
+    assert node.state == NODE_TRANSITIONS[NodeState.MASKED][NodeEvent.UNMASK_REQUEST, Guard.NOBODY_DROPPED]
     assert set(reply.self_mask_shares) == set(IDS) and reply.mask_key_shares == {}
 
 
 def test_fresh_node_without_keys_refuses_a_same_epoch_round_start():
     node = table_fed().nodes["n0"]
     with pytest.raises(ProtocolAborted):
-        feed(node, event_message("RoundStart(same epoch)"))
+        feed(node, trigger_message(NodeEvent.ROUND_START, Guard.SAME_EPOCH))
     assert node.state == "aborted"
 
 
-def test_round_start_through_receive_is_local_misuse_and_leaves_the_node_ready():
+@pytest.mark.parametrize("misuse", ["round start to receive", "roster to begin_round"])
+def test_local_misuse_is_a_local_protocol_error_and_aborts(misuse):
     node = node_in("ready")
     with pytest.raises(LocalProtocolError):
-        node.receive(event_message("RoundStart(new epoch)"))
-    assert node.state == "ready"
+        if misuse == "round start to receive":
+            node.receive(trigger_message(NodeEvent.ROUND_START, Guard.NEW_EPOCH))
+        else:
+            node.begin_round(reference_round()["roster"], np.ones(LENGTH))
+    assert node.state == "aborted"
+    with pytest.raises(LocalProtocolError, match="aborted"):
+        node.abandon_round()
 
 
-@pytest.mark.parametrize("vector, error", [(np.ones(LENGTH + 1), LocalProtocolError), (np.ones((1, LENGTH)), LocalProtocolError),
-                                           (np.array([1.0, np.nan, 0.0]), DataError), (np.array([np.inf, 0.0, 0.0]), DataError)])
-def test_bad_local_input_is_refused_without_aborting(vector, error):
+@pytest.mark.parametrize("vector", [np.ones(LENGTH + 1), np.ones((1, LENGTH)), np.array([1.0, np.nan, 0.0]),
+                                    np.array([np.inf, 0.0, 0.0])])
+def test_bad_local_input_is_a_data_error_without_aborting(vector):
     node = node_in("ready")
-    with pytest.raises(error):
-        feed(node, event_message("RoundStart(new epoch)"), vector)
+    start = trigger_message(NodeEvent.ROUND_START, Guard.NEW_EPOCH)
+    with pytest.raises(DataError):
+        feed(node, start, vector)
     assert node.state == "ready"
-    assert isinstance(feed(node, event_message("RoundStart(new epoch)"), np.ones(LENGTH)), KeyAdvertisement)
+    assert isinstance(feed(node, start, np.ones(LENGTH)), KeyAdvertisement)
 
 
 @pytest.mark.parametrize("state", ["advertised", "masked", "signed"])
@@ -915,7 +954,7 @@ def test_a_round_is_never_masked_twice(state):
     """Two masked inputs under the same round's masks would give the server x - x' of one node."""
     # Prepare: n0 got round 2 (steady state for masked/signed), then its driver gave up on the round
     node = node_in("ready")
-    start = event_message("RoundStart(new epoch)" if state == "advertised" else "RoundStart(same epoch)")
+    start = trigger_message(NodeEvent.ROUND_START, Guard.NEW_EPOCH if state == "advertised" else Guard.SAME_EPOCH)
     feed(node, start, np.ones(LENGTH))
     if state == "signed":
         feed(node, dataclasses.replace(reference_round()["check"], round=2))
@@ -935,85 +974,124 @@ def test_abandoned_round_returns_to_ready_and_keeps_only_a_finished_set_up(state
     assert node.state == "ready"
     if state in ("advertised", "revealed", "shared"):  # unfinished set-up: a same-epoch start has no keys
         with pytest.raises(ProtocolAborted):
-            feed(node, event_message("RoundStart(same epoch)"))
+            feed(node, trigger_message(NodeEvent.ROUND_START, Guard.SAME_EPOCH))
     else:
-        assert isinstance(feed(node, event_message("RoundStart(same epoch)")), MaskedInput)
+        assert isinstance(feed(node, trigger_message(NodeEvent.ROUND_START, Guard.SAME_EPOCH)), MaskedInput)
 
 
 # -- server --------------------------------------------------------------------------------------------
 
 
-def server_in(state, *, steady=False):
-    """A server waiting in ``state``, and the node replies it is waiting for (held back)."""
-    fed = table_fed()
+def server_in(state, *, steady=False, complete=False):
+    """A server waiting in ``state``, and the node replies it is waiting for (held back). ``complete``: a 5-node
+    complete-graph federation where nobody drops (the other rows of the guarded close_stage)."""
+    fed = provision() if complete else table_fed()
+    ids, inputs = (IDS, vectors()) if complete else (TABLE_IDS, table_vectors())
     if state == "idle":
         if steady:
-            drive(fed, 1, table_vectors())
+            drive(fed, 1, inputs)
         return fed, {}
     if state == "aborted":
         with pytest.raises(ProtocolAborted):
-            drive(fed, 1, table_vectors(), silent={"collect_advertisements": {"n0", "n1", "n2", "n3", "n4"}})
+            drive(fed, 1, inputs, silent={"collect_advertisements": set(ids[:5])})
         return fed, {}
     round_ = 1
     if steady:
-        drive(fed, 1, table_vectors())
+        drive(fed, 1, inputs)
         round_ = 2
-    silent = {} if state != "collect_signatures" else {"collect_inputs": {"n4"}}
-    stages = drive(fed, round_, table_vectors(), until=state, silent=silent)
+    silent = {"collect_inputs": {"n4"}} if state == "collect_signatures" and not complete else {}
+    stages = drive(fed, round_, inputs, until=state, silent=silent)
     assert fed.server.state == state
     return fed, stages[-1].replies
 
 
-SERVER_CASES = [("idle", False), ("idle", True), ("collect_advertisements", False), ("collect_reveals", False),
-                ("collect_shares", False),
-                ("collect_inputs", False), ("collect_inputs", True), ("collect_signatures", False),
-                ("collect_unmask", False), ("collect_unmask", True), ("aborted", False)]
+SERVER_CASES = [("idle", False, False), ("idle", True, False), ("collect_advertisements", False, False),
+                ("collect_advertisements", False, True), ("collect_reveals", False, False),
+                ("collect_shares", False, False), ("collect_inputs", False, False), ("collect_inputs", True, False),
+                ("collect_inputs", False, True), ("collect_signatures", False, False), ("collect_unmask", False, False),
+                ("collect_unmask", True, False), ("aborted", False, False)]
+SERVER_TRIGGERS = (ServerEvent.START_ROUND, *(ServerEvent(k.__name__) for k in NODE_REPLIES), ServerEvent.CLOSE_STAGE,
+                   ServerEvent.ABANDON_ROUND)
 
 
-def test_server_cases_cover_the_table():
-    assert {s for s, _ in SERVER_CASES} == set(SERVER_TRANSITIONS)
+def server_guard(state, event, steady, complete):
+    """The guard the case's context gives (the federations are built so: see server_in)."""
+    if event is ServerEvent.START_ROUND:
+        return Guard.SAME_EPOCH if steady and state == "idle" else Guard.NEW_EPOCH
+    if event is ServerEvent.CLOSE_STAGE and state == "collect_advertisements":
+        return Guard.COMPLETE_GRAPH if complete else Guard.SECAGG_PLUS_GRAPH
+    if event is ServerEvent.CLOSE_STAGE and state == "collect_inputs":
+        return Guard.NOBODY_DROPPED if complete else Guard.DROPOUTS_OR_SECAGG_PLUS
+    return None
 
 
-@pytest.mark.parametrize("kind", [*NODE_REPLIES, *SERVER_SENDS], ids=lambda k: k.__name__)
-@pytest.mark.parametrize("state, steady", SERVER_CASES)
-def test_server_state_message_pair(state, steady, kind):
+def test_server_cases_and_triggers_cover_every_state_event_and_row():
+    assert {s for s, _, _ in SERVER_CASES} == set(ServerState) == set(SERVER_TRANSITIONS)
+    assert set(SERVER_TRIGGERS) == set(ServerEvent)
+    exercised = {(s, e, server_guard(s, e, steady, complete)) for s, steady, complete in SERVER_CASES for e in SERVER_TRIGGERS}
+    assert {(s, e, g) for s in SERVER_TRANSITIONS for e, g, _ in rows(SERVER_TRANSITIONS, s)} <= exercised
+
+
+@pytest.mark.parametrize("event", SERVER_TRIGGERS, ids=str)
+@pytest.mark.parametrize("state, steady, complete", SERVER_CASES)
+def test_server_state_event_pair(state, steady, complete, event):
     # Prepare
-    fed, held = server_in(state, steady=steady)
-    legal = kind.__name__ in SERVER_TRANSITIONS[state]
-    ref = reference_round()
-    instance = {RoundStart: ref["start"], KeyRoster: ref["roster"], GraphSeeds: ref["seeds"], ShareDelivery: ref["delivery"],
-                ConsistencyRequest: ref["check"], UnmaskRequest: ref["unmask"], **ref["replies"]}[kind]
-
-    if legal:
-        # Execute / Assert: every held reply of this stage is accepted; the state does not move
-        assert held and all(isinstance(r, kind) for r in held.values())
-        for reply in held.values():
-            fed.server.receive(reply)
-            assert fed.server.state == state
-        return
-    # Execute / Assert: anything else is refused and ignored
-    with pytest.raises(MessageError):
-        fed.server.receive(wire(instance))
-    assert fed.server.state == state
-
-
-@pytest.mark.parametrize("state, steady", SERVER_CASES)
-def test_server_driver_calls_follow_the_table(state, steady):
-    fed, _ = server_in(state, steady=steady)
+    fed, held = server_in(state, steady=steady, complete=complete)
     server = fed.server
-    if not any(e.startswith("close_stage") for e in SERVER_TRANSITIONS[state]):
-        with pytest.raises(LocalProtocolError):
-            server.close_stage()
-    if not any(e.startswith("start_round") for e in SERVER_TRANSITIONS[state]):
-        with pytest.raises(LocalProtocolError):
-            server.start_round(server.round + 1, LENGTH)
-        assert server.state == state
-    else:
-        with pytest.raises(LocalProtocolError):
-            server.start_round(server.round, LENGTH)  # a round number never goes back
+    target = next_state(SERVER_TRANSITIONS, state, event, server_guard(state, event, steady, complete))
+    ref = reference_round()
+    kind = {k.__name__: k for k in NODE_REPLIES}.get(event)
+    act = {ServerEvent.START_ROUND: lambda: server.start_round(server.round + 1, LENGTH),
+           ServerEvent.CLOSE_STAGE: server.close_stage, ServerEvent.ABANDON_ROUND: server.abandon_round}.get(
+        event, lambda: server.receive(wire(ref["replies"][kind])))
+
+    if target is not None:
+        # Execute / Assert: every held reply of this stage is accepted and the state does not move; a driver call
+        # (closing the stage after the replies arrived) moves to the table's target
+        assert kind is None or (held and all(isinstance(r, kind) for r in held.values()))
+        for reply in held.values():
+            server.receive(reply)
+            assert server.state == state
+        if kind is None:
+            act()
+            assert server.state == target
+        return
+    # Execute / Assert: anything else is refused as refusal() says: a node message with the state kept (the
+    # availability rule), a driver call or anything on an aborted session for good
+    error, after = refusal("server", state, event)
+    with pytest.raises(error):
+        act()
+    assert server.state == after
+    if after == ServerState.ABORTED:
+        for call in (lambda: server.start_round(server.round + 1, LENGTH), server.close_stage, server.abandon_round,
+                     lambda: server.receive(wire(ref["replies"][MaskedInput]))):
+            with pytest.raises(LocalProtocolError, match="start a new session"):
+                call()
+
+
+@pytest.mark.parametrize("kind", SERVER_SENDS, ids=lambda k: k.__name__)
+def test_a_server_message_sent_to_the_server_is_a_remote_error_and_changes_nothing(kind):
+    fed, _ = server_in("collect_inputs", steady=True)
+    ref = reference_round()
+    message = {RoundStart: ref["start"], KeyRoster: ref["roster"], GraphSeeds: ref["seeds"], ShareDelivery: ref["delivery"],
+               ConsistencyRequest: ref["check"], UnmaskRequest: ref["unmask"]}[kind]
+    with pytest.raises(RemoteProtocolError):
+        fed.server.receive(wire(message))
+    assert fed.server.state == "collect_inputs"
+
+
+@pytest.mark.parametrize("misuse", ["round number goes back", "unprovisioned cohort"])
+def test_server_misuse_aborts_its_session_for_good(misuse):
+    fed, _ = server_in("idle", steady=True)
+    server = fed.server
+    with pytest.raises(LocalProtocolError):
+        if misuse == "round number goes back":
+            server.start_round(server.round, LENGTH)
+        else:
+            server.start_round(server.round + 1, LENGTH, cohort=("n0", "n1", "stranger"))
+    assert server.state == "aborted" and server.plan is None
+    with pytest.raises(LocalProtocolError, match="start a new session"):
         server.start_round(server.round + 1, LENGTH)
-        expected = ("collect_inputs" if steady and state == "idle" else "collect_advertisements")
-        assert server.state == expected
 
 
 # =========================================================================================================
@@ -1098,11 +1176,12 @@ def test_duplicate_unmask_request_after_the_round_is_refused():
         feed(node, reference_round()["unmask"])
 
 
-@pytest.mark.parametrize("state, event", [(s, e) for s, row in NODE_TRANSITIONS.items() for e in row])
-def test_legal_message_for_another_federation_is_refused(state, event):
+@pytest.mark.parametrize("state, event, guard", [(s, e, g) for s in NODE_TRANSITIONS for e, g, _ in rows(NODE_TRANSITIONS, s)
+                                                 if (e, g) in NODE_TRIGGERS and e is not NodeEvent.ABANDON_ROUND], ids=str)
+def test_legal_message_for_another_federation_is_refused(state, event, guard):
     node = node_in(state)
     with pytest.raises(ProtocolAborted):
-        feed(node, dataclasses.replace(event_message(event), federation_id="another-federation"))
+        feed(node, dataclasses.replace(trigger_message(event, guard), federation_id="another-federation"))
     assert node.state == "aborted"
 
 
@@ -1149,18 +1228,18 @@ def test_server_refuses_stale_duplicate_foreign_and_unexpected_node_messages():
     mine = held["n0"]
 
     # Execute / Assert
-    with pytest.raises(MessageError):
+    with pytest.raises(RemoteProtocolError):
         fed.server.receive(round1_input)  # replayed from round 1
-    with pytest.raises(MessageError):
+    with pytest.raises(RemoteProtocolError):
         fed.server.receive(dataclasses.replace(mine, federation_id="another-federation"))
-    with pytest.raises(MessageError):
+    with pytest.raises(RemoteProtocolError):
         fed.server.receive(dataclasses.replace(mine, node_id="stranger"))
-    with pytest.raises(MessageError):
+    with pytest.raises(RemoteProtocolError):
         fed.server.receive(dataclasses.replace(mine, words=mine.words[:-1]))
-    with pytest.raises(MessageError):
+    with pytest.raises(RemoteProtocolError):
         fed.server.receive(dataclasses.replace(mine, words=mine.words.astype("<u4")))
     fed.server.receive(mine)
-    with pytest.raises(MessageError):
+    with pytest.raises(RemoteProtocolError):
         fed.server.receive(mine)  # duplicate
     assert fed.server.state == "collect_inputs"
 
@@ -1173,23 +1252,23 @@ def test_server_refuses_forged_adverts_bundles_signatures_and_shares():
     # Execute / Assert: advertisements must carry the node's own signature for this epoch
     for forged in (dataclasses.replace(advert, epoch=2), dataclasses.replace(advert, channel_key=bytes(32)),
                    dataclasses.replace(advert, node_id="n1")):
-        with pytest.raises(MessageError):
+        with pytest.raises(RemoteProtocolError):
             fed.server.receive(forged)
 
     fed, bundles = server_in("collect_shares")
     bundle = bundles["n0"]
     for sealed in ({k: v for k, v in list(bundle.sealed.items())[1:]}, {**bundle.sealed, "n0": b"x"}):
-        with pytest.raises(MessageError):
+        with pytest.raises(RemoteProtocolError):
             fed.server.receive(dataclasses.replace(bundle, sealed=sealed))
 
     fed, signatures = server_in("collect_signatures")
-    with pytest.raises(MessageError):
+    with pytest.raises(RemoteProtocolError):
         fed.server.receive(dataclasses.replace(signatures["n0"], signature=signatures["n1"].signature))
 
     fed, responses = server_in("collect_unmask")
     response = responses["n0"]
     short = {k: v[:-1] for k, v in response.self_mask_shares.items()}
-    with pytest.raises(MessageError):
+    with pytest.raises(RemoteProtocolError):
         fed.server.receive(dataclasses.replace(response, self_mask_shares=short))
 
 

@@ -10,8 +10,8 @@ import pytest
 from geofed_secure.errors import MessageError, ProtocolAborted
 from geofed_secure.secagg import vectors
 from geofed_secure.secagg.masking import MaskingParameters
-from geofed_secure.secagg.masking.messages import RoundStart, decode
 from geofed_secure.secagg.masking.federation import MaskingFederation
+from geofed_secure.secagg.masking.messages import RoundStart, decode
 
 SECAGG_FILE = vectors.PROTOCOLS_DIR / "secagg-v1" / "vectors.json"
 

@@ -38,16 +38,13 @@ class ProtocolAborted(Exception):
         self.party, self.stage, self.reason = party, stage, reason
 
 
-class LocalProtocolError(Exception):
-    """Misuse by the local driver (5.7): a wrong-shaped input or a call in the wrong state; changes nothing."""
-
-
 class ConfigError(Exception):
     """Parameters refused at provisioning (section 1) or by the fixed-point rule (section 3)."""
 
 
 class DataError(Exception):
-    """A weight above clip (section 3): refused on the node before encoding."""
+    """An input the node cannot mask (section 3): NaN/inf, a length other than `vector_length`, a weight above clip;
+    refused on the node before encoding, the session unchanged (5.7)."""
 
 
 # ---------------------------------------------------------------- 2.1-2.4 encodings, KDF, hashes, PRG
@@ -412,7 +409,7 @@ class Node:
     """One node's state machine (sections 5 and 8).
 
     `handle(wire)` returns the reply's wire bytes. Undecodable bytes raise MessageError and change nothing; a refused
-    message raises ProtocolAborted and aborts the session for good; local misuse raises LocalProtocolError (5.7).
+    message raises ProtocolAborted and aborts the session for good; an input it cannot mask raises DataError (5.7).
     `inputs` is the vector the node masks in every round (the vectors use the same inputs in every round).
     """
 
@@ -466,7 +463,7 @@ class Node:
         if not new_epoch:
             self._require(msg["epoch"] == self.epoch and msg["round"] < self.epoch + self.K, "unknown epoch")
         if msg["vector_length"] != len(self.x):
-            raise LocalProtocolError(f"input of length {len(self.x)} for vector_length {msg['vector_length']}")
+            raise DataError(f"input of length {len(self.x)} for vector_length {msg['vector_length']}")
         self.round, self.d = msg["round"], msg["vector_length"]
         self.last_round = self.round
         if not new_epoch:  # steady state (5.4): answer with the masked input, with the peers of the set-up

@@ -436,13 +436,13 @@ def test_provisioning_refusals(threshold, degree, z):
         spec.check_provisioning(threshold, degree, z)
 
 
-def test_wrong_shaped_input_is_local_misuse_and_changes_nothing():
+def test_wrong_shaped_input_is_a_data_error_and_changes_nothing():
     # Prepare
     case = VALID[0]
     node = build_nodes({**case, "inputs": {**case["inputs"], "node-0": case["inputs"]["node-0"][:-1]}})["node-0"]
     _, rngs, _ = spec.simulation_randomness(case["seed"], sorted(case["inputs"]))
     # Execute / Assert
-    with pytest.raises(spec.LocalProtocolError):
+    with pytest.raises(spec.DataError):
         node.handle(bytes.fromhex(case["transcript"][0]["hex"]))
     assert (node.state, node.last_round, node.draws) == ("ready", 0, {})
     assert node.rng.token(32) == rngs["node-0"].token(32)  # nothing drawn

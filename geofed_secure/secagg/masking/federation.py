@@ -2,7 +2,9 @@
 server state machines (and, optionally, a catalogue adversary).
 
 Every message crosses the wire for real: it is encoded, recorded as a :class:`WireRecord`, and decoded by the
-receiver, so the simulation exercises the same bytes a deployment sends.
+receiver, so the simulation exercises the same bytes a deployment sends. With a ``seed`` every draw comes from
+:class:`~geofed_secure.secagg.masking.primitives.DeterministicRandomness` (identities, each node's secrets, the
+adversary's own draws; the server draws nothing), so a run replays byte for byte.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from geofed_secure.errors import MessageError, ProtocolAborted
+from geofed_secure.errors import ProtocolAborted, RemoteProtocolError
 from geofed_secure.secagg.common import SERVER, STAGES, WireRecord
 from geofed_secure.secagg.masking import primitives as crypto
 from geofed_secure.secagg.masking.adversary import Adversary, AttackContext
@@ -31,6 +33,7 @@ from geofed_secure.secagg.masking.messages import (
 from geofed_secure.secagg.masking.node import MaskingNode
 from geofed_secure.secagg.masking.server import MaskingServer
 from geofed_secure.secagg.masking.spec import MaskingParameters, Provisioning
+from geofed_secure.secagg.masking.tables import NodeState, ServerState
 
 # The stage at which a node sends each kind of reply (a node that drops at stage S sends nothing from S on).
 REPLY_STAGE = {KeyAdvertisement: "advertise_keys", GraphSeedReveal: "graph_seed", ShareBundle: "share_keys", MaskedInput: "masked_input",
@@ -53,6 +56,7 @@ class MaskingFederation:
     @classmethod
     def provision(cls, node_ids: list[str] | tuple[str, ...], parameters: MaskingParameters, *, seed: int | bytes | None = None,
                   federation_id: str = "simulation", anchor_digest: str = DEMO_ANCHOR_DIGEST) -> MaskingFederation:
+        child: Callable[[str], crypto.Randomness]
         if seed is None:
             child = lambda label: crypto.SystemRandomness()
         else:
@@ -86,17 +90,19 @@ class MaskingFederation:
         """One round; returns the refusals of honest nodes (empty when nobody refused). Server aborts raise.
 
         A node drops at stage S (sends nothing from S on) if ``dropouts[node] == S`` or ``drops(node, S)`` is true;
-        ``on_wire`` sees every message as it crosses the wire (the runtime records it in its transcript).
+        ``on_wire`` sees every message as it crosses the wire (the runtime records it in its transcript). After the
+        server's :class:`ProtocolAborted` its session is over: :attr:`server` becomes a new session (the next round
+        starts a new epoch).
         """
         dropouts = dict(dropouts or {})
         self._on_wire = on_wire
         adversary = adversary or Adversary()
         length = len(next(iter(inputs.values())))
         ctx = ctx or AttackContext(server=self.server, round=round_, rng=self.rng)
-        ctx.round = round_
+        ctx.round, ctx.server = round_, self.server
         refusals: dict[str, ProtocolAborted] = {}
         gone: set[str] = set()
-        outgoing: dict[str, Message] = self.server.start_round(round_, length, cohort=tuple(v for v in inputs))
+        outgoing: Mapping[str, Message] = self.server.start_round(round_, length, cohort=tuple(v for v in inputs))
         try:
             while outgoing:
                 outgoing = adversary.tamper(outgoing, ctx)
@@ -106,6 +112,7 @@ class MaskingFederation:
                     node = self.nodes.get(receiver)
                     if node is None or receiver in gone or receiver in refusals:
                         continue
+                    reply: Message
                     try:
                         if isinstance(delivered, RoundStart):
                             reply = node.begin_round(delivered, inputs[receiver])
@@ -126,8 +133,8 @@ class MaskingFederation:
                         continue
                     try:
                         self.server.receive(received)
-                    except MessageError:
-                        gone.add(receiver)  # the honest server ignores a message it cannot use
+                    except RemoteProtocolError:
+                        gone.add(receiver)  # the availability rule: the server ignores a message it cannot use
                 override = adversary.override(ctx)
                 if override is not None:
                     outgoing = override
@@ -135,10 +142,14 @@ class MaskingFederation:
                 if refusals:  # honest nodes refused: the round cannot complete; stop before anything else is asked
                     break
                 outgoing = self.server.close_stage()
+        except ProtocolAborted:
+            if self.server.aborted:  # a security stop ends the server's session; the next round opens a new one
+                self.server = MaskingServer(self.provisioning)
+            raise
         finally:  # whatever happened, nobody stays mid-round: the next round must be able to start
-            if self.server.outcome is None or self.server.outcome.round != round_:
-                self.server.abandon_round("honest nodes refused or the round did not complete")
+            if self.server.state not in (ServerState.IDLE, ServerState.ABORTED):
+                self.server.abandon_round()  # honest nodes refused or the round did not complete
             for node in self.nodes.values():
-                if node.state not in ("ready", "aborted"):
+                if node.state not in (NodeState.READY, NodeState.ABORTED):
                     node.abandon_round()
         return refusals

@@ -1,11 +1,13 @@
-"""The node's side of secagg-v1 (SPEC section 5): :class:`MaskingNode` and its transition table.
+"""The node's side of secagg-v1 (SPEC section 5): :class:`MaskingNode`.
 
 :class:`MaskingNode` and :class:`MaskingServer` never touch a socket, a clock or a thread: a driver (the
 in-process simulator, the tests, the federation runtime, Flower) moves their messages. Transitions are data
-(:data:`NODE_TRANSITIONS`, :data:`SERVER_TRANSITIONS`); the state diagrams in ``protocols/secagg-v1/SPEC.md``
-are generated from them. Any message that is illegal in the current state, or any dishonest-server behaviour a
-node can detect, makes the node raise :class:`~geofed_secure.errors.ProtocolAborted` and stay ABORTED, having
-revealed nothing for that round beyond what it had already sent.
+(:data:`~.tables.NODE_TRANSITIONS`, guards included) behind the gate of
+:class:`~geofed_secure.secagg.machine.StateMachine`; the state tables in ``protocols/secagg-v1/SPEC.md`` are
+generated from them. Any message that is illegal in the current state, or any dishonest-server behaviour a node can
+detect, makes the node raise :class:`~geofed_secure.errors.ProtocolAborted` and stay ABORTED, having revealed
+nothing for that round beyond what it had already sent; our own misuse raises
+:class:`~geofed_secure.errors.LocalProtocolError` and aborts too.
 
 What each party learns (threat model, SPEC section 6): the server learns the sum of the contributors' encoded
 inputs and who contributed. Against a malicious server colluding with at most ``colluders`` (z) nodes it learns
@@ -17,8 +19,10 @@ answered view lists more than (M + z) / 2 of the M epoch members, so at most one
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -27,6 +31,7 @@ from geofed_secure.errors import (
     LocalProtocolError,
     ProtocolAborted,
 )
+from geofed_secure.secagg.machine import StateMachine
 from geofed_secure.secagg.masking import primitives as crypto
 from geofed_secure.secagg.masking.messages import (
     ConsistencyRequest,
@@ -55,7 +60,16 @@ from geofed_secure.secagg.masking.spec import (
     self_mask,
     share_header,
 )
-from geofed_secure.secagg.masking.tables import NODE_TRANSITIONS, node_event
+from geofed_secure.secagg.masking.tables import (
+    NODE_TRANSITIONS,
+    Guard,
+    NodeEvent,
+    NodeState,
+    graph_guard,
+    refusal,
+    round_start_guard,
+    unmask_guard,
+)
 
 # ---------------------------------------------------------------------------------------------------------
 # Node
@@ -82,7 +96,7 @@ class _NodeEpochSecrets:
         return self.channel_secrets[peer]
 
 
-class MaskingNode:
+class MaskingNode(StateMachine[NodeState, NodeEvent]):
     """One node's side of secagg-v1. Methods return the message to send to the server.
 
     ``rng`` supplies every secret, in the order SPEC 2.9 fixes (keys, seeds, graph nonce, Shamir coefficients,
@@ -90,15 +104,21 @@ class MaskingNode:
     runs and vectors.
     """
 
+    TRANSITIONS = NODE_TRANSITIONS
+    ABORTED = NodeState.ABORTED
+
+    REFUSAL = functools.partial(refusal, "node")
+
     def __init__(self, node_id: str, identity_private: bytes, provisioning: Provisioning, rng: crypto.Randomness) -> None:
         if node_id not in provisioning.identities:
             raise LocalProtocolError(f"{node_id!r} is not a provisioned node of {provisioning.federation_id!r}")
+        super().__init__(NodeState.READY)
+        self.party = node_id
         self.node_id = node_id
         self.provisioning = provisioning
         self.params = provisioning.parameters
         self._identity = identity_private
         self._rng = rng
-        self.state = "ready"
         self.round = 0  # current (or last) round
         self.epoch: _NodeEpochSecrets | None = None
         self.clipped = 0  # coordinates clipped in the current round's input
@@ -107,23 +127,20 @@ class MaskingNode:
         self._advertised: KeyAdvertisement | None = None
 
     # -- plumbing -----------------------------------------------------------------------------------
-    def _abort(self, reason: str, stage: str) -> ProtocolAborted:
-        self.state = "aborted"
-        self._vector = None
-        return ProtocolAborted(reason, party=self.node_id, stage=stage)
+    def _forget(self) -> None:
+        self._vector, self._view = None, None
 
-    def _advance(self, message: Message, stage: str) -> str:
-        if self.state == "aborted":
-            raise LocalProtocolError(f"{self.node_id}: the session is aborted; start a new MaskingNode")
-        sparse = self.epoch is not None and self.epoch.plan is not None and self.epoch.plan.graph_seed is not None
-        event = node_event(message, self.params.degree, sparse_epoch=sparse)
-        target = NODE_TRANSITIONS[self.state].get(event)
-        if target is None:
-            raise self._abort(f"{event} is not legal in state {self.state!r}", stage)
+    def _accept(self, message: Message, event: NodeEvent, guard: Guard | None, stage: str) -> NodeState:
+        """The state ``message`` leads to (the table's row for ``event`` under ``guard``), or the refusal."""
+        target = self._target(event, guard, stage=stage)
         fed = message.federation_id
         if fed != self.provisioning.federation_id:
             raise self._abort(f"message for federation {fed!r}", stage)
         return target
+
+    @property
+    def _sparse_epoch(self) -> bool:
+        return self.epoch is not None and self.epoch.plan is not None and self.epoch.plan.graph_seed is not None
 
     def _expect_round(self, got: int, stage: str) -> None:
         if got != self.round:
@@ -131,19 +148,26 @@ class MaskingNode:
 
     # -- stage 0: a round starts ---------------------------------------------------------------------
     def begin_round(self, start: RoundStart, vector: np.ndarray) -> KeyAdvertisement | MaskedInput:
-        """Take the round's input (1-D float vector of ``start.vector_length``); answer with keys or the masked input."""
-        stage = "advertise_keys" if node_event(start) == "RoundStart(new epoch)" else "masked_input"
-        target = self._advance(start, stage)
+        """Take the round's input (1-D float vector of ``start.vector_length``); answer with keys or the masked input.
+
+        A vector of another shape, or with NaN/inf, raises :class:`DataError` and leaves the session as it was.
+        """
+        self._alive()
+        if not isinstance(start, RoundStart):
+            raise self._misuse(f"begin_round takes a RoundStart, got {type(start).__name__}")
+        guard = round_start_guard(start)
+        stage = "advertise_keys" if guard is Guard.NEW_EPOCH else "masked_input"
+        target = self._accept(start, NodeEvent.ROUND_START, guard, stage)
         if start.round <= self.round:
             raise self._abort(f"round {start.round} does not follow round {self.round} (replayed round start)", stage)
         if start.anchor_digest != self.provisioning.anchor_digest:
             raise self._abort("the anchor digest changed: the node refuses an anchor set it was not provisioned with", stage)
         x = np.asarray(vector, dtype=np.float64)
         if x.ndim != 1 or x.shape[0] != start.vector_length:
-            raise LocalProtocolError(f"input must be a 1-D vector of {start.vector_length} values, got shape {x.shape}")
+            raise DataError(f"{self.node_id}: input must be a 1-D vector of {start.vector_length} values, got shape {x.shape}")
         if not np.isfinite(x).all():
             raise DataError(f"{self.node_id}: input has NaN/inf; refusing to mask it (fix the update before aggregation)")
-        if target == "advertised":
+        if target is NodeState.ADVERTISED:
             self.round = start.round
             self._vector = x
             self.state = target
@@ -172,7 +196,7 @@ class MaskingNode:
             commitments.append(crypto.commitment(seed, fed, epoch + i, self.node_id))
         nonce = self._rng.token(crypto.KEY_BYTES)
         self.epoch = _NodeEpochSecrets(channel_private=channel_private, mask_privates=mask_privates, seeds=seeds, graph_nonce=nonce)
-        fields = {"federation_id": fed, "epoch": epoch, "node_id": self.node_id, "channel_key": channel_public,
+        fields: dict[str, Any] = {"federation_id": fed, "epoch": epoch, "node_id": self.node_id, "channel_key": channel_public,
                       "mask_keys": tuple(mask_publics), "commitments": tuple(commitments),
                       "graph_commitment": crypto.commitment(nonce, fed, epoch, self.node_id, purpose="graph-commit")}
         self._advertised = KeyAdvertisement(**fields, signature=crypto.sign(self._identity, advertisement_signed_bytes(**fields)))
@@ -181,15 +205,14 @@ class MaskingNode:
     # -- stage 1: share keys -------------------------------------------------------------------------
     def receive(self, message: Message) -> Message:
         """Handle one server message; return the answer. Illegal or dishonest input raises ProtocolAborted."""
-        handlers = {KeyRoster: self._on_roster, GraphSeeds: self._on_graph_seeds, ShareDelivery: self._on_delivery,
+        self._alive()
+        handlers: dict[type, Callable[[Any], Message]] = {KeyRoster: self._on_roster, GraphSeeds: self._on_graph_seeds, ShareDelivery: self._on_delivery,
                     ConsistencyRequest: self._on_consistency, UnmaskRequest: self._on_unmask}
         handler = handlers.get(type(message))
         if handler is None:
-            if self.state == "aborted":
-                raise LocalProtocolError(f"{self.node_id}: the session is aborted; start a new MaskingNode")
-            if isinstance(message, RoundStart) and self.state == "ready":
-                raise LocalProtocolError("a RoundStart goes through begin_round(start, vector)")
-            raise self._abort(f"{type(message).__name__} is not legal for a node in state {self.state!r}", "unknown")
+            if isinstance(message, RoundStart):
+                raise self._misuse("a RoundStart goes through begin_round(start, vector)")
+            raise self._abort(f"{type(message).__name__} is not a message a server sends", "unknown")
         return handler(message)
 
     def abandon_round(self) -> None:
@@ -198,29 +221,29 @@ class MaskingNode:
         Keys of a finished epoch set-up are kept (later rounds of the epoch use their own, unrevealed keys);
         an unfinished set-up is discarded.
         """
-        if self.state == "aborted":
-            raise LocalProtocolError(f"{self.node_id}: the session is aborted; start a new MaskingNode")
-        if self.state in ("advertised", "revealed", "shared"):
+        before = self.state
+        self._move(NodeEvent.ABANDON_ROUND)
+        if before in (NodeState.ADVERTISED, NodeState.REVEALED, NodeState.SHARED):
             self.epoch = None
-        self.state, self._vector, self._view = "ready", None, None
+        self._vector, self._view = None, None
 
     def _on_roster(self, roster: KeyRoster) -> ShareBundle | GraphSeedReveal:
         stage = "share_keys"
-        target = self._advance(roster, stage)
+        target = self._accept(roster, NodeEvent.KEY_ROSTER, graph_guard(self.params.degree, len(roster.advertisements)), stage)
         if roster.epoch != self.round:
             raise self._abort(f"roster for epoch {roster.epoch} during the set-up of epoch {self.round} (replayed)", stage)
         assert self.epoch is not None
         try:
             check_roster(self.provisioning, roster, party=self.node_id)
-        except ProtocolAborted:
-            self.state = "aborted"
+        except ProtocolAborted:  # a security stop found by a shared check: this session ends too
+            self._enter_aborted()
             raise
         mine = next((a for a in roster.advertisements if a.node_id == self.node_id), None)
         if mine is None or mine != self._advertised:
             raise self._abort("the roster does not hold this node's own advertisement unchanged (dropped or replaced)", stage)
         self.epoch.roster = roster
         self.epoch.adverts = {a.node_id: a for a in roster.advertisements}
-        if target == "revealed":  # SecAgg+: the graph waits for every member's nonce (commit-reveal, SPEC 5.2)
+        if target is NodeState.REVEALED:  # SecAgg+: the graph waits for every member's nonce (commit-reveal, SPEC 5.2)
             self.state = target
             return GraphSeedReveal(federation_id=roster.federation_id, epoch=roster.epoch, node_id=self.node_id,
                                    nonce=self.epoch.graph_nonce)
@@ -228,7 +251,7 @@ class MaskingNode:
 
     def _on_graph_seeds(self, seeds: GraphSeeds) -> ShareBundle:
         stage = "share_keys"
-        target = self._advance(seeds, stage)
+        target = self._accept(seeds, NodeEvent.GRAPH_SEEDS, None, stage)
         assert self.epoch is not None and self.epoch.roster is not None
         if seeds.epoch != self.epoch.roster.epoch:
             raise self._abort(f"graph seeds for epoch {seeds.epoch} during the set-up of epoch {self.epoch.roster.epoch}", stage)
@@ -239,11 +262,11 @@ class MaskingNode:
     def _plan(self, roster: KeyRoster, nonces: Mapping[str, bytes] | None) -> EpochPlan:
         try:
             return plan_epoch(self.provisioning, roster, party=self.node_id, nonces=nonces)
-        except ProtocolAborted:
-            self.state = "aborted"
+        except ProtocolAborted:  # a security stop found by a shared check: this session ends too
+            self._enter_aborted()
             raise
 
-    def _share_keys(self, plan: EpochPlan, target: str) -> ShareBundle:
+    def _share_keys(self, plan: EpochPlan, target: NodeState) -> ShareBundle:
         assert self.epoch is not None
         self.epoch.plan = plan
         self.epoch.roster = None
@@ -268,7 +291,7 @@ class MaskingNode:
 
     def _on_delivery(self, delivery: ShareDelivery) -> MaskedInput:
         stage = "masked_input"
-        target = self._advance(delivery, stage)
+        target = self._accept(delivery, NodeEvent.SHARE_DELIVERY, None, stage)
         assert self.epoch is not None and self.epoch.plan is not None
         plan = self.epoch.plan
         if delivery.epoch != plan.epoch or delivery.receiver != self.node_id:
@@ -349,7 +372,7 @@ class MaskingNode:
 
     def _on_consistency(self, request: ConsistencyRequest) -> ConsistencySignature:
         stage = "consistency_check"
-        target = self._advance(request, stage)
+        target = self._accept(request, NodeEvent.CONSISTENCY_REQUEST, None, stage)
         self._expect_round(request.round, stage)
         self._check_view(request.alive, request.dropped, stage)
         assert self.epoch is not None and self.epoch.plan is not None
@@ -363,13 +386,13 @@ class MaskingNode:
     # -- stage 4: unmask -----------------------------------------------------------------------------
     def _on_unmask(self, request: UnmaskRequest) -> UnmaskResponse:
         stage = "unmask"
-        target = self._advance(request, stage)
+        target = self._accept(request, NodeEvent.UNMASK_REQUEST, unmask_guard(request, sparse_epoch=self._sparse_epoch), stage)
         self._expect_round(request.round, stage)
         self._check_view(request.alive, request.dropped, stage)
         ep = self.epoch
         assert ep is not None and ep.plan is not None
         plan, fed = ep.plan, self.provisioning.federation_id
-        if self.state == "signed":
+        if self.state is NodeState.SIGNED:
             if (request.alive, request.dropped) != self._view:
                 raise self._abort("the unmask request's survivor view differs from the view this node signed", stage)
             # Every survivor must have signed this very view: a survivor that refused it (e.g. because it did not
