@@ -21,6 +21,7 @@ from geofed_secure.errors import (
     LocalProtocolError,
     MessageError,
     ProtocolAborted,
+    RemoteProtocolError,
 )
 from geofed_secure.secagg import ckks
 from geofed_secure.secagg.ckks import (
@@ -44,6 +45,7 @@ from geofed_secure.secagg.ckks import (
     transition_table_markdown,
     vector_input,
 )
+from geofed_secure.secagg.ckks.tables import NodeEvent, NodeState, ServerEvent, ServerState
 from geofed_secure.secagg.common import SERVER
 
 PROTOCOL_DIR = Path(__file__).resolve().parents[1] / "protocols" / "ckks-v1"
@@ -312,7 +314,7 @@ def test_node_refuses_aggregate_without_itself(keys):
 def test_node_refuses_unloadable_aggregate(keys):
     nodes, _, _, aggregate = full_round(keys)
     broken = CkksAggregate(federation_id=FED, round=1, contributors=IDS, length=3, chunks=(b"\x00garbage",))
-    with pytest.raises(MessageError, match="does not load"):
+    with pytest.raises(RemoteProtocolError, match="does not load"):
         nodes["a"].receive_aggregate(broken)
     assert nodes["a"].state == "aborted"
     assert np.abs(nodes["b"].receive_aggregate(aggregate) - [4.5, 4.5, 4.5, 3.0]).max() <= ckks_error_bound(3, clip=2.0)
@@ -348,10 +350,10 @@ def test_server_drops_bad_uploads_and_keeps_going(keys, other_keys):
         (edit(good["b"], chunks=good["b"].chunks[::-1]), "holds 905 values"),
     ]
     for message, match in bad:
-        with pytest.raises(MessageError, match=match):
+        with pytest.raises(RemoteProtocolError, match=match):
             server.receive(message)
         assert server.state == "collecting" and server.contributors == ("a",)
-    with pytest.raises(MessageError):
+    with pytest.raises(RemoteProtocolError):
         server.receive(starts["a"])  # type: ignore[arg-type]
     server.receive(good["b"])
     server.receive(good["c"])
@@ -439,11 +441,16 @@ def test_every_node_state_event_pair(keys, state, event):
     if target is not None:
         call(*args)
         assert node.state == target
-    else:
-        error, after = refusal("node", state, event)
-        with pytest.raises(error):
-            call(*args)
-        assert node.state == after
+        return
+    error, after = refusal("node", state, event)
+    with pytest.raises(error):
+        call(*args)
+    assert node.state == after == "aborted"
+    # for good: every later call is our own misuse
+    with pytest.raises(LocalProtocolError, match="start a new session"):
+        node.begin_round(start_for(keys, round_=9), np.ones(3))
+    with pytest.raises(LocalProtocolError, match="start a new session"):
+        node.receive_aggregate(messages["CkksAggregate"])
 
 
 @pytest.mark.parametrize("state, event", [(s, e) for s in SERVER_TRANSITIONS
@@ -454,11 +461,33 @@ def test_every_server_state_event_pair(keys, state, event):
     if target is not None:
         actions[event]()
         assert server.state == target
-    else:
-        error, after = refusal("server", state, event)
-        with pytest.raises(error):
-            actions[event]()
-        assert server.state == after
+        return
+    error, after = refusal("server", state, event)
+    with pytest.raises(error):
+        actions[event]()
+    assert server.state == after
+    if after == "aborted":  # for good: every later call is our own misuse
+        for action in actions.values():
+            with pytest.raises(LocalProtocolError, match="start a new session"):
+                action()
+    else:  # the availability rule: a node's upload out of order changes nothing
+        assert error is RemoteProtocolError and event in ckks.SERVER_PEER_EVENTS
+
+
+def test_every_state_and_event_has_a_case():
+    assert set(NODE_TRANSITIONS) == set(NodeState) and set(ckks.NODE_PEER_EVENTS) == set(NodeEvent)
+    assert set(SERVER_TRANSITIONS) == set(ServerState)
+    assert {*ckks.SERVER_PEER_EVENTS, *ckks.SERVER_LOCAL_EVENTS} == set(ServerEvent)
+
+
+@pytest.mark.parametrize("call", ["begin_round", "receive_aggregate"])
+def test_node_local_misuse_aborts_the_session(keys, call):
+    nodes, _, starts, aggregate = full_round(keys)
+    node = nodes["a"] if call == "receive_aggregate" else make_node(keys)
+    wrong = starts["a"] if call == "receive_aggregate" else aggregate
+    with pytest.raises(LocalProtocolError, match="takes a"):
+        getattr(node, call)(wrong, *(() if call == "receive_aggregate" else (np.ones(3),)))
+    assert node.state == "aborted"
 
 
 def test_spec_holds_the_generated_state_table():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -12,7 +13,7 @@ from geofed_secure.errors import (
     DataError,
     LocalProtocolError,
     MessageError,
-    ProtocolAborted,
+    RemoteProtocolError,
 )
 from geofed_secure.secagg.ckks.keys import (
     Keyring,
@@ -37,7 +38,11 @@ from geofed_secure.secagg.ckks.spec import (
 )
 from geofed_secure.secagg.ckks.tables import (
     NODE_TRANSITIONS,
+    NodeEvent,
+    NodeState,
+    refusal,
 )
+from geofed_secure.secagg.machine import StateMachine
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,14 +52,20 @@ class _PendingRound:
     length: int
 
 
-class CkksNode:
+class CkksNode(StateMachine[NodeState, NodeEvent]):
     """One node's side of ckks-v1. ``begin_round`` answers a round start with the encrypted upload;
     ``receive_aggregate`` checks and decrypts the sum.
 
     ``secret_context``: the serialised context with the secret key (provisioning); ``anchor_digest``: the
     anchor set this node was provisioned with; ``clip`` bounds every weighted coordinate; ``floor``: the
-    smallest cohort and contributor set this node accepts (never below 3).
+    smallest cohort and contributor set this node accepts (never below 3). After any protocol error
+    (:class:`~geofed_secure.errors.ProtocolAborted`, :class:`~geofed_secure.errors.RemoteProtocolError`,
+    :class:`LocalProtocolError`) the session is aborted for good.
     """
+
+    TRANSITIONS = NODE_TRANSITIONS
+    ABORTED = NodeState.ABORTED
+    REFUSAL = functools.partial(refusal, "node")
 
     def __init__(self, *, node_id: str, federation_id: str, secret_context: bytes, anchor_digest: str,
                  clip: float = DEFAULT_CLIP, floor: int = MIN_COHORT) -> None:
@@ -66,7 +77,8 @@ class CkksNode:
         self._keyring = Keyring.load(secret_context, what=f"{node_id}: secret context")
         if not self._keyring.has_secret_key:
             raise LocalProtocolError(f"{node_id}: the context holds no secret key; a node needs the secret context")
-        self.state = "ready"
+        super().__init__(NodeState.READY)
+        self.party = self.node_id
         self.last_round = 0  # the last round this node uploaded in; older or equal rounds are replays
         self.clipped = 0  # coordinates clipped in the last upload
         self._pending: _PendingRound | None = None
@@ -75,30 +87,22 @@ class CkksNode:
     def context_digest(self) -> str:
         return self._keyring.digest
 
-    def _abort(self, reason: str, stage: str) -> ProtocolAborted:
-        self.state = "aborted"
+    def _forget(self) -> None:
         self._pending = None
-        return ProtocolAborted(reason, party=self.node_id, stage=stage)
-
-    def _advance(self, event: str, stage: str) -> str:
-        if self.state == "aborted":
-            raise LocalProtocolError(f"{self.node_id}: the session is aborted; start a new CkksNode")
-        target = NODE_TRANSITIONS[self.state].get(event)
-        if target is None:
-            raise self._abort(f"{event} is not legal in state {self.state!r}", stage)
-        return target
 
     def begin_round(self, start: CkksRoundStart, vector: np.ndarray, weight: float | None = None) -> CkksEncryptedInput:
         """Check the round start, clip and encrypt concat(weight * vector, [weight]) (weight 1 when None).
 
-        Refuses (:class:`ProtocolAborted`, session aborted) another federation, a replayed round, a changed
+        Refuses (:class:`~geofed_secure.errors.ProtocolAborted`, session aborted) another federation, a replayed round, a changed
         anchor digest, other keys, a cohort without this node or below the floor. Bad ``vector``/``weight``
-        raise :class:`DataError` and leave the session as it was.
+        raise :class:`DataError` and leave the session as it was; anything but a round start is our own misuse
+        (:class:`LocalProtocolError`, session aborted).
         """
+        self._alive()
         if not isinstance(start, CkksRoundStart):
-            raise LocalProtocolError(f"begin_round takes a CkksRoundStart, got {type(start).__name__}")
+            raise self._misuse(f"begin_round takes a CkksRoundStart, got {type(start).__name__}")
         stage = "round_start"
-        target = self._advance("CkksRoundStart", stage)
+        target = self._target(NodeEvent.ROUND_START, stage=stage)
         if start.federation_id != self.federation_id:
             raise self._abort(f"round start for federation {start.federation_id!r}", stage)
         if start.round <= self.last_round:
@@ -138,14 +142,16 @@ class CkksNode:
     def receive_aggregate(self, message: CkksAggregate) -> np.ndarray:
         """Check and decrypt the sum: returns float64 concat(sum_k w_k x_k, [sum_k w_k]) (``length + 1`` values).
 
-        Refuses (:class:`ProtocolAborted`) an aggregate for another federation or round, contributors outside
+        Refuses (:class:`~geofed_secure.errors.ProtocolAborted`) an aggregate for another federation or round, contributors outside
         the cohort, below the floor or without this node, or a different length; ciphertexts that do not load
-        raise :class:`MessageError`. Either way the session is aborted.
+        raise :class:`~geofed_secure.errors.RemoteProtocolError` (a :class:`MessageError`). Either way the session
+        is aborted.
         """
+        self._alive()
         if not isinstance(message, CkksAggregate):
-            raise LocalProtocolError(f"receive_aggregate takes a CkksAggregate, got {type(message).__name__}")
+            raise self._misuse(f"receive_aggregate takes a CkksAggregate, got {type(message).__name__}")
         stage = "aggregate"
-        target = self._advance("CkksAggregate", stage)
+        target = self._target(NodeEvent.AGGREGATE, stage=stage)
         pending = self._pending
         assert pending is not None  # "uploaded" always has a pending round
         if message.federation_id != self.federation_id:
@@ -164,9 +170,9 @@ class CkksNode:
         try:
             vectors = load_chunks(self._keyring, message.chunks, message.length, what=f"{self.node_id}: aggregate")
             plain = decrypt_vectors(self._keyring, vectors, what=f"{self.node_id}: aggregate")
-        except MessageError:
-            self._abort("the aggregate's ciphertexts are unusable", stage)
-            raise
+        except MessageError as exc:  # the server's invalid message: ours to refuse, for good
+            self._enter_aborted()
+            raise RemoteProtocolError(str(exc)) from exc
         if not np.isfinite(plain).all():
             raise self._abort("the aggregate does not decrypt to finite values", stage)
         self.state, self._pending = target, None
