@@ -17,6 +17,8 @@ from geofed_secure.audit.attacks.gram_inversion import invert_gram
 from geofed_secure.audit.attacks.prototypes import prototype_statistic
 from geofed_secure.audit.metrics import membership_result
 
+pytestmark = pytest.mark.bench  # benchmarks measure; the default run deselects them (pyproject.toml)
+
 RUNS, POOL, CLASSES, DIM, UPDATE, PUBLIC, POPULATION = 12, 816, 10, 384, 36_864, 150, 100
 
 

@@ -18,6 +18,8 @@ from geofed_secure.config import NodeSpec, PrivacySection, RunConfig, TrainingSe
 from geofed_secure.model.backbone import load_backbone
 from geofed_secure.node.node import Node, NodeData
 
+pytestmark = pytest.mark.bench  # benchmarks measure; the default run deselects them (pyproject.toml)
+
 STEPS = 8
 
 

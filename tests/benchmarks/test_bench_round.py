@@ -18,6 +18,8 @@ from geofed_secure.node.node import Node, NodeData
 from geofed_secure.server.server import Server
 from geofed_secure.wire.round import NodeUpdate
 
+pytestmark = pytest.mark.bench  # benchmarks measure; the default run deselects them (pyproject.toml)
+
 N_ANCHORS = 50
 
 

@@ -19,6 +19,8 @@ import pytest
 from geofed_secure.secagg import simulate_aggregation
 from geofed_secure.secagg.masking import primitives as crypto
 
+pytestmark = pytest.mark.bench  # benchmarks measure; the default run deselects them (pyproject.toml)
+
 N, D, DEGREE = 10, 100_000, 6  # flwr's num_shares = DEGREE + 1 (its neighbourhood counts the node itself)
 
 
