@@ -10,7 +10,7 @@ differentiable in float32 and float64.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import torch
@@ -94,6 +94,10 @@ def cosine_gram(z: torch.Tensor) -> torch.Tensor:
     return zn @ zn.transpose(0, 1)
 
 
+@overload
+def gram_upper(gram: torch.Tensor) -> torch.Tensor: ...
+@overload
+def gram_upper(gram: np.ndarray) -> np.ndarray: ...
 def gram_upper(gram: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
     """Strict upper triangle of a [B, B] Gram matrix, row-major (i < j), as a 1-D vector.
 
@@ -114,6 +118,10 @@ def gram_upper(gram: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
     return g[rows_np, cols_np]
 
 
+@overload
+def gram_from_upper(upper: torch.Tensor, size: int) -> torch.Tensor: ...
+@overload
+def gram_from_upper(upper: np.ndarray, size: int) -> np.ndarray: ...
 def gram_from_upper(upper: torch.Tensor | np.ndarray, size: int) -> torch.Tensor | np.ndarray:
     """Rebuild a symmetric [size, size] cosine Gram from its strict upper triangle.
 

@@ -37,6 +37,7 @@ import functools
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -99,7 +100,7 @@ def replace_one_rdp(noise_multiplier: float, sample_rate: float) -> tuple[float,
     for order in RDP_ORDERS:
         lo, hi = -(2 * order + 1) - 20 * s, 2 + 20 * s
         while True:
-            x = np.linspace(lo, hi, int(math.ceil((hi - lo) / s * _RDP_POINTS_PER_STD)) + 1)
+            x = np.linspace(lo, hi, math.ceil((hi - lo) / s * _RDP_POINTS_PER_STD) + 1)
             centre = -x ** 2 / (2 * s ** 2)
             if q < 1:
                 log_p = np.logaddexp(math.log1p(-q) + centre, math.log(q) - (x + 1) ** 2 / (2 * s ** 2))
@@ -230,6 +231,12 @@ def _calibrated(plan: PrivacyPlan) -> tuple[float, float]:
     return sigma, weight_sigma
 
 
+class NoisedOptimizer(Protocol):
+    """What the step hook reads from the DP optimizer (Opacus's ``DPOptimizer``)."""
+
+    noise_multiplier: float
+
+
 class PrivacyLedger:
     """A node's spent budget: the history of mechanisms it ran (one entry per DP-SGD step and per weight release),
     accounted under replace-one adjacency with the configured accountant.
@@ -265,11 +272,11 @@ class PrivacyLedger:
                                         budget=self.plan.epsilon, delta=self.plan.delta)
         return after
 
-    def optimizer_hook(self) -> Callable[[object], None]:
+    def optimizer_hook(self) -> Callable[[NoisedOptimizer], None]:
         """The DP optimizer's step hook (called once per noised step): records the multiplier the optimizer used."""
 
-        def hook(optimizer: object) -> None:
-            self._record(getattr(optimizer, "noise_multiplier"), self.plan.sample_rate)
+        def hook(optimizer: NoisedOptimizer) -> None:
+            self._record(optimizer.noise_multiplier, self.plan.sample_rate)
             self.steps += 1
 
         return hook

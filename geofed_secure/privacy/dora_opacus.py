@@ -23,6 +23,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from opacus.grad_sample import register_grad_sampler
+from peft.tuners.lora import LoraLayer
 from peft.tuners.lora.dora import DoraLinearLayer
 from torch import nn
 
@@ -36,7 +37,7 @@ class OpacusDoraLinearLayer(DoraLinearLayer):
     """peft's DoRA magnitude layer with ``B A`` computed from the weights (no extra ``lora_B`` call)."""
 
     def get_lora_weight(self, lora_A: nn.Module, lora_B: nn.Module, adapter_name: str | None = None) -> torch.Tensor:
-        return lora_B.weight @ lora_A.weight
+        return lora_B.get_parameter("weight") @ lora_A.get_parameter("weight")
 
 
 def prepare_geodora_for_opacus(model: nn.Module) -> int:
@@ -47,10 +48,9 @@ def prepare_geodora_for_opacus(model: nn.Module) -> int:
     """
     count = 0
     for module in model.modules():
-        magnitudes = getattr(module, "lora_magnitude_vector", None)
-        if not isinstance(magnitudes, nn.ModuleDict):
+        if not isinstance(module, LoraLayer):
             continue
-        for adapter, dora in magnitudes.items():
+        for adapter, dora in module.lora_magnitude_vector.items():
             if not isinstance(dora, DoraLinearLayer) or type(dora) not in (DoraLinearLayer, OpacusDoraLinearLayer):
                 raise ConfigError("model.use_dora", f"DP-SGD supports peft DoRA on Linear layers only, found {type(dora).__name__}")
             if dora.fan_in_fan_out:

@@ -49,7 +49,7 @@ class DPSGDRound(contextlib.AbstractContextManager):
     """Opacus around ``model`` and ``optimizer`` for one local round; hooks are removed on exit."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *, noise_multiplier: float,
-                 max_grad_norm: float, expected_batch_size: float, step_hook: Callable[[object], None],
+                 max_grad_norm: float, expected_batch_size: float, step_hook: Callable[[DPOptimizer], None],
                  randomness: DPRandomness, purpose: Sequence[object], grad_sample_mode: str = "ghost") -> None:
         if grad_sample_mode not in GRAD_SAMPLE_MODES:
             raise ConfigError("privacy.grad_sample_mode", f"must be one of {GRAD_SAMPLE_MODES}, got {grad_sample_mode!r}")
@@ -60,8 +60,9 @@ class DPSGDRound(contextlib.AbstractContextManager):
         self._purpose, self._steps = tuple(purpose), 0
         prepare_geodora_for_opacus(model)
         # Opacus divides the noisy sum by expected_batch_size (an int there); Poisson sampling keeps it as a float.
-        dp_args = dict(noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
-                       expected_batch_size=expected_batch_size, loss_reduction="mean", secure_mode=randomness.robust_sampler)
+        dp_args = {"noise_multiplier": noise_multiplier, "max_grad_norm": max_grad_norm,
+                   "expected_batch_size": expected_batch_size, "loss_reduction": "mean",
+                   "secure_mode": randomness.robust_sampler}
         if self.ghost:
             self.module = GradSampleModuleFastGradientClipping(model, batch_first=True, loss_reduction="mean", strict=True,
                                                                max_grad_norm=max_grad_norm, use_ghost_clipping=True)
@@ -74,7 +75,6 @@ class DPSGDRound(contextlib.AbstractContextManager):
     def __exit__(self, *exc: object) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         self.module.cleanup()  # remove hooks and grad_sample attributes: the model is plain again (merge, export)
-        return None
 
     def private_backward(self, per_sample_loss: torch.Tensor) -> None:
         """Back-propagate the private loss (one value per record) of a non-empty batch.

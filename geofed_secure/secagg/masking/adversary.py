@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from geofed_secure.secagg.masking import primitives as crypto
 from geofed_secure.secagg.masking.messages import (
@@ -160,7 +161,7 @@ class InjectKey(Adversary):
         keys = tuple(crypto.x25519_keypair(ctx.rng)[1] for _ in first.advertisements[0].mask_keys)
         commitments = tuple(crypto.commitment(ctx.rng.token(32), "sybil") for _ in keys)
         fed, sybil = first.federation_id, "zz-sybil"
-        fields = {"federation_id": fed, "epoch": first.epoch, "node_id": sybil, "channel_key": channel, "mask_keys": keys,
+        fields: dict[str, Any] = {"federation_id": fed, "epoch": first.epoch, "node_id": sybil, "channel_key": channel, "mask_keys": keys,
                       "commitments": commitments, "graph_commitment": crypto.commitment(ctx.rng.token(32), "sybil")}
         fake = KeyAdvertisement(**fields, signature=crypto.sign(identity, advertisement_signed_bytes(**fields)))
         roster = KeyRoster(federation_id=fed, epoch=first.epoch, advertisements=(*first.advertisements, fake))
@@ -399,10 +400,11 @@ class SparseFastPathSplit(_CollectSignatures):
     sparse_only = True
 
     def __init__(self):
-        self.order = None
+        self.order: list[str] | None = None
         self.done = False
 
     def at(self, k):
+        assert self.order is not None, "the ring order is read from the first share delivery"
         return self.order[(self.order.index(self.victim) + k) % len(self.order)]
 
     def tamper(self, outgoing, ctx):
