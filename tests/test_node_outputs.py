@@ -14,12 +14,12 @@ import pytest
 from conftest import with_sections
 
 from geofed_secure.errors import DataError, FailureCode, MessageError, PrivacyBudgetExceeded, TrainingError
-from geofed_secure.wire.round import FailureNotice, NodeUpdate, decode_message, encode_message
 from geofed_secure.runtime.nodelog import NodeLog
 from geofed_secure.runtime.secure import CLIPPED_FIELD, COUNT_RADIX, SecureInputLayout
 from geofed_secure.runtime.simulator import Simulator
 from geofed_secure.runtime.transcript import SERVER, Transcript
 from geofed_secure.server.server import Server
+from geofed_secure.wire.round import FailureNotice, NodeUpdate, decode_message, encode_message
 
 SECRET = "record 4711 of patient-7f3a"  # stands for error text that depends on private data
 

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import with_sections
 from opacus import GradSampleModule
 
-from conftest import with_sections
 from geofed_secure.alignment.lap import precision_weight
 from geofed_secure.cli import _apply_overrides, _build_parser, _resolve_config
 from geofed_secure.config import PrivacySection, RunConfig, config_from_dict
@@ -22,12 +22,18 @@ from geofed_secure.model import geodora
 from geofed_secure.model.node_model import NodeModel
 from geofed_secure.node.node import Node
 from geofed_secure.privacy import (
-    PrivacyLedger, PrivacyPlan, calibrate_noise_multiplier, canonical_history, epsilon_of, prepare_geodora_for_opacus, private_precision_weight,
+    PrivacyLedger,
+    PrivacyPlan,
+    calibrate_noise_multiplier,
+    canonical_history,
+    epsilon_of,
+    prepare_geodora_for_opacus,
+    private_precision_weight,
     replace_one_rdp,
 )
 from geofed_secure.privacy.accounting import RDP_ORDERS
-from geofed_secure.privacy.noise import DPRandomness, derived_node_secret
 from geofed_secure.privacy.dpsgd import DPSGDRound
+from geofed_secure.privacy.noise import DPRandomness, derived_node_secret
 from geofed_secure.runtime.federation import build_federation
 from geofed_secure.runtime.simulator import Simulator
 from geofed_secure.server.server import RoundFailed
@@ -178,8 +184,8 @@ def test_public_gradient_is_neither_clipped_nor_noised_and_one_accountant_step_p
             dp.step(extra)
         updates.append({n: before[n] - p.detach() for n, p in trainable(model)})
     # Assert: the difference of the two updates is exactly the public gradient (same noise, same private part)
-    for name in public:
-        assert torch.allclose(updates[1][name] - updates[0][name], public[name], atol=1e-5), name
+    for name, gradient in public.items():
+        assert torch.allclose(updates[1][name] - updates[0][name], gradient, atol=1e-5), name
     for ledger in ledgers:
         assert ledger.steps == 1 and ledger.history == [(1.0, 0.1, 1)]
 
@@ -264,10 +270,10 @@ def test_replace_one_rdp_matches_a_high_precision_integral_and_bounds_the_pld():
         for index in (0, 8, 24):
             a, s_, q_ = mpmath.mpf(RDP_ORDERS[index]), mpmath.mpf(sigma), mpmath.mpf(q)
 
-            def density(x, shift):
+            def density(x, shift, s_=s_, q_=q_):
                 return ((1 - q_) * mpmath.npdf(x, 0, s_) + q_ * mpmath.npdf(x, shift, s_))
 
-            integral = mpmath.quad(lambda x: density(x, -1) ** a * density(x, 1) ** (1 - a),
+            integral = mpmath.quad(lambda x, a=a: density(x, -1) ** a * density(x, 1) ** (1 - a),
                                    [-mpmath.inf, -2 * a, -a, -1, 0, 1, mpmath.inf])
             reference = float(mpmath.log(integral) / (a - 1))
             assert reference <= rdp[index] <= reference * (1 + 1e-5) + 1e-12, (sigma, q, RDP_ORDERS[index])
@@ -335,7 +341,7 @@ def test_a_record_contributes_within_the_radius_the_accountant_assumes():
     # where an unsampled record leaves it, so a substituted record moves it by at most 2 h = U - 1.
     rng = np.random.default_rng(1)
     base = rng.uniform(0.01, 1.0, 50)
-    kw = dict(expected_count=50, max_inverse=100.0, noise_multiplier=0.0, secure_mode=False)
+    kw = {"expected_count": 50, "max_inverse": 100.0, "noise_multiplier": 0.0, "secure_mode": False}
     h = 99.0 / 2
 
     def released_sum(u):  # undo the post-processing (clipping inactive in this range)

@@ -9,12 +9,12 @@ import pytest
 from conftest import with_sections
 
 from geofed_secure.errors import GeofedError, ProtocolAborted
-from geofed_secure.wire.round import NodeUpdate, RoundBroadcast
 from geofed_secure.runtime.simulator import Simulator
 from geofed_secure.runtime.transcript import SERVER, Transcript
 from geofed_secure.secagg.masking.fixedpoint import FixedPoint
 from geofed_secure.secagg.masking.messages import MaskedInput
 from geofed_secure.server.checkpoint import CheckpointStore
+from geofed_secure.wire.round import NodeUpdate, RoundBroadcast
 
 NODE_TO_SERVER_SECAGG = {"KeyAdvertisement", "ShareBundle", "MaskedInput", "ConsistencySignature", "UnmaskResponse"}
 

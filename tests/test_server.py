@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from geofed_secure.errors import AnchorDigestMismatch, MessageError
-from geofed_secure.wire.round import NodeUpdate
 from geofed_secure.server.server import RoundFailed, Server
+from geofed_secure.wire.round import NodeUpdate
 
 DIGEST = "cd" * 32
 

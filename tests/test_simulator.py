@@ -6,12 +6,12 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import with_sections
+
 from geofed_secure.errors import AnchorDigestMismatch, CheckpointError, MessageError
-from geofed_secure.wire.round import NodeUpdate, RoundBroadcast, decode_message, encode_message
 from geofed_secure.runtime.simulator import Simulator
 from geofed_secure.runtime.transcript import SERVER, Transcript
+from geofed_secure.wire.round import NodeUpdate, RoundBroadcast, decode_message, encode_message
 
 
 class Crash(Exception):
@@ -37,8 +37,8 @@ def test_run_writes_summary_transcript_checkpoints(tiny_config, tiny_modalities,
     assert (tmp_path / "checkpoints" / "LATEST").read_text().strip() == "round-0003"
     assert (tmp_path / "final" / "merged_adapted_weights.safetensors").is_file()
     # the upload carries weight * B: dividing by the weight recovers a finite B of the right shape
-    rec, upload = next((r, m) for r, m in loaded.messages(round_=1) if isinstance(m, NodeUpdate))
-    assert set(k.removeprefix("weighted/") for k in upload.payload if k.startswith("weighted/")) == set(result.global_state)
+    upload = next(m for _, m in loaded.messages(round_=1) if isinstance(m, NodeUpdate))
+    assert {k.removeprefix("weighted/") for k in upload.payload if k.startswith("weighted/")} == set(result.global_state)
 
 
 def test_resume_after_crash_is_bit_identical(tiny_config, tiny_modalities, tmp_path):
@@ -186,7 +186,7 @@ def test_non_finite_training_leaves_node_out_and_unchanged(tiny_config, tiny_mod
 
     def fault(stage, round_, node_id):
         if node_id == "tab" and stage == "local_training":
-            nan_head = lambda z: healthy_head(z) * torch.tensor(float("nan"))  # noqa: E731
+            nan_head = lambda z: healthy_head(z) * torch.tensor(float("nan"))
             node.model.head.forward = nan_head if round_ == 2 else healthy_head
 
     sim.fault_hook = fault

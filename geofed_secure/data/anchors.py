@@ -26,14 +26,15 @@ import hmac
 import json
 import re
 import struct
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from geofed_secure.errors import AnchorDigestMismatch, DataError
 
-__all__ = ["anchor_digest", "AnchorManifest", "verify_anchor_digest", "DIGEST_DOMAIN"]
+__all__ = ["DIGEST_DOMAIN", "AnchorManifest", "anchor_digest", "verify_anchor_digest"]
 
 DIGEST_DOMAIN = b"geofed-secure/anchor-digest/v1\x00"
 _MANIFEST_DOMAIN = b"geofed-secure/anchor-manifest/v1\x00"
@@ -44,7 +45,7 @@ def _u64(n: int) -> bytes:
     return struct.pack("<Q", int(n))
 
 
-def _feed_str(h: "hashlib._Hash", s: str) -> None:
+def _feed_str(h: hashlib._Hash, s: str) -> None:
     b = s.encode("utf-8")
     h.update(_u64(len(b)))
     h.update(b)
@@ -131,7 +132,7 @@ class AnchorManifest:
         )
 
     @classmethod
-    def from_json(cls, text: str | bytes) -> "AnchorManifest":
+    def from_json(cls, text: str | bytes) -> AnchorManifest:
         """Parse :meth:`to_json` output; a stored ``digest`` that does not match -> AnchorDigestMismatch."""
         try:
             obj = json.loads(text)

@@ -32,7 +32,7 @@ class TokenFeatures:
     def dim(self) -> int:
         return int(self.tokens.shape[2])
 
-    def subset(self, index: np.ndarray) -> "TokenFeatures":
+    def subset(self, index: np.ndarray) -> TokenFeatures:
         return TokenFeatures(self.tokens[index], self.mask[index], self.labels[index])
 
 

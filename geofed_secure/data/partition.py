@@ -9,7 +9,7 @@ import numpy as np
 
 from geofed_secure.errors import ConfigError, DataError
 
-__all__ = ["dirichlet_partition", "MAX_RESAMPLES"]
+__all__ = ["MAX_RESAMPLES", "dirichlet_partition"]
 
 MAX_RESAMPLES = 200
 

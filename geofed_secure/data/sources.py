@@ -26,25 +26,25 @@ from __future__ import annotations
 import functools
 import gzip
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
 from geofed_secure.errors import DataError
 
 __all__ = [
-    "RawSource",
+    "DNA_LENGTH_RANGE",
+    "DNA_MAX_MUTATIONS",
+    "DNA_MOTIF_LENGTH",
+    "NUMBER_WORDS",
     "SOURCE_MODALITIES",
-    "load_source",
+    "TEXT_LANGUAGES",
+    "RawSource",
+    "dna_motifs",
     "generate_digit_texts",
     "generate_dna",
-    "dna_motifs",
-    "TEXT_LANGUAGES",
-    "NUMBER_WORDS",
-    "DNA_MOTIF_LENGTH",
-    "DNA_MAX_MUTATIONS",
-    "DNA_LENGTH_RANGE",
+    "load_source",
 ]
 
 SOURCE_MODALITIES: tuple[str, ...] = ("image", "text", "tabular", "dna")

@@ -32,8 +32,8 @@ from geofed_secure.privacy.accounting import PrivacyLedger, PrivacyPlan
 from geofed_secure.privacy.dpsgd import DPSGDRound
 from geofed_secure.privacy.mechanisms import private_precision_weight
 from geofed_secure.privacy.noise import NODE_SECRET_BYTES, DPRandomness, new_node_secret, randomness_source
-from geofed_secure.wire.round import GRAM_FIELD, WEIGHT_FIELD, WEIGHTED_PREFIX, NodeUpdate, RoundBroadcast
 from geofed_secure.seeding import derive_seed, numpy_rng
+from geofed_secure.wire.round import GRAM_FIELD, WEIGHT_FIELD, WEIGHTED_PREFIX, NodeUpdate, RoundBroadcast
 
 N_CLASSES = 10
 EVAL_BATCH = 128
@@ -341,7 +341,7 @@ class Node:
         return self._anchors
 
     @contextlib.contextmanager
-    def using_shared_state(self, state: Mapping[str, np.ndarray] | None) -> Iterator["Node"]:
+    def using_shared_state(self, state: Mapping[str, np.ndarray] | None) -> Iterator[Node]:
         """Temporarily load a (global) shared state, e.g. to evaluate the aggregated model; restores after."""
         if not state:
             yield self

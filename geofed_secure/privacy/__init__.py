@@ -35,16 +35,37 @@ PRIVACY_COVERAGE = {
                             "(a substituted record moves it by at most U_max - 1), composed in the same accountant",
 }
 
-from geofed_secure.privacy.accounting import (  # noqa: E402
-    ACCOUNTANT_DESCRIPTIONS, ADJACENCY, ADJACENCY_STATEMENT, PrivacyLedger, PrivacyPlan, calibrate_noise_multiplier, canonical_history, epsilon_of,
+from geofed_secure.privacy.accounting import (
+    ACCOUNTANT_DESCRIPTIONS,
+    ADJACENCY,
+    ADJACENCY_STATEMENT,
+    PrivacyLedger,
+    PrivacyPlan,
+    calibrate_noise_multiplier,
+    canonical_history,
+    epsilon_of,
     replace_one_rdp,
 )
-from geofed_secure.privacy.dora_opacus import OpacusDoraLinearLayer, prepare_geodora_for_opacus  # noqa: E402
-from geofed_secure.privacy.mechanisms import private_precision_weight  # noqa: E402
-from geofed_secure.privacy.noise import DOES_NOT_HOLD_AGAINST, HOLDS_AGAINST, DPRandomness, randomness_source  # noqa: E402
+from geofed_secure.privacy.dora_opacus import OpacusDoraLinearLayer, prepare_geodora_for_opacus
+from geofed_secure.privacy.mechanisms import private_precision_weight
+from geofed_secure.privacy.noise import DOES_NOT_HOLD_AGAINST, HOLDS_AGAINST, DPRandomness, randomness_source
 
 __all__ = [
-    "ACCOUNTANT_DESCRIPTIONS", "ADJACENCY", "ADJACENCY_STATEMENT", "DOES_NOT_HOLD_AGAINST", "DPRandomness", "HOLDS_AGAINST", "PRIVACY_COVERAGE",
-    "PrivacyLedger", "PrivacyPlan", "calibrate_noise_multiplier", "canonical_history", "epsilon_of", "randomness_source",
-    "replace_one_rdp", "OpacusDoraLinearLayer", "prepare_geodora_for_opacus", "private_precision_weight",
+    "ACCOUNTANT_DESCRIPTIONS",
+    "ADJACENCY",
+    "ADJACENCY_STATEMENT",
+    "DOES_NOT_HOLD_AGAINST",
+    "HOLDS_AGAINST",
+    "PRIVACY_COVERAGE",
+    "DPRandomness",
+    "OpacusDoraLinearLayer",
+    "PrivacyLedger",
+    "PrivacyPlan",
+    "calibrate_noise_multiplier",
+    "canonical_history",
+    "epsilon_of",
+    "prepare_geodora_for_opacus",
+    "private_precision_weight",
+    "randomness_source",
+    "replace_one_rdp",
 ]

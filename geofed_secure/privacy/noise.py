@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
 # Opacus's noise sampler (with the floating-point-robust secure variant); private name, stable in opacus 1.6.x.
 from opacus.optimizers.optimizer import _generate_noise
 

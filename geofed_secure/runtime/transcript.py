@@ -94,7 +94,7 @@ class Transcript:
         _atomic_write_text(directory / "index.jsonl", "".join(json.dumps(asdict(r)) + "\n" for r in self.records))
 
     @classmethod
-    def load(cls, directory: str | os.PathLike, *, attach: bool = False) -> "Transcript":
+    def load(cls, directory: str | os.PathLike, *, attach: bool = False) -> Transcript:
         """Read a saved transcript, checking every record's byte range and SHA-256.
 
         A trailing partial record (crash while appending) is ignored. ``attach=True`` keeps appending to the folder.
