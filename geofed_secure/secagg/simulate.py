@@ -99,10 +99,10 @@ def simulate_aggregation(inputs: Mapping[str, np.ndarray], *, protocol: str = "m
         raise
     if refusals:
         first = refusals[min(refusals)]
-        exc = ProtocolAborted(first.reason, party=first.party, stage=first.stage)
-        exc.transcript = tuple(federation.transcript)  # type: ignore[attr-defined]
-        exc.refusals = {v: e.reason for v, e in refusals.items()}  # type: ignore[attr-defined]
-        raise exc
+        aborted = ProtocolAborted(first.reason, party=first.party, stage=first.stage)
+        aborted.transcript = tuple(federation.transcript)  # type: ignore[attr-defined]
+        aborted.refusals = {v: e.reason for v, e in refusals.items()}  # type: ignore[attr-defined]
+        raise aborted
     outcome = federation.server.outcome
     if outcome is None:  # an adversary that ran its course without completing the round
         raise ProtocolAborted("the round did not complete", party=SERVER, stage="unmask")
