@@ -88,7 +88,9 @@ def run_canary_audit(config: RunConfig, spec: NodeSpec, data: NodeData, canary_p
                 dp_secret=derived_node_secret(seed, "canary-audit", spec.id))
     for round_ in range(1, config.federation.rounds + 1):
         node.local_round(round_, consensus=None)
-        progress(f"  round {round_}/{config.federation.rounds}: task loss {node.last_stats.task_loss:.3f}")
+        stats = node.last_stats
+        assert stats is not None  # local_round records its statistics
+        progress(f"  round {round_}/{config.federation.rounds}: task loss {stats.task_loss:.3f}")
     scores = canary_scores(node, records)
     k = max(1, int(guess_fraction * canaries))
     order = np.argsort(-scores, kind="mergesort")

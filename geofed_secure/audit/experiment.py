@@ -164,7 +164,10 @@ def run_experiment(plan: AuditPlan, *, progress: Callable[[str], None] = lambda 
 
     # The other nodes: what they upload, and the adversary's simulation of them.
     t0 = time.perf_counter()
-    truth, estimate, public_truth, public_estimate = {}, {}, {}, {}
+    truth: dict[str, dict[str, np.ndarray]] = {}
+    estimate: dict[str, dict[str, np.ndarray]] = {}
+    public_truth: dict[str, np.ndarray] = {}
+    public_estimate: dict[str, np.ndarray] = {}
     for node_id, other in specs.items():
         if node_id == plan.target:
             continue
@@ -203,7 +206,7 @@ def run_experiment(plan: AuditPlan, *, progress: Callable[[str], None] = lambda 
         name = level_name(epsilon)
         t0 = time.perf_counter()
         level_config = run_config(plan, epsilon, base=base_config)
-        rows: dict[str, list[np.ndarray]] = {k: [] for k in ("pool", "pool_z", "population", "public", "eps", "acc", *RELEASES)}
+        rows: dict[str, list[np.ndarray | np.float64]] = {k: [] for k in ("pool", "pool_z", "population", "public", "eps", "acc", *RELEASES)}
         for i in range(plan.runs):
             members = np.flatnonzero(membership[i])
             run_data = NodeData(train=pool.subset(members), test=pool.subset(np.flatnonzero(~membership[i])),
@@ -280,7 +283,8 @@ def save_experiment(exp: Experiment, folder: Path) -> None:
             "others": list(exp.others.node_ids), "canaries": exp.canaries, "seconds": exp.seconds}
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / "experiment.tmp.npz", "wb") as handle:
-        np.savez(handle, **arrays)
+        # numpy's stub checks **arrays against savez's own allow_pickle: bool too; no key here is 'allow_pickle'.
+        np.savez(handle, **arrays)  # type: ignore[arg-type]
     (folder / "meta.tmp.json").write_text(json.dumps(meta, indent=1))
     (folder / "meta.tmp.json").replace(folder / "meta.json")
     (folder / "experiment.tmp.npz").replace(folder / "experiment.npz")
