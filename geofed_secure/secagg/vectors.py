@@ -28,23 +28,26 @@ def _dump(obj: Any) -> str:
 BEGIN, END = "<!-- BEGIN GENERATED TABLES -->\n", "<!-- END GENERATED TABLES -->"
 
 
-def spec_with_tables(spec: str) -> str:
-    """SPEC.md text with the generated state tables between the BEGIN/END markers."""
+def spec_with_tables(spec: str, tables: str | None = None) -> str:
+    """SPEC.md text with ``tables`` (default: secagg-v1's) between the BEGIN/END markers."""
+    if BEGIN not in spec or END not in spec:
+        raise GeofedError("SPEC.md lost its generated-table markers; restore the BEGIN/END lines around the state tables")
     head, _, rest = spec.partition(BEGIN)
     _, _, tail = rest.partition(END)
-    return head + BEGIN + transition_tables_markdown() + END + tail
+    return head + BEGIN + (transition_tables_markdown() if tables is None else tables) + END + tail
 
 
 def expected_files() -> dict[Path, str]:
-    spec = PROTOCOLS_DIR / "secagg-v1" / "SPEC.md"
-    files = {PROTOCOLS_DIR / "secagg-v1" / "vectors.json": _dump(masking_vectors.build_vectors()),
-             spec: spec_with_tables(spec.read_text())}
-    try:
-        from geofed_secure.secagg.ckks import vectors as ckks_vectors
-    except ImportError:  # pragma: no cover - ckks needs tenseal, a hard dependency
-        return files
-    files[PROTOCOLS_DIR / "ckks-v1" / "vectors.json"] = _dump(ckks_vectors.build_vectors())
-    return files
+    """Every published file of both protocols, as the code generates it: vectors and SPEC.md's state tables."""
+    from geofed_secure.secagg.ckks import tables as ckks_tables
+    from geofed_secure.secagg.ckks import vectors as ckks_vectors
+
+    masking_spec = PROTOCOLS_DIR / "secagg-v1" / "SPEC.md"
+    ckks_spec = PROTOCOLS_DIR / "ckks-v1" / "SPEC.md"
+    return {PROTOCOLS_DIR / "secagg-v1" / "vectors.json": _dump(masking_vectors.build_vectors()),
+            masking_spec: spec_with_tables(masking_spec.read_text()),
+            PROTOCOLS_DIR / "ckks-v1" / "vectors.json": _dump(ckks_vectors.build_vectors()),
+            ckks_spec: spec_with_tables(ckks_spec.read_text(), ckks_tables.transition_table_markdown())}
 
 
 def main(argv: list[str] | None = None) -> int:
