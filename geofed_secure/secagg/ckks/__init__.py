@@ -39,6 +39,10 @@ from geofed_secure.secagg.ckks.tables import (
     SERVER_LOCAL_EVENTS,
     SERVER_PEER_EVENTS,
     SERVER_TRANSITIONS,
+    NodeEvent,
+    NodeState,
+    ServerEvent,
+    ServerState,
     refusal,
     transition_table_markdown,
 )
@@ -47,7 +51,8 @@ from geofed_secure.secagg.ckks.vectors import build_vectors, expected_aggregate,
 __all__ = [
     "MAGIC", "MIN_COHORT", "NODE_PEER_EVENTS", "NODE_TRANSITIONS", "PROTOCOL_ID", "SERVER_LOCAL_EVENTS",
     "SERVER_PEER_EVENTS", "SERVER_TRANSITIONS", "CkksAggregate", "CkksEncryptedInput", "CkksKeys", "CkksMessage",
-    "CkksNode", "CkksParameters", "CkksRoundStart", "CkksServer", "arrival_order", "build_vectors", "chunk_bounds",
+    "CkksNode", "CkksParameters", "CkksRoundStart", "CkksServer", "NodeEvent", "NodeState", "ServerEvent",
+    "ServerState", "arrival_order", "build_vectors", "chunk_bounds",
     "ckks_error_bound", "context_digest", "decode_ckks_message", "decrypt_chunks", "expected_aggregate",
     "provision_ckks_keys", "refusal", "run_ckks_aggregation", "transition_table_markdown", "vector_input",
 ]

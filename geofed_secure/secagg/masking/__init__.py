@@ -45,13 +45,20 @@ from geofed_secure.secagg.masking.tables import (
     NODE_TRANSITIONS,
     SERVER_STAGE,
     SERVER_TRANSITIONS,
+    Guard,
+    NodeEvent,
+    NodeState,
+    ServerEvent,
+    ServerState,
     node_event,
+    refusal,
     transition_tables_markdown,
 )
 
 __all__ = [
-    "MIN_COHORT", "NODE_TRANSITIONS", "SERVER_STAGE", "SERVER_TRANSITIONS", "EpochPlan", "MaskingNode",
-    "MaskingParameters", "MaskingServer", "Provisioning", "ServerOutcome", "default_threshold", "graph_seed",
-    "holders_per_owner", "is_sparse", "neighbourhoods", "node_event", "pairwise_mask", "plan_epoch", "roster_digest",
-    "self_mask", "sparse_holders", "transition_tables_markdown", "view_quorum",
+    "MIN_COHORT", "NODE_TRANSITIONS", "SERVER_STAGE", "SERVER_TRANSITIONS", "EpochPlan", "Guard", "MaskingNode",
+    "MaskingParameters", "MaskingServer", "NodeEvent", "NodeState", "Provisioning", "ServerEvent", "ServerOutcome",
+    "ServerState", "default_threshold", "graph_seed", "holders_per_owner", "is_sparse", "neighbourhoods", "node_event",
+    "pairwise_mask", "plan_epoch", "refusal", "roster_digest", "self_mask", "sparse_holders", "transition_tables_markdown",
+    "view_quorum",
 ]
