@@ -1,4 +1,5 @@
-"""Command line: ``geofed run`` trains the (demo) federation and writes summary, plots, transcript, checkpoints."""
+"""Command line: ``geofed run`` trains the (demo) federation and writes summary, plots, transcript, checkpoints;
+``geofed audit`` attacks it from one threat model's view, as an audit plan says (:mod:`geofed_secure.audit.suite`)."""
 
 from __future__ import annotations
 
@@ -66,40 +67,26 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", type=Path, metavar="DIR", help="continue the interrupted run in DIR")
     audit = sub.add_parser("audit", help="attack the federation from one threat model's view and report what leaks")
     audit.add_argument("--threat-model", type=Path, required=True, dest="threat_model", help="threat model TOML (threat_models/)")
-    audit.add_argument("--plan", type=Path, help="audit plan TOML (default: the built-in plan, spelled out in audits/plan.toml)")
+    audit.add_argument("--plan", type=Path, help="audit plan TOML (default: the built-in plan, spelled out in audits/plan.toml); "
+                       "its run / reference_run keys also audit a finished geofed run folder's recorded transcript")
     audit.add_argument("--out", type=Path, required=True, help="folder for report.json, report.md and the plots")
     audit.add_argument("--cache-dir", dest="cache_dir", help="feature and experiment cache (default $GEOFED_CACHE or ~/.cache/geofed-secure)")
     audit.add_argument("--seed", type=int, help="override the plan's seed")
-    audit.add_argument("--run", type=Path, help="instead of a plan: inventory a finished geofed run folder from this view "
-                       "(first version: round-1 Gram inversion, scored with --reference-run)")
-    audit.add_argument("--reference-run", type=Path, dest="reference_run",
-                       help="with --run: the same configuration and seed run with --secure none (ground truth)")
     return parser
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
+    from geofed_secure.audit.plan import load_plan
+    from geofed_secure.audit.suite import run_audit
     from geofed_secure.audit.threat_model import load_threat_model
 
     threat_model = load_threat_model(args.threat_model)
-    if args.run is not None:
-        if args.plan is not None:
-            raise ConfigError("--plan", "give either --plan (run the audit experiment) or --run (inventory a finished run), not both")
-        from geofed_secure.audit.runner import audit_run
-
-        report = audit_run(threat_model, args.run, args.out, reference_run=args.reference_run, seed=args.seed or 0,
-                           progress=console.print)
-    else:
-        if args.reference_run is not None:
-            raise ConfigError("--reference-run", "applies only with --run")
-        from geofed_secure.audit.plan import load_plan
-        from geofed_secure.audit.suite import run_audit
-
-        plan = load_plan(args.plan)
-        overrides = {k: v for k, v in (("cache_dir", args.cache_dir), ("seed", args.seed)) if v is not None}
-        plan = dataclasses.replace(plan, **overrides) if overrides else plan
-        started = time.perf_counter()
-        report = run_audit(threat_model, plan, args.out,
-                           progress=lambda line: console.print(f"[{time.perf_counter() - started:6.1f}s] {line}"))
+    plan = load_plan(args.plan)
+    overrides = {k: v for k, v in (("cache_dir", args.cache_dir), ("seed", args.seed)) if v is not None}
+    plan = dataclasses.replace(plan, **overrides) if overrides else plan
+    started = time.perf_counter()
+    report = run_audit(threat_model, plan, args.out,
+                       progress=lambda line: console.print(f"[{time.perf_counter() - started:6.1f}s] {line}"))
     for line in report["verdict"]:
         console.print(f"  [bold]{line}[/bold]")
     console.print(f"  wrote {args.out / 'report.json'}, {args.out / 'report.md'}"

@@ -75,6 +75,20 @@ def tiny_config(tiny_backbone_dir):
     )
 
 
+@pytest.fixture(scope="session")
+def recorded_runs(tiny_config, tiny_modalities, tmp_path_factory):
+    """Two finished 2-round runs of the tiny federation, same seed: in clear ("none") and under "masking"."""
+    from geofed_secure.runtime import Simulator
+
+    out = {}
+    for protocol in ("none", "masking"):
+        config = with_sections(tiny_config, federation={"rounds": 2}, secure={"protocol": protocol})
+        path = tmp_path_factory.mktemp(f"run-{protocol}")
+        Simulator(config, tiny_modalities, path, secure_seed=3).run()
+        out[protocol] = path
+    return out
+
+
 def with_sections(config: RunConfig, **changes) -> RunConfig:
     """Replace fields inside sections: with_sections(cfg, training={"lambda_geo": 0.0})."""
     sections = {name: dataclasses.replace(getattr(config, name), **fields) for name, fields in changes.items()

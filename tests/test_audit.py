@@ -6,16 +6,23 @@ import json
 
 import numpy as np
 import pytest
-from sklearn.metrics import roc_auc_score, roc_curve as sk_roc_curve
-
 from conftest import with_sections
+from sklearn.metrics import roc_auc_score
+from sklearn.metrics import roc_curve as sk_roc_curve
+
 from geofed_secure.audit import (
-    ThreatModel, invert_gram, invert_gram_upper, load_run_view, load_threat_model, membership_result, procrustes_error,
-    select_view, threat_model_from_dict,
+    ThreatModel,
+    invert_gram,
+    invert_gram_upper,
+    load_run_view,
+    load_threat_model,
+    membership_result,
+    procrustes_error,
+    select_view,
+    threat_model_from_dict,
 )
 from geofed_secure.audit.metrics import roc_curve, tpr_at_fpr
 from geofed_secure.errors import ConfigError, DataError
-from geofed_secure.runtime.simulator import Simulator
 
 SHIPPED = ("hbc-server", "malicious-server", "server-colluding-with-text-node", "curious-node", "outside-observer")
 
@@ -55,18 +62,7 @@ def test_missing_or_broken_threat_model_files(tmp_path):
         load_threat_model(tmp_path / "bad.toml")
 
 
-# -- views ----------------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def recorded_runs(tiny_config, tiny_modalities, tmp_path_factory):
-    out = {}
-    for protocol in ("none", "masking"):
-        config = with_sections(tiny_config, federation={"rounds": 2}, secure={"protocol": protocol})
-        path = tmp_path_factory.mktemp(f"run-{protocol}")
-        Simulator(config, tiny_modalities, path, secure_seed=3).run()
-        out[protocol] = path
-    return out
-
-
+# -- views (recorded_runs: tests/conftest.py) --------------------------------------------------------------------------
 def model(role, nodes=(), observes=("transcript", "final_model")):
     return ThreatModel(name=f"t-{role}", description="", role=role, behaviour="honest-but-curious", nodes=tuple(nodes),
                        observes=tuple(observes))
@@ -115,7 +111,7 @@ def test_masked_uploads_in_a_coalition_view_are_uncorrelated_with_the_plaintext(
     assert "NodeUpdate" not in view.types
     plain = load_run_view(model("server"), recorded_runs["none"])
     update = next(m for _, m in plain.messages(type_="NodeUpdate", round_=1) if m.node_id == "img-a")
-    n_anchors = int(round((1 + np.sqrt(1 + 8 * update.payload["gram_upper"].size)) / 2))
+    n_anchors = round((1 + np.sqrt(1 + 8 * update.payload["gram_upper"].size)) / 2)
     layout = PayloadLayout.for_round({k[len("weighted/"):]: v for k, v in update.payload.items() if k.startswith("weighted/")}, n_anchors)
     vector = layout.flatten(update.payload)
     masked = next(m for _, m in view.messages(type_="MaskedInput", round_=1) if m.node_id == "img-a")
@@ -220,60 +216,92 @@ def test_audit_doctests(module):
     assert result.attempted > 0 and result.failed == 0
 
 
-# -- geofed audit (first version) -----------------------------------------------------------------------------------
-def test_audit_of_a_plaintext_run_recovers_every_nodes_anchor_geometry(recorded_runs, tmp_path):
-    from geofed_secure.audit.runner import audit_run
+# -- geofed audit: the recorded-run part of a plan ----------------------------------------------------------------------
+def _recorded(tm, runs, out, run="masking", reference="none"):
+    from geofed_secure.audit.plan import AuditPlan
+    from geofed_secure.audit.suite import run_audit
 
-    report = audit_run(model("server"), recorded_runs["none"], tmp_path, reference_run=recorded_runs["none"])
-    assert set(report["view"]["uploads"]["in_clear"]) == {"img-a", "img-b", "txt", "tab"}
+    plan = AuditPlan(protections=(), epsilons=(), run=str(runs[run]), reference_run=str(runs[reference]) if reference else "")
+    return run_audit(tm, plan, out, progress=lambda line: None)
+
+
+def test_audit_of_a_plaintext_run_recovers_every_nodes_anchor_geometry(recorded_runs, tmp_path):
+    report = _recorded(model("server"), recorded_runs, tmp_path, run="none")
+    assert report["experiment"] is None and report["views"] == {} and report["plots"] == []
+    assert report["recorded_run"]["protocol"] == "none"
+    assert set(report["recorded_run"]["view"]["uploads"]["in_clear"]) == {"img-a", "img-b", "txt", "tab"}
     results = {r["target"]: r for r in report["results"]}
     assert set(results) == {"img-a", "img-b", "txt", "tab"}
     for r in results.values():
-        assert r["metadata"]["source"] == "own upload in clear" and r["metrics"]["procrustes_error"]["value"] < 1e-6
-        assert r["metrics"]["procrustes_error_no_knowledge"]["value"] > 0.3
+        assert r["attack"] == "transcript_gram_inversion" and r["metadata"]["source"] == "own upload in clear"
+        assert r["metrics"]["procrustes_error"]["value"] < 1e-6 and r["metrics"]["procrustes_error_no_knowledge"]["value"] > 0.3
     assert (tmp_path / "report.md").read_text().count("| own upload in clear |") == 4  # one table row per node
-    assert report == json.loads((tmp_path / "report.json").read_text())
+    assert json.loads(json.dumps(report)) == json.loads((tmp_path / "report.json").read_text())
 
 
 def test_audit_under_masking_leaves_only_the_consensus(recorded_runs, tmp_path):
-    from geofed_secure.audit.runner import audit_run
-
     for role, nodes in (("server", ()), ("node", ("tab",)), ("colluding", ("txt",))):
-        report = audit_run(model(role, nodes), recorded_runs["masking"], tmp_path / role, reference_run=recorded_runs["none"])
-        assert report["view"]["uploads"]["in_clear"] == {}
-        assert not set(nodes) & set(report["view"]["uploads"]["masked"])  # its own upload is not counted as learned
+        report = _recorded(model(role, nodes), recorded_runs, tmp_path / role)
+        inventory = report["recorded_run"]["view"]
+        assert inventory["uploads"]["in_clear"] == {}
+        assert not set(nodes) & set(inventory["uploads"]["masked"])  # its own upload is not counted as learned
+        assert report["results"]
         for r in report["results"]:
             assert r["metadata"]["source"] == "consensus" and r["metrics"]["procrustes_error"]["value"] > 0.01
             assert 0 < r["metrics"]["procrustes_error_without_node"]["value"] < 2
 
 
+def test_recorded_run_audit_scores_the_broadcast_consensus_against_the_plaintext_twin(recorded_runs):
+    """Every message of the server's view is inventoried, and each node's score is the Procrustes error between the
+    round-1 consensus it was broadcast and its true round-1 Gram from the plaintext twin."""
+    from geofed_secure.audit import audit_recorded_run, invert_gram_upper, procrustes_error
+    from geofed_secure.runtime import Transcript
+
+    audit = audit_recorded_run(model("server"), recorded_runs["masking"], reference_run=recorded_runs["none"])
+    transcript = Transcript.load(recorded_runs["masking"] / "transcript")
+    assert audit.inventory["messages"] == len(transcript) and audit.inventory["bytes"] == sum(r.nbytes for r in transcript.records)
+    plain = load_run_view(model("server"), recorded_runs["none"])
+    truth = {m.node_id: np.asarray(m.payload["gram_upper"]) for _, m in plain.messages(type_="NodeUpdate", round_=1)}
+    view = load_run_view(model("server"), recorded_runs["masking"])
+    consensus = next(np.asarray(m.consensus_gram) for _, m in view.messages(type_="RoundBroadcast", round_=2))
+    for r in audit.results:
+        n = r.metadata["anchors"]
+        expected = procrustes_error(invert_gram_upper(consensus, n), invert_gram_upper(truth[r.target], n))
+        assert r.metrics["procrustes_error"].value == expected
+
+
 def test_audit_of_an_outside_observer_and_bad_inputs(recorded_runs, tmp_path):
-    from geofed_secure.audit.runner import audit_run
+    from geofed_secure.audit.plan import AuditPlan
+    from geofed_secure.audit.suite import run_audit
 
-    report = audit_run(model("observer", observes=("final_model",)), recorded_runs["masking"], tmp_path / "obs",
-                       reference_run=recorded_runs["none"])
-    assert report["results"] == [] and report["view"]["final_model"] and "only the released final model" in report["verdict"][0]
-    with pytest.raises(ConfigError, match="--reference-run"):
-        audit_run(model("server"), recorded_runs["masking"], tmp_path / "x", reference_run=recorded_runs["masking"])
+    report = _recorded(model("observer", observes=("final_model",)), recorded_runs, tmp_path / "obs")
+    assert report["results"] == [] and report["recorded_run"]["view"]["final_model"]
+    assert "only the released final model" in report["verdict"][0]
+    with pytest.raises(ConfigError, match="reference_run"):
+        _recorded(model("server"), recorded_runs, tmp_path / "x", reference="masking")
     with pytest.raises(ConfigError, match="summary.json"):
-        audit_run(model("server"), tmp_path, tmp_path / "y")
+        run_audit(model("server"), AuditPlan(protections=(), epsilons=(), run=str(tmp_path)), tmp_path / "y")
 
 
-def test_geofed_audit_command(recorded_runs, tmp_path):
+def test_geofed_audit_command_with_a_recorded_run_plan(recorded_runs, tmp_path):
     from geofed_secure.cli import main
 
-    rc = main(["audit", "--threat-model", "threat_models/hbc-server.toml", "--run", str(recorded_runs["masking"]),
-               "--reference-run", str(recorded_runs["none"]), "--out", str(tmp_path)])
-    assert rc == 0 and (tmp_path / "report.md").is_file()
-    assert main(["audit", "--threat-model", str(tmp_path / "missing.toml"), "--run", ".", "--out", str(tmp_path)]) == 2
+    (tmp_path / "plan.toml").write_text(f"protections = []\nepsilons = []\nrun = {json.dumps(str(recorded_runs['masking']))}\n"
+                                        f"reference_run = {json.dumps(str(recorded_runs['none']))}\n")
+    rc = main(["audit", "--threat-model", "threat_models/hbc-server.toml", "--plan", str(tmp_path / "plan.toml"),
+               "--out", str(tmp_path / "out")])
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    assert rc == 0 and "## Recorded run" in markdown and "### Gram inversion (round 1)" in markdown
+    assert main(["audit", "--threat-model", str(tmp_path / "missing.toml"), "--out", str(tmp_path)]) == 2
 
 
 # -- the canary audit on a real (tiny) node -------------------------------------------------------------------------
 def _canary_audit(tiny_config, tiny_modalities, tiny_backbone_dir, **privacy):
     from conftest import synthetic_modality
+
     from geofed_secure.audit.canary_run import run_canary_audit
     from geofed_secure.model.backbone import load_backbone
-    from geofed_secure.runtime.federation import build_federation
+    from geofed_secure.runtime import build_federation
 
     config = with_sections(tiny_config, federation={"rounds": 5, "mode": "local-only"},
                            training={"local_steps": 20, "lr": 0.01, "lambda_geo": 0.0},

@@ -222,7 +222,8 @@ def test_shipped_plan_spells_out_the_defaults():
     ({"runs": 2}, "runs"), ({"schemes": ["gram", "pixels"]}, "schemes"), ({"protections": ["tls"]}, "protections"),
     ({"epsilons": [0.0]}, "epsilons"), ({"epsilons": "8"}, "epsilons"), ({"extraction_anchors": [200]}, "extraction_anchors"),
     ({"lr": -1.0}, "lr"), ({"rounds": 0}, "rounds"), ({"runs": True}, "runs"), ({"target": 3}, "target"),
-    ({"typo": 1}, "typo"), ({"protections": [], "epsilons": []}, "protections"),
+    ({"typo": 1}, "typo"), ({"protections": [], "epsilons": []}, "protections"), ({"reference_run": "runs/x"}, "reference_run"),
+    ({"run": 1}, "run"),
 ])
 def test_bad_plans_name_the_key_and_file(data, field):
     with pytest.raises(ConfigError) as info:
@@ -232,6 +233,8 @@ def test_bad_plans_name_the_key_and_file(data, field):
 
 def test_plan_digest_ignores_where_results_are_cached():
     assert AuditPlan(cache_dir="/a").digest() == AuditPlan(cache_dir="/b").digest() != AuditPlan(runs=5).digest()
+    # a recorded run to audit besides changes nothing the experiment trains
+    assert AuditPlan(run="runs/a", reference_run="runs/b").digest() == AuditPlan().digest()
 
 
 # -- end to end on a tiny federation -----------------------------------------------------------------------------------
@@ -334,10 +337,10 @@ def test_under_ckks_a_colluding_node_key_decrypts_another_nodes_upload_from_the_
 
 
 def test_geofed_audit_with_a_plan_writes_the_report(tiny_audit_experiment, tmp_path, monkeypatch, capsys):
-    import geofed_secure.audit.suite as suite
+    from geofed_secure.audit import suite
     from geofed_secure.cli import main
 
-    plan, exp = tiny_audit_experiment
+    _, exp = tiny_audit_experiment
     seen = {}
 
     def cached(p, progress):  # the tiny federation's experiment stands in for the demo's
@@ -354,16 +357,50 @@ def test_geofed_audit_with_a_plan_writes_the_report(tiny_audit_experiment, tmp_p
     assert "experiment loaded (test)" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--plan", "audits/plan.toml", "--run", "."], "not both"),
-    (["--reference-run", "."], "only with --run"),
-    (["--plan", "missing.toml"], "does not exist"),
+@pytest.mark.parametrize("plan, message", [
+    (None, "does not exist"),
+    ('reference_run = "runs/x"\n', "applies only with run"),
+    ('protections = []\nepsilons = []\nrun = "no-such-run"\n', "holds no summary.json"),
 ])
-def test_geofed_audit_refuses_conflicting_or_missing_inputs(tmp_path, capsys, argv, message):
+def test_geofed_audit_refuses_conflicting_or_missing_inputs(tmp_path, capsys, plan, message):
     from geofed_secure.cli import main
 
-    assert main(["audit", "--threat-model", "threat_models/hbc-server.toml", "--out", str(tmp_path), *argv]) == 2
+    if plan is not None:
+        (tmp_path / "plan.toml").write_text(plan)
+    assert main(["audit", "--threat-model", "threat_models/hbc-server.toml", "--out", str(tmp_path / "out"),
+                 "--plan", str(tmp_path / "plan.toml")]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_geofed_audit_has_one_front_end(capsys):
+    """The first version's ``--run`` / ``--reference-run`` flags are gone: a plan's ``run`` / ``reference_run`` keys
+    do the same inside the plan-driven audit."""
+    from geofed_secure.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["audit", "--threat-model", "threat_models/hbc-server.toml", "--out", ".", "--run", "."])
+    assert "unrecognized arguments: --run" in capsys.readouterr().err
+
+
+def test_a_plan_with_an_experiment_and_a_recorded_run_gives_one_report(tiny_audit_experiment, recorded_runs, tmp_path):
+    import dataclasses
+
+    from geofed_secure.audit.suite import run_audit
+
+    plan, exp = tiny_audit_experiment
+    tm = load_threat_model("threat_models/hbc-server.toml")
+    alone = run_audit(tm, plan, tmp_path / "alone", experiment=exp, plots=False)
+    both = run_audit(tm, dataclasses.replace(plan, run=str(recorded_runs["masking"]), reference_run=str(recorded_runs["none"])),
+                     tmp_path / "both", experiment=exp, plots=False)
+    recorded = [r for r in both["results"] if r["attack"] == "transcript_gram_inversion"]
+    assert alone["recorded_run"] is None and both["recorded_run"]["protocol"] == "masking"
+    assert len(recorded) == 4 and len(both["results"]) == len(alone["results"]) + 4
+    assert both["experiment"] == alone["experiment"] and both["views"] == alone["views"]
+    clear = lambda lines: [line for line in lines if not line.startswith("[ckks]")]  # SEAL's own noise: see above
+    assert clear(both["verdict"][: len(alone["verdict"])]) == clear(alone["verdict"])
+    assert any(line.startswith("[recorded run, masking] Gram inversion, img-a") for line in both["verdict"])
+    markdown = (tmp_path / "both" / "report.md").read_text()
+    assert "## Membership inference" in markdown and "## Recorded run" in markdown
 
 
 def test_two_way_bootstrap_keeps_the_point_metrics_and_widens_intervals_for_correlated_trials():

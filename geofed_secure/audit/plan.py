@@ -4,6 +4,11 @@ A plan is independent of the threat model: the experiment it describes (:mod:`ge
 trains the target node and the other demo nodes once, and every threat model's report reads the same
 experiment through its own view (:mod:`geofed_secure.audit.protections`). ``audits/plan.toml`` spells out every
 key with its default (a test keeps the two equal).
+
+A plan may also name a finished ``geofed run`` folder (``run``, optionally ``reference_run``, its plaintext twin):
+the audit then inventories that run's recorded transcript from the threat model's view and scores round-1 Gram
+inversion against it (:mod:`geofed_secure.audit.recorded_run`), in the same report. A plan with no protection and
+no epsilon trains nothing and audits only the recorded run.
 """
 
 from __future__ import annotations
@@ -41,6 +46,8 @@ class AuditPlan:
     canaries: int = 100  # one-run canary audit per privacy level (0 = skip)
     bootstrap: int = 200  # bootstrap resamples for confidence intervals
     cache_dir: str = ""  # "" -> $GEOFED_CACHE or ~/.cache/geofed-secure (features and experiment results)
+    run: str = ""  # a finished geofed run folder to inventory from the threat model's view ("" = none)
+    reference_run: str = ""  # with run: the same configuration and seed run with --secure none (round-1 ground truth)
 
     def __post_init__(self) -> None:
         def fail(key: str, problem: str) -> ConfigError:
@@ -61,8 +68,10 @@ class AuditPlan:
             bad = [v for v in values if v not in allowed]
             if bad or len(set(values)) != len(values):
                 raise fail(key, f"must be distinct values of {allowed}, got {list(values)}")
-        if not self.protections and not self.epsilons:
-            raise fail("protections", "the plan audits nothing: give at least one protection or one epsilon")
+        if not self.protections and not self.epsilons and not self.run:
+            raise fail("protections", "the plan audits nothing: give at least one protection, one epsilon or a run")
+        if self.reference_run and not self.run:
+            raise fail("reference_run", "applies only with run (the recorded run it is the plaintext twin of)")
         if any(not (e > 0 and math.isfinite(e)) for e in self.epsilons) or len(set(self.epsilons)) != len(self.epsilons):
             raise fail("epsilons", f"must be distinct finite budgets > 0, got {list(self.epsilons)}")
         if any(not 3 <= b <= 140 for b in self.extraction_anchors):
@@ -76,8 +85,8 @@ class AuditPlan:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def digest(self, *, exclude: tuple[str, ...] = ("cache_dir", "bootstrap")) -> str:
-        """SHA-256 of what determines the experiment's training runs (cache key)."""
+    def digest(self, *, exclude: tuple[str, ...] = ("cache_dir", "bootstrap", "run", "reference_run")) -> str:
+        """SHA-256 of what determines the experiment's training runs (cache key; a recorded run trains nothing)."""
         data = {k: v for k, v in self.to_dict().items() if k not in exclude}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 

@@ -1,6 +1,8 @@
 """The audit report: a plain verdict computed from the results, Markdown tables, and PNG plots.
 
-Everything here reads :class:`AttackResult` objects or their ``to_dict()`` form; nothing is measured here.
+Everything here reads :class:`AttackResult` objects or their ``to_dict()`` form (and, for a recorded run, the
+inventory of the adversary's view); nothing is measured here. A report has the same keys whatever the plan audits:
+``experiment`` is None when the plan trains nothing, ``recorded_run`` is None when it names no run.
 """
 
 from __future__ import annotations
@@ -91,7 +93,7 @@ def verdict(report: dict[str, Any]) -> list[str]:
                        "paper's claim that a Gram prevents reverse-engineering is REFUTED for this view." if better and release == "gram"
                        else "The release enables extraction beyond the public model." if better
                        else "No extraction beyond the public model was measured for this view."))
-    for level in report["experiment"]["levels"]:
+    for level in (report["experiment"] or {}).get("levels", {}):
         lira, rmia = _find(report, "model_lira", protection=level), _find(report, "model_rmia", protection=level)
         if lira and rmia:
             m, r = lira[0]["metrics"], rmia[0]["metrics"]
@@ -112,34 +114,94 @@ def verdict(report: dict[str, Any]) -> list[str]:
         hidden = [r for r, k in kinds.items() if k == "hidden"]
         if hidden:
             lines.append(f"[{cell}] Not in {tm}'s view: {', '.join(hidden)}.")
+    if report.get("recorded_run") is not None:
+        lines += _recorded_run_verdict(report)
     return lines
 
 
-def write_markdown(report: dict[str, Any]) -> str:
-    tm, exp, plan = report["threat_model"], report["experiment"], report["plan"]
-    out = [f"# Audit: {tm['name']}", "", tm["description"], "",
-           f"- adversary: role {tm['role']}, {tm['behaviour']}, nodes {tm['nodes'] or '-'}, observes {', '.join(tm['observes'])}",
-           f"- target: `{exp['target']}` ({exp['modality']}), pool of {exp['pool']} private records, B = {exp['anchors']} "
-           f"public anchors; {exp['runs']} training runs per privacy level, each on a random half of the pool "
-           f"(each run is the target once, the others are its shadows)",
-           f"- retrained: {exp['retrained']}",
-           f"- plan digest `{report['plan_digest'][:16]}`, seed {report['seed']}; this audit took {report.get('seconds', 0)} s; "
-           f"training the experiment took {round(exp['seconds'].get('total', 0), 1)} s when it ran (it is cached and "
-           "shared by every threat model's audit of the same plan)",
-           "", "Privacy levels trained: " + "; ".join(
-               f"{k}: held-out accuracy {v['heldout_accuracy']:.3f}" + (f", accountant epsilon {v['accountant_epsilon']:.2f}"
-                                                                        if v["accountant_epsilon"] is not None else "")
-               for k, v in exp["levels"].items()),
-           *([f"Accountant epsilons are for {ADJACENCY} adjacency; the audited node draws its DP noise from its own secret "
-              f"(the default mode), so they hold against: {'; '.join(HOLDS_AGAINST['node-secret'])}."]
-             if any(v["accountant_epsilon"] is not None for v in exp["levels"].values()) else []),
-           "", "## Verdict", ""] + [f"- {line}" for line in report["verdict"]]
-    out += ["", "## What the adversary sees", "", "| cell | " + " | ".join(["update", *plan["schemes"]]) + " |",
-            "|---|" + "---|" * (1 + len(plan["schemes"]))]
+def _recorded_run_verdict(report: dict[str, Any]) -> list[str]:
+    tm, recorded = report["threat_model"]["name"], report["recorded_run"]
+    inv, where = recorded["view"], f"[recorded run, {recorded['protocol']}]"
+    lines = []
+    clear = inv["uploads"]["in_clear"]
+    if clear:
+        lines.append(f"{where} {tm} holds {len(clear)} node(s)' uploads in clear ({', '.join(clear)}): their B matrices, "
+                     "precision weights and anchor Grams.")
+    if inv["uploads"]["masked"]:
+        lines.append(f"{where} It holds masked inputs of {len(inv['uploads']['masked'])} node(s); only their sum is readable.")
+    if inv["uploads"]["encrypted"]:
+        lines.append(f"{where} It holds CKKS ciphertexts of {len(inv['uploads']['encrypted'])} node(s); with ANY one node's "
+                     "secret key (a colluding node) each is readable.")
+    if not inv["messages"]:
+        lines.append(f"{where} {tm} sees no protocol message"
+                     + (", only the released final model." if inv["final_model"] else "."))
+    for r in _find(report, "transcript_gram_inversion"):
+        m = {k: v["value"] for k, v in r["metrics"].items()}
+        err, base, without = m["procrustes_error"], m["procrustes_error_no_knowledge"], m.get("procrustes_error_without_node")
+        how = "exactly, up to rotation" if err < 1e-4 else (
+            f"with Procrustes error {err:.3f} (0 = exact; the others' consensus alone: "
+            f"{without if without is not None else float('nan'):.3f}; knowing nothing: {base:.3f})")
+        lines.append(f"{where} Gram inversion, {r['target']}: anchor embeddings recovered from its "
+                     f"{r['metadata']['source']} {how}.")
+    return lines
+
+
+def _recorded_run_markdown(report: dict[str, Any]) -> list[str]:
+    recorded = report["recorded_run"]
+    inv = recorded["view"]
+    out = ["", f"## Recorded run: `{recorded['run']}`", "",
+           f"Secure aggregation: {recorded['protocol']}; "
+           + (f"reference run (ground truth): `{recorded['reference_run']}`." if recorded["reference_run"] else
+              "no reference run: the Gram inversion (which needs ground truth) was not scored."), "",
+           (f"{inv['messages']} messages, {inv['bytes']:,} bytes, rounds {inv['rounds']}; final model: "
+            f"{'yes' if inv['final_model'] else 'no'}."), "", "| message type | count |", "|---|---|"]
+    out += [f"| {t} | {n} |" for t, n in inv["types"].items()]
+    out += ["", "| uploads | nodes (rounds) |", "|---|---|"]
+    out += [f"| {form.replace('_', ' ')} | " + (", ".join(f"{k} ({v})" for k, v in nodes.items()) or "none") + " |"
+            for form, nodes in inv["uploads"].items()]
+    rows = _find(report, "transcript_gram_inversion")
+    if rows:
+        out += ["", "### Gram inversion (round 1)", "",
+                ("| node | source | anchors | Procrustes error | rank 5 | rank 10 | rank 20 | consensus without the node "
+                 "| knowing nothing |"), "|---|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            m = {k: v["value"] for k, v in r["metrics"].items()}
+            cells = [r["target"], r["metadata"]["source"], str(r["metadata"]["anchors"]), f"{m['procrustes_error']:.3g}",
+                     *(f"{m[f'procrustes_error_rank_{k}']:.3g}" for k in (5, 10, 20)),
+                     f"{m['procrustes_error_without_node']:.3g}" if "procrustes_error_without_node" in m else "-",
+                     f"{m['procrustes_error_no_knowledge']:.3g}"]
+            out.append("| " + " | ".join(cells) + " |")
+    return out
+
+
+def _experiment_header(report: dict[str, Any]) -> list[str]:
+    exp = report["experiment"]
+    return [
+        (f"- target: `{exp['target']}` ({exp['modality']}), pool of {exp['pool']} private records, B = {exp['anchors']} "
+         f"public anchors; {exp['runs']} training runs per privacy level, each on a random half of the pool "
+         "(each run is the target once, the others are its shadows)"),
+        f"- retrained: {exp['retrained']}",
+        (f"- plan digest `{report['plan_digest'][:16]}`, seed {report['seed']}; this audit took {report.get('seconds', 0)} s; "
+         f"training the experiment took {round(exp['seconds'].get('total', 0), 1)} s when it ran (it is cached and "
+         "shared by every threat model's audit of the same plan)"),
+        "", "Privacy levels trained: " + "; ".join(
+            f"{k}: held-out accuracy {v['heldout_accuracy']:.3f}" + (f", accountant epsilon {v['accountant_epsilon']:.2f}"
+                                                                     if v["accountant_epsilon"] is not None else "")
+            for k, v in exp["levels"].items()),
+        *([(f"Accountant epsilons are for {ADJACENCY} adjacency; the audited node draws its DP noise from its own secret "
+            f"(the default mode), so they hold against: {'; '.join(HOLDS_AGAINST['node-secret'])}.")]
+          if any(v["accountant_epsilon"] is not None for v in exp["levels"].values()) else []),
+    ]
+
+
+def _experiment_sections(report: dict[str, Any]) -> list[str]:
+    plan = report["plan"]
+    out = ["", "## What the adversary sees", "", "| cell | " + " | ".join(["update", *plan["schemes"]]) + " |",
+           "|---|" + "---|" * (1 + len(plan["schemes"]))]
     out += [f"| {cell} | " + " | ".join(kinds.get(r, "-") for r in ["update", *plan["schemes"]]) + " |"
             for cell, kinds in report["views"].items()]
-    out += ["", "`individual`: the node's own upload; `aggregate`: a sum with the uploads of nodes the adversary does not "
-            "control (it subtracts its own and its simulation of the others); `hidden`: not in the view.", "",
+    out += ["", ("`individual`: the node's own upload; `aggregate`: a sum with the uploads of nodes the adversary does not "
+                 "control (it subtracts its own and its simulation of the others); `hidden`: not in the view."), "",
             "## Membership inference", "",
             "| cell | release | attack | AUC [95% CI] | TPR at 1% FPR | TPR at 0.1% FPR | advantage | trials |",
             "|---|---|---|---|---|---|---|---|"]
@@ -151,18 +213,18 @@ def write_markdown(report: dict[str, Any]) -> str:
     rows = [r for r in report["results"] if r["attack"].startswith("prototype_label_inference")]
     if rows:
         out += ["", "## Prototype leakage: label inference", "",
-                "Labels of the node's records (outside the run) guessed as the class of the nearest released prototype, "
-                "against the nearest public-anchor class centroid in the same embedding (interval over runs).", "",
+                ("Labels of the node's records (outside the run) guessed as the class of the nearest released prototype, "
+                 "against the nearest public-anchor class centroid in the same embedding (interval over runs)."), "",
                 "| cell | adversary's embedding | accuracy from prototypes | public baseline | trials |", "|---|---|---|---|---|"]
         out += [f"| {r['metadata']['protection']} | {r['metadata']['embedding']} | {_ci(r['metrics']['accuracy'])} | "
                 f"{_ci(r['metrics']['public_baseline_accuracy'])} | {r['trials']} |" for r in rows]
     rows = [r for r in report["results"] if r["attack"] == "extraction"]
     if rows:
         out += ["", "## Functional extraction and Gram inversion", "",
-                "Held-out public inputs, after orthogonal alignment. Anchor error: the released anchor embeddings (a Gram "
-                "inverted by eigendecomposition) against the node's true ones; ranks 5 / 10 / 20 truncate the inversion.", "",
-                "| cell | release | B | held-out Procrustes error | public-model baseline | downstream agreement | baseline agreement "
-                "| anchor error | rank 5 | rank 10 | rank 20 | trials |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                ("Held-out public inputs, after orthogonal alignment. Anchor error: the released anchor embeddings (a Gram "
+                 "inverted by eigendecomposition) against the node's true ones; ranks 5 / 10 / 20 truncate the inversion."), "",
+                ("| cell | release | B | held-out Procrustes error | public-model baseline | downstream agreement | baseline agreement "
+                 "| anchor error | rank 5 | rank 10 | rank 20 | trials |"), "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
             m, md = r["metrics"], r["metadata"]
             ranks = [f"{m[k]['value']:.3f}" if k in m else "-" for k in
@@ -179,6 +241,23 @@ def write_markdown(report: dict[str, Any]) -> str:
                                                         f"{r['metadata']['accountant_epsilon']:.2f}")
                 + f" | {r['metrics']['correct_guesses']['value']:.0f} / {r['trials']} | "
                 f"{r['metrics']['epsilon_lower_bound']['value']:.3f} | {r['metadata']['failed']} |" for r in rows]
+    return out
+
+
+def write_markdown(report: dict[str, Any]) -> str:
+    tm = report["threat_model"]
+    out = [f"# Audit: {tm['name']}", "", tm["description"], "",
+           f"- adversary: role {tm['role']}, {tm['behaviour']}, nodes {tm['nodes'] or '-'}, observes {', '.join(tm['observes'])}"]
+    if report["experiment"] is not None:
+        out += _experiment_header(report)
+    else:
+        out.append(f"- recorded run only (the plan trains nothing); seed {report['seed']}; this audit took "
+                   f"{report.get('seconds', 0)} s")
+    out += ["", "## Verdict", ""] + [f"- {line}" for line in report["verdict"]]
+    if report["experiment"] is not None:
+        out += _experiment_sections(report)
+    if report.get("recorded_run") is not None:
+        out += _recorded_run_markdown(report)
     if report.get("plots"):
         out += ["", "## Plots", ""] + [f"![{p}]({p})" for p in report["plots"]]
     return "\n".join(out) + "\n"
@@ -215,7 +294,7 @@ def write_plots(results: Sequence[AttackResult], report: dict[str, Any], out_dir
                ylabel="true positive rate", title=f"Membership, {report['threat_model']['name']}, {first_cell} (log-log)")
         ax.legend(fontsize=6.5, loc="lower right")
         written.append(_save(fig, out_dir / "roc.png"))
-    levels = report["experiment"]["levels"]
+    levels = (report["experiment"] or {}).get("levels", {})
     eps_cells = {name: v["epsilon"] for name, v in levels.items()}
     series: dict[str, list[tuple[float, float, float, float]]] = {}
     finite = [e for e in eps_cells.values() if e is not None]
@@ -252,7 +331,7 @@ def write_plots(results: Sequence[AttackResult], report: dict[str, Any], out_dir
                         yerr=[[r.metrics["procrustes_error"].value - r.metrics["procrustes_error"].low for r in rows],
                               [r.metrics["procrustes_error"].high - r.metrics["procrustes_error"].value for r in rows]],
                         marker="o", capsize=3, label=f"extracted from {release.replace('_', ' ')}")
-        first = sorted({r.metadata["release"] for r in ext})[0]  # every release has its own baseline draw: show one
+        first = min({r.metadata["release"] for r in ext})  # every release has its own baseline draw: show one
         rows = sorted((r for r in ext if r.metadata["release"] == first), key=lambda r: r.metadata["anchors"])
         ax.plot([r.metadata["anchors"] for r in rows], [r.metrics["baseline_procrustes_error"].value for r in rows], "k--",
                 label="public initial model (baseline)")

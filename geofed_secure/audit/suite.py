@@ -11,7 +11,11 @@ of the plan (a protection without DP, or a DP budget with uploads in clear) and 
 - ``extraction``: functional extraction of the node's encoder from its anchor release (Gram inverted, or raw
   embeddings) for each B of the sweep, with Gram inversion errors by rank, against the public-model baseline;
 - reference (not in any federation adversary's view; the ceiling DP must bound): ``model_threshold``, ``model_lira``,
-  ``model_rmia`` on the node's trained model at each privacy level, and the one-run canary audit.
+  ``model_rmia`` on the node's trained model at each privacy level, and the one-run canary audit;
+- ``transcript_gram_inversion``, when the plan names a finished run (``run``, ``reference_run``): the adversary's
+  view of that run's recorded transcript, inventoried, and round-1 Gram inversion against every node
+  (:mod:`geofed_secure.audit.recorded_run`). A plan with no protection and no epsilon trains nothing and audits
+  only the recorded run.
 
 Writes ``report.json`` (every result with metrics, intervals, trials, seed), ``report.md`` and PNG plots.
 """
@@ -34,6 +38,7 @@ from geofed_secure.audit.experiment import Experiment, TrainedLevel, level_name,
 from geofed_secure.audit.metrics import AttackResult, Interval, membership_grid_result
 from geofed_secure.audit.plan import AuditPlan
 from geofed_secure.audit.protections import AGGREGATE, check_target, observed, observed_public, protocol_sums, release_view
+from geofed_secure.audit.recorded_run import audit_recorded_run
 from geofed_secure.audit.threat_model import ThreatModel
 from geofed_secure.errors import ConfigError
 from geofed_secure.node import N_CLASSES
@@ -42,6 +47,8 @@ from geofed_secure.seeding import numpy_rng
 INVERSION_RANKS = (5, 10, 20)
 EXTRACTION_RUNS = 4  # target runs used by the extraction sweep (times the plan's draws per B)
 REFERENCE = "reference:node-model"
+RETRAINED = ("the target node only, node-locally (no averaging with the others); the other nodes trained once, plus "
+             "once more as the adversary's simulation")
 
 
 def cells(plan: AuditPlan) -> list[tuple[str, str, str]]:
@@ -71,14 +78,14 @@ def _prototype_attacks(exp: Experiment, level: TrainedLevel, obs: np.ndarray, me
     shape = (N_CLASSES, exp.e0_pool.shape[1])
     observed_protos = [obs[i].reshape(shape) for i in range(n)]
     shadow_protos = [level.releases["prototypes"][j].reshape(shape) for j in range(n)]
-    common = dict(tm=tm, target=exp.target, seed=plan.seed, bootstrap=plan.bootstrap)
+    common = {"tm": tm, "target": exp.target, "seed": plan.seed, "bootstrap": plan.bootstrap}
     anchors = slice(0, exp.n_anchors)
     results = []
     for suffix, embedding in (("", "public model e0"), ("_node_encoder", "the attacked run's own encoder (upper bound)")):
-        def embed(i: int) -> np.ndarray:
+        def embed(i: int, suffix: str = suffix) -> np.ndarray:
             return exp.e0_pool if not suffix else level.pool_embeddings[i]
 
-        def public_anchor_embeddings(i: int) -> np.ndarray:
+        def public_anchor_embeddings(i: int, suffix: str = suffix) -> np.ndarray:
             return exp.e0_public[anchors] if not suffix else level.public_embeddings[i][anchors]
 
         target_stats = np.stack([prototype_statistic(observed_protos[i], embed(i), exp.pool_labels) for i in range(n)])
@@ -153,7 +160,7 @@ def _model_attacks(exp: Experiment, level: TrainedLevel, meta: dict[str, Any]) -
     conf = np.stack([mia.logit_confidence(level.pool_logits[i], exp.pool_labels) for i in range(n)])
     prob = np.stack([mia.true_label_probability(level.pool_logits[i], exp.pool_labels) for i in range(n)])
     pop = np.stack([mia.true_label_probability(level.population_logits[i], exp.population_labels) for i in range(n)])
-    common = dict(tm=REFERENCE, target=exp.target, seed=plan.seed, bootstrap=plan.bootstrap)
+    common = {"tm": REFERENCE, "target": exp.target, "seed": plan.seed, "bootstrap": plan.bootstrap}
     return [
         _membership(mia.threshold_scores(np.log(np.maximum(prob, 1e-300))), level, attack="model_threshold",
                     metadata=meta | {"shadows": 0, "statistic": "log p(true label) = minus the loss"}, **common),
@@ -164,21 +171,14 @@ def _model_attacks(exp: Experiment, level: TrainedLevel, meta: dict[str, Any]) -
     ]
 
 
-def run_audit(threat_model: ThreatModel, plan: AuditPlan, out_dir: str | Path, *, experiment: Experiment | None = None,
-              progress: Callable[[str], None] = lambda line: None, plots: bool = True) -> dict[str, Any]:
-    """Audit the plan from ``threat_model``'s view; writes report.json, report.md (and plots) into ``out_dir``."""
-    started = time.perf_counter()
-    out_dir = Path(out_dir)
-    progress(f"audit plan {plan.digest()[:12]}: target {plan.target}, {plan.runs} runs per privacy level, "
-             f"schemes {list(plan.schemes)}, protections {list(plan.protections)}, epsilons {list(plan.epsilons)}")
-    exp = experiment or run_experiment(plan, progress=progress)
+def _experiment_results(exp: Experiment, threat_model: ThreatModel, plan: AuditPlan, progress: Callable[[str], None]
+                        ) -> tuple[list[AttackResult], dict[str, dict[str, str]]]:
+    """Every attack of the plan on the experiment, through ``threat_model``'s views (results; views by cell)."""
     check_target(threat_model, exp)
     n_public = exp.e0_public.shape[0]
     if any(b > n_public - 10 for b in plan.extraction_anchors) and {"gram", "raw_embeddings"} & set(plan.schemes):
         raise ConfigError("extraction_anchors", f"the target's modality has {n_public} public samples; every B must leave "
                           f">= 10 held out (B <= {n_public - 10}), got {list(plan.extraction_anchors)}")
-    retrained = ("the target node only, node-locally (no averaging with the others); the other nodes trained once, plus "
-                 "once more as the adversary's simulation")
     results: list[AttackResult] = []
     views: dict[str, dict[str, str]] = {}
     for label, protection, lvl in cells(plan):
@@ -193,7 +193,7 @@ def run_audit(threat_model: ThreatModel, plan: AuditPlan, out_dir: str | Path, *
             if obs is None:
                 continue
             meta = {"release": release, "protection": label, "epsilon": level.epsilon, "view": kinds[release],
-                    "retrained": retrained}
+                    "retrained": RETRAINED}
             shadows = np.asarray(level.releases[release])
             scores = mia.lira_vector_scores(obs, level.membership, shadow_releases=shadows)
             results.append(_membership(scores, level, attack="lira_release", tm=threat_model.name, target=exp.target,
@@ -212,7 +212,7 @@ def run_audit(threat_model: ThreatModel, plan: AuditPlan, out_dir: str | Path, *
     for lvl_name, level in exp.levels.items():
         results += _model_attacks(exp, level, {"release": "node model", "protection": lvl_name, "epsilon": level.epsilon,
                                                "view": "reference ceiling (no federation adversary sees the node's model)",
-                                               "retrained": retrained})
+                                               "retrained": RETRAINED})
     for lvl_name, canary in exp.canaries.items():
         results.append(AttackResult(
             attack="canary_one_run", threat_model=REFERENCE, target=exp.target, trials=int(canary["guesses"]), seed=plan.seed,
@@ -222,6 +222,41 @@ def run_audit(threat_model: ThreatModel, plan: AuditPlan, out_dir: str | Path, *
             metadata={"protection": lvl_name, "epsilon": canary["epsilon_budget"], "accountant_epsilon": canary["accountant_epsilon"],
                       "canaries": canary["canaries"], "failed": canary["failed"], "release": "node model",
                       "note": "one-run audit (Steinke, Nasr, Jagielski 2023): a one-sided lower bound"}))
+    return results, views
+
+
+def _experiment_summary(exp: Experiment, plan: AuditPlan) -> dict[str, Any]:
+    return {"target": exp.target, "modality": exp.modality, "pool": int(exp.pool_labels.size), "anchors": exp.n_anchors,
+            "runs": plan.runs, "other_nodes": list(exp.others.node_ids), "retrained": RETRAINED, "seconds": dict(exp.seconds),
+            "levels": {k: {"epsilon": v.epsilon, "heldout_accuracy": float(v.heldout_accuracy.mean()),
+                           "accountant_epsilon": None if v.epsilon is None else float(np.nanmax(v.accountant_epsilon))}
+                       for k, v in exp.levels.items()}}
+
+
+def run_audit(threat_model: ThreatModel, plan: AuditPlan, out_dir: str | Path, *, experiment: Experiment | None = None,
+              progress: Callable[[str], None] = lambda line: None, plots: bool = True) -> dict[str, Any]:
+    """Audit the plan from ``threat_model``'s view; writes report.json, report.md (and plots) into ``out_dir``.
+
+    The plan's experiment is trained (or loaded from the cache, or ``experiment`` is used) unless the plan has no
+    protection and no epsilon; the recorded run the plan names (``run``), if any, is audited into the same report.
+    """
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    results: list[AttackResult] = []
+    recorded = None
+    if plan.run:
+        recorded = audit_recorded_run(threat_model, plan.run, reference_run=plan.reference_run or None, seed=plan.seed,
+                                      progress=progress)
+    views: dict[str, dict[str, str]] = {}
+    summary = None
+    if plan.levels:
+        progress(f"audit plan {plan.digest()[:12]}: target {plan.target}, {plan.runs} runs per privacy level, "
+                 f"schemes {list(plan.schemes)}, protections {list(plan.protections)}, epsilons {list(plan.epsilons)}")
+        exp = experiment or run_experiment(plan, progress=progress)
+        results, views = _experiment_results(exp, threat_model, plan, progress)
+        summary = _experiment_summary(exp, plan)
+    if recorded is not None:
+        results += recorded.results
     from geofed_secure.audit.report import verdict, write_markdown, write_plots
 
     report = {
@@ -229,13 +264,9 @@ def run_audit(threat_model: ThreatModel, plan: AuditPlan, out_dir: str | Path, *
                          "behaviour": threat_model.behaviour, "nodes": list(threat_model.nodes),
                          "observes": list(threat_model.observes)},
         "plan": plan.to_dict(), "plan_digest": plan.digest(), "seed": plan.seed,
-        "experiment": {"target": exp.target, "modality": exp.modality, "pool": int(exp.pool_labels.size),
-                       "anchors": exp.n_anchors, "runs": plan.runs, "other_nodes": list(exp.others.node_ids),
-                       "retrained": retrained, "seconds": dict(exp.seconds),
-                       "levels": {k: {"epsilon": v.epsilon, "heldout_accuracy": float(v.heldout_accuracy.mean()),
-                                      "accountant_epsilon": None if v.epsilon is None else float(np.nanmax(v.accountant_epsilon))}
-                                  for k, v in exp.levels.items()}},
+        "experiment": summary,
         "views": views,
+        "recorded_run": None if recorded is None else recorded.to_dict(),
         "results": [r.to_dict() for r in results],
     }
     report["verdict"] = verdict(report)
