@@ -38,7 +38,7 @@ import safetensors.numpy
 import torch
 
 from geofed_secure.config import RunConfig
-from geofed_secure.data.demo import ModalityData
+from geofed_secure.data import ModalityData
 from geofed_secure.errors import CheckpointError, DataError, FailureCode, GeofedError
 from geofed_secure.model import geodora
 from geofed_secure.model.backbone import load_backbone
