@@ -8,6 +8,7 @@ Each message says what was wrong and how to fix it.
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Any
 
 
 class GeofedError(Exception):
@@ -69,10 +70,15 @@ class ProtocolAborted(GeofedError):
     After this the party's session is permanently aborted (h11's ERROR state): start a new one.
     """
 
+    transcript: tuple[Any, ...]  # set by simulate_aggregation: every WireRecord of the refused run
+    refusals: dict[str, str]  # set by simulate_aggregation: refusing node id -> its reason
+
     def __init__(self, reason: str, *, party: str = "", stage: str = "") -> None:
         self.reason = reason
         self.party = party
         self.stage = stage
+        self.transcript = ()
+        self.refusals = {}
         where = f"{party} at stage {stage}: " if party or stage else ""
         super().__init__(f"protocol aborted by {where}{reason}" if where else f"protocol aborted: {reason}")
 

@@ -286,6 +286,7 @@ def write_plots(results: Sequence[AttackResult], report: dict[str, Any], out_dir
     if curves:
         fig, ax = plt.subplots(figsize=(6.5, 5.5))
         for r in curves:
+            assert r.roc is not None  # curves keeps only results with a ROC curve
             fpr, tpr = r.roc
             ok = (fpr > 0) & (tpr > 0)
             ax.plot(fpr[ok], tpr[ok], label=f"{r.metadata['release']}: {r.attack} (AUC {r.metrics['auc'].value:.3f})")

@@ -78,7 +78,7 @@ def _prototype_attacks(exp: Experiment, level: TrainedLevel, obs: np.ndarray, me
     shape = (N_CLASSES, exp.e0_pool.shape[1])
     observed_protos = [obs[i].reshape(shape) for i in range(n)]
     shadow_protos = [level.releases["prototypes"][j].reshape(shape) for j in range(n)]
-    common = {"tm": tm, "target": exp.target, "seed": plan.seed, "bootstrap": plan.bootstrap}
+    common: dict[str, Any] = {"tm": tm, "target": exp.target, "seed": plan.seed, "bootstrap": plan.bootstrap}
     anchors = slice(0, exp.n_anchors)
     results = []
     for suffix, embedding in (("", "public model e0"), ("_node_encoder", "the attacked run's own encoder (upper bound)")):
@@ -160,7 +160,7 @@ def _model_attacks(exp: Experiment, level: TrainedLevel, meta: dict[str, Any]) -
     conf = np.stack([mia.logit_confidence(level.pool_logits[i], exp.pool_labels) for i in range(n)])
     prob = np.stack([mia.true_label_probability(level.pool_logits[i], exp.pool_labels) for i in range(n)])
     pop = np.stack([mia.true_label_probability(level.population_logits[i], exp.population_labels) for i in range(n)])
-    common = {"tm": REFERENCE, "target": exp.target, "seed": plan.seed, "bootstrap": plan.bootstrap}
+    common: dict[str, Any] = {"tm": REFERENCE, "target": exp.target, "seed": plan.seed, "bootstrap": plan.bootstrap}
     return [
         _membership(mia.threshold_scores(np.log(np.maximum(prob, 1e-300))), level, attack="model_threshold",
                     metadata=meta | {"shadows": 0, "statistic": "log p(true label) = minus the loss"}, **common),

@@ -94,14 +94,14 @@ def simulate_aggregation(inputs: Mapping[str, np.ndarray], *, protocol: str = "m
             if refusals:
                 break
     except ProtocolAborted as exc:
-        exc.transcript = tuple(federation.transcript)  # type: ignore[attr-defined]
-        exc.refusals = {}  # type: ignore[attr-defined]
+        exc.transcript = tuple(federation.transcript)
+        exc.refusals = {}
         raise
     if refusals:
         first = refusals[min(refusals)]
         aborted = ProtocolAborted(first.reason, party=first.party, stage=first.stage)
-        aborted.transcript = tuple(federation.transcript)  # type: ignore[attr-defined]
-        aborted.refusals = {v: e.reason for v, e in refusals.items()}  # type: ignore[attr-defined]
+        aborted.transcript = tuple(federation.transcript)
+        aborted.refusals = {v: e.reason for v, e in refusals.items()}
         raise aborted
     outcome = federation.server.outcome
     if outcome is None:  # an adversary that ran its course without completing the round
