@@ -42,7 +42,7 @@ from geofed_secure.wire.codec import (
     schema,
 )
 
-PROTOCOLS = Path(__file__).resolve().parents[1] / "protocols"
+PROTOCOLS = Path(__file__).resolve().parents[2] / "protocols"
 TOY = Framing(name="toy-v1", magic=b"TOYW", version=3, max_header_bytes=1 << 16)
 
 

@@ -48,7 +48,7 @@ from geofed_secure.secagg.ckks import (
 from geofed_secure.secagg.ckks.tables import NodeEvent, NodeState, ServerEvent, ServerState
 from geofed_secure.secagg.common import SERVER
 
-PROTOCOL_DIR = Path(__file__).resolve().parents[1] / "protocols" / "ckks-v1"
+PROTOCOL_DIR = Path(__file__).resolve().parents[3] / "protocols" / "ckks-v1"
 FED = "fed"
 ANCHORS = hashlib.sha256(b"test anchors").hexdigest()
 IDS = ("a", "b", "c")
