@@ -70,7 +70,7 @@ def tiny_config(tiny_backbone_dir):
         data=DataSection(eval_samples=40, max_pool=240, dirichlet_alpha=1.0),
         nodes=(NodeSpec(id="img-a", modality="image"), NodeSpec(id="img-b", modality="image"),
                NodeSpec(id="txt", modality="text"), NodeSpec(id="tab", modality="tabular")),
-        # Plaintext uploads so the runtime tests can inspect them; tests/test_secure_runtime.py covers masking and CKKS.
+        # Plaintext uploads so the runtime tests can inspect them; tests/runtime/test_secure_runtime.py covers masking and CKKS.
         secure=SecureSection(protocol="none"),
     )
 

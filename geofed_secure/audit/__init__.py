@@ -1,6 +1,6 @@
 """Privacy audit: threat models, views, attacks with one result type, metrics, the audit experiment and report.
 
-Library use, e.g. in a privacy-attack test suite (``tests/test_audit_example.py`` is a runnable example)::
+Library use, e.g. in a privacy-attack test suite (``tests/audit/test_example.py`` is a runnable example)::
 
     from geofed_secure.audit import lira_vector_scores, membership_result, membership_trials
 

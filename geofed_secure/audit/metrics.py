@@ -2,7 +2,7 @@
 
 Membership-style attacks give a score per candidate (higher = "member"); :func:`membership_result` turns scores
 into the ROC curve, AUC, TPR at fixed FPRs and the membership advantage (max TPR - FPR), each with a bootstrap
-confidence interval. Pure functions here; ``tests/test_audit.py`` checks them against scikit-learn.
+confidence interval. Pure functions here; ``tests/audit/test_audit.py`` checks them against scikit-learn.
 """
 
 from __future__ import annotations

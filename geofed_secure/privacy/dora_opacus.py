@@ -12,7 +12,7 @@ Stock peft 0.21 DoRA fails under Opacus for two reasons, both fixed here:
    that normalised output, summed over the token positions (:func:`compute_dora_magnitude_grad_sample`).
 
 :func:`prepare_geodora_for_opacus` swaps every DoRA layer of a peft model to :class:`OpacusDoraLinearLayer` in
-place (same parameters, same state-dict keys, same forward values); ``tests/test_privacy.py`` checks that the
+place (same parameters, same state-dict keys, same forward values); ``tests/privacy/test_privacy.py`` checks that the
 per-sample gradients of every trainable tensor equal an explicit per-sample loop.
 """
 

@@ -8,7 +8,7 @@ members; secure aggregation hides the individual upload yet a sum of high-dimens
 record (only tail rates such as TPR at 0.1% FPR stay near zero); noise added on the node (the Gaussian mechanism of
 DP) brings the attack to chance:
 
-    python -m pytest tests/test_audit_example.py
+    python -m pytest tests/audit/test_example.py
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The one state-machine base class of secure aggregation: its gate, the refusal rule both protocols share, the
 guards of secagg-v1, and runs that replay from seeds. The (state, event) pairs of each machine are sent through
-its public API in tests/test_secagg_masking.py (section 4) and tests/test_ckks.py (the state table)."""
+its public API in tests/secagg/masking/test_tables.py and tests/secagg/ckks/test_ckks.py (the state table)."""
 
 from __future__ import annotations
 
