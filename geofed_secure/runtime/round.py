@@ -136,15 +136,16 @@ class NodeSide:
 
 
 class NodeLink(Protocol):
-    """The driver's transport between the server and one node for the round's broadcast and answer.
+    """The driver's transport between the server and the nodes for the round's broadcast and the answers.
 
-    ``deliver`` records the broadcast in the transcript, carries it to the node, and returns what came back, with
-    the blob already recorded (a dropped node gives ``NodeAnswer(Answer.NOTHING)``; the link logs the cause on the
-    node's side if it knows it).
+    ``exchange`` records each broadcast in the transcript, carries it to its node, and returns what came back from
+    every node it was given, each answer's blob already recorded (a dropped node gives ``NodeAnswer(Answer.NOTHING)``;
+    the link logs the cause on the node's side if it knows it). A link may deliver the broadcasts one after another
+    (in process) or all at once and collect the answers (Flower: one message round trip for the whole cohort).
     """
 
-    def deliver(self, round_: int, node_id: str, broadcast: RoundBroadcast, transcript: Transcript, *,
-                secure_layout: SecureInputLayout | None) -> NodeAnswer: ...
+    def exchange(self, round_: int, broadcasts: Mapping[str, RoundBroadcast], transcript: Transcript, *,
+                 secure_layout: SecureInputLayout | None) -> dict[str, NodeAnswer]: ...
 
     def secure_inputs(self) -> dict[str, np.ndarray]:
         """Secure-aggregation inputs of this round, for an aggregator whose node sessions run in this process."""
@@ -184,8 +185,9 @@ class FederatedRound:
         broadcasts = self.server.begin_round()
         uploaded: dict[str, int] = {}
         ready: list[str] = []
+        answers = self.link.exchange(round_, {k: broadcasts[k] for k in node_ids}, transcript, secure_layout=layout)
         for node_id in node_ids:
-            answer = self.link.deliver(round_, node_id, broadcasts[node_id], transcript, secure_layout=layout)
+            answer = answers.get(node_id, NodeAnswer(Answer.NOTHING))
             if answer.kind is Answer.NOTHING:
                 self.server.reject(node_id, FailureCode.DROPPED)
                 self.reporter.log(f"round {round_}: node {node_id} left out ({FailureCode.DROPPED.value}: nothing arrived)")

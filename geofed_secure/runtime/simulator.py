@@ -97,6 +97,11 @@ class InProcessLink:
         self.fault_hook = fault_hook
         self.stats: dict[str, LocalRoundStats] = {}  # nodes that trained this round (harness view)
 
+    def exchange(self, round_: int, broadcasts: Mapping[str, RoundBroadcast], transcript: Transcript, *,
+                 secure_layout: SecureInputLayout | None) -> dict[str, NodeAnswer]:
+        """One node after the other, in the given order: broadcast, train, answer."""
+        return {k: self.deliver(round_, k, b, transcript, secure_layout=secure_layout) for k, b in broadcasts.items()}
+
     def deliver(self, round_: int, node_id: str, broadcast: RoundBroadcast, transcript: Transcript, *,
                 secure_layout: SecureInputLayout | None) -> NodeAnswer:
         side = self.sides[node_id]
