@@ -192,9 +192,15 @@ class FederatedRound:
                 self.server.reject(node_id, FailureCode.DROPPED)
                 self.reporter.log(f"round {round_}: node {node_id} left out ({FailureCode.DROPPED.value}: nothing arrived)")
             elif answer.kind is Answer.FAILURE:
-                notice = decode_message(answer.blob)
-                assert isinstance(notice, FailureNotice)
-                self.server.receive_failure(notice)
+                try:
+                    notice = decode_message(answer.blob)
+                    if not isinstance(notice, FailureNotice):
+                        raise MessageError(f"{node_id} answered a failure with a {type(notice).__name__}")
+                    self.server.receive_failure(notice)
+                except GeofedError as exc:  # a node's garbage must not end the round for everyone
+                    self.server.reject(node_id, FailureCode.REJECTED_BY_SERVER)
+                    self.reporter.log(f"round {round_}: the server rejected the answer of {node_id} ({type(exc).__name__}: {exc})")
+                    continue
                 self.reporter.log(f"round {round_}: node {node_id} left out ({notice.code.value}; "
                                   "the error stays in its own log)")
             elif answer.kind is Answer.SECURE_INPUT_READY:

@@ -84,6 +84,18 @@ def backbone_factory(config: RunConfig) -> Callable[[], torch.nn.Module]:
     return lambda: copy.deepcopy(base)
 
 
+def server_model_and_initial_state(config: RunConfig, make_backbone: Callable[[], torch.nn.Module]
+                                   ) -> tuple[torch.nn.Module, dict[str, np.ndarray]]:
+    """The server's copy of the public backbone with the shared-seed A, and the initial global state it defines
+    (B = 0, and m = ||W0|| when magnitudes are averaged). Every driver's server starts from exactly this."""
+    model = geodora.apply_geodora(make_backbone(), geodora.GeoDoRAConfig.from_section(config.model),
+                                  federation_seed=config.federation.seed)
+    initial = {k: v.numpy() for k, v in geodora.get_lora_b(model).items()}
+    if config.model.magnitude == "averaged":
+        initial |= {k: v.numpy() for k, v in geodora.get_magnitudes(model).items()}
+    return model, initial
+
+
 class InProcessLink:
     """The simulator's :class:`~geofed_secure.runtime.round.NodeLink`: every node runs in this process.
 
@@ -156,13 +168,7 @@ class Simulator:
         }
         # The server holds the public pretrained backbone with the same shared-seed A: it defines the initial
         # global state (B = 0, m = ||W0||) and merges the final aggregate once.
-        self.server_model = geodora.apply_geodora(
-            make_backbone(),
-            geodora.GeoDoRAConfig.from_section(config.model),
-            federation_seed=config.federation.seed)
-        initial = {k: v.numpy() for k, v in geodora.get_lora_b(self.server_model).items()}
-        if config.model.magnitude == "averaged":
-            initial |= {k: v.numpy() for k, v in geodora.get_magnitudes(self.server_model).items()}
+        self.server_model, initial = server_model_and_initial_state(config, make_backbone)
         self.server = Server(federation_id=config.federation.id, anchor_digest=self.federation.anchor_digest,
                              node_ids=tuple(self.nodes), global_state=initial)
         self.federated = config.federation.mode == "federated"

@@ -1,0 +1,224 @@
+"""The Flower driver: a ServerApp and a ClientApp over Flower's Message API that run the project's own round.
+
+Nothing here re-implements a round. The ServerApp runs :class:`~geofed_secure.runtime.round.FederatedRound` (the
+round the in-process simulator runs) over a :class:`FlowerLink`; the ClientApp answers through a
+:class:`~geofed_secure.runtime.flower.site.Site`, i.e. the same :class:`~geofed_secure.runtime.round.NodeSide`.
+Payloads are the project's canonical wire bytes (``geofed_secure.wire.round``) in one Flower ``ConfigRecord``
+(:data:`RECORD`: ``wire`` holds the bytes, ``answer`` what kind of answer they are); Flower only carries them.
+
+Messages:
+
+- ``query`` (discovery): the ServerApp asks every connected SuperNode which federation node it is; the ClientApp
+  answers its ``node-id`` node-config value. The ServerApp refuses a SuperNode that is not a node of the
+  configuration or a node that connects twice.
+- ``train`` (one per node per round, ``group_id`` = the round): the broadcast in, the node's answer back
+  (an encoded NodeUpdate, or a FailureNotice carrying only a code). One message round trip per round.
+
+What this first version covers (issue 14): clear uploads (``secure.protocol = "none"``) with results bit-identical
+to the simulator; secure aggregation over Flower (masking, CKKS: their node sessions must live on the sites and
+their messages travel through the ServerApp) is refused with a clear error until it is built.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import numpy as np
+import safetensors.numpy
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+
+from geofed_secure.config import RunConfig
+from geofed_secure.errors import ConfigError, GeofedError, MessageError
+from geofed_secure.runtime.flower.site import Site
+from geofed_secure.runtime.round import Answer, FederatedRound, NodeAnswer, Reporter, SilentReporter
+from geofed_secure.runtime.secure import SecureInputLayout
+from geofed_secure.runtime.transcript import SERVER, Transcript
+from geofed_secure.server.checkpoint import CheckpointStore
+from geofed_secure.server.server import Server
+from geofed_secure.wire.round import RoundBroadcast, decode_message, encode_message
+
+RECORD = "geofed"  # the ConfigRecord that carries our bytes
+QUERY, TRAIN = "query", "train"
+DEFAULT_TIMEOUT_S = 600.0
+
+
+def pack(**values: bytes | str | int) -> RecordDict:
+    return RecordDict({RECORD: ConfigRecord(dict(values))})
+
+
+def _value(message: Message, key: str, kind: type) -> object:
+    record = message.content.config_records.get(RECORD)
+    value = None if record is None else record.get(key)
+    if not isinstance(value, kind):
+        raise MessageError(f"Flower message without a {kind.__name__} '{key}' in record '{RECORD}'")
+    return value
+
+
+def unpack_bytes(message: Message, key: str) -> bytes:
+    """``message``'s bytes value ``key``; missing or of another type: a MessageError naming it."""
+    value = _value(message, key, bytes)
+    assert isinstance(value, bytes)
+    return value
+
+
+def unpack_str(message: Message, key: str) -> str:
+    """``message``'s string value ``key``; missing or of another type: a MessageError naming it."""
+    value = _value(message, key, str)
+    assert isinstance(value, str)
+    return value
+
+
+class FlowerLink:
+    """:class:`~geofed_secure.runtime.round.NodeLink` over a Flower ``Grid``: the whole cohort's broadcasts go out in
+    one ``send_and_receive``; a node whose reply does not arrive in ``timeout`` seconds (or arrives as a Flower error)
+    counts as dropped."""
+
+    def __init__(self, grid: Grid, flower_ids: Mapping[str, int], *, timeout: float = DEFAULT_TIMEOUT_S,
+                 reporter: Reporter | None = None) -> None:
+        self.grid = grid
+        self.flower_ids = dict(flower_ids)
+        self.timeout = timeout
+        self.reporter = reporter or SilentReporter()
+
+    def exchange(self, round_: int, broadcasts: Mapping[str, RoundBroadcast], transcript: Transcript, *,
+                 secure_layout: SecureInputLayout | None) -> dict[str, NodeAnswer]:
+        if secure_layout is not None:
+            raise ConfigError("secure.protocol", "secure aggregation does not run on the Flower driver yet; use "
+                                                 "secure.protocol = 'none' there, or the simulator (geofed run)")
+        messages = []
+        for node_id, broadcast in broadcasts.items():
+            blob = encode_message(broadcast)
+            transcript.record(round_, SERVER, node_id, blob, broadcast)
+            messages.append(self.grid.create_message(pack(wire=blob), TRAIN, self.flower_ids[node_id], str(round_)))
+        replies = {m.metadata.src_node_id: m for m in self.grid.send_and_receive(messages, timeout=self.timeout)}
+        answers: dict[str, NodeAnswer] = {}
+        for node_id in broadcasts:
+            reply = replies.get(self.flower_ids[node_id])
+            if reply is None or reply.has_error():
+                why = "no reply in time" if reply is None else f"Flower error {reply.error.code}: {reply.error.reason}"
+                self.reporter.log(f"round {round_}: {node_id}: {why}")
+                answers[node_id] = NodeAnswer(Answer.NOTHING)
+                continue
+            try:
+                kind = Answer(unpack_str(reply, "answer"))
+                blob = unpack_bytes(reply, "wire")
+                transcript.record(round_, node_id, SERVER, blob, decode_message(blob))
+            except (GeofedError, ValueError) as exc:  # ValueError: an unknown answer kind
+                self.reporter.log(f"round {round_}: {node_id} sent an unreadable answer ({type(exc).__name__}: {exc})")
+                answers[node_id] = NodeAnswer(Answer.UPLOAD, b"")  # the server's decode refuses it: rejected_by_server
+                continue
+            answers[node_id] = NodeAnswer(kind, blob)
+        return answers
+
+    def secure_inputs(self) -> dict[str, np.ndarray]:
+        return {}
+
+
+def discover(grid: Grid, config: RunConfig, *, timeout: float = DEFAULT_TIMEOUT_S, poll: float = 1.0) -> dict[str, int]:
+    """Map each configured node id to its SuperNode: wait until enough SuperNodes are connected, ask each which node
+    it is. Raises ConfigError when a SuperNode claims an unknown or already claimed node, or a node is missing."""
+    wanted = {n.id for n in config.nodes}
+    deadline = time.monotonic() + timeout
+    while len(list(grid.get_node_ids())) < len(wanted):
+        if time.monotonic() > deadline:
+            raise ConfigError("nodes", f"only {len(list(grid.get_node_ids()))} of {len(wanted)} SuperNodes connected "
+                                       f"within {timeout:g} s")
+        time.sleep(poll)
+    queries = [grid.create_message(pack(federation=config.federation.id), QUERY, nid, "discovery")
+               for nid in grid.get_node_ids()]
+    found: dict[str, int] = {}
+    for reply in grid.send_and_receive(queries, timeout=timeout):
+        if reply.has_error():
+            continue
+        claimed = unpack_str(reply, "node_id")
+        if claimed not in wanted:
+            raise ConfigError("node-id", f"a SuperNode says it is node {claimed!r}, which federation "
+                                         f"{config.federation.id!r} does not have")
+        if claimed in found:
+            raise ConfigError("node-id", f"two SuperNodes both say they are node {claimed!r}")
+        found[claimed] = reply.metadata.src_node_id
+    missing = sorted(wanted - set(found))
+    if missing:
+        raise ConfigError("nodes", f"no SuperNode answered for node(s) {', '.join(missing)}")
+    return found
+
+
+def run_federation(grid: Grid, config: RunConfig, *, anchor_digest: str, initial_state: Mapping[str, np.ndarray],
+                   out_dir: str | Path, timeout: float = DEFAULT_TIMEOUT_S, reporter: Reporter | None = None
+                   ) -> dict[str, np.ndarray]:
+    """The ServerApp's work: discovery, then ``config.federation.rounds`` rounds of the shared round, a transcript
+    and a server checkpoint per round in ``out_dir``; returns the final global state (also written to
+    ``out_dir/final/global_adapters.safetensors``)."""
+    if config.secure.protocol != "none":
+        raise ConfigError("secure.protocol", f"{config.secure.protocol!r} does not run on the Flower driver yet; "
+                                             "use secure.protocol = 'none' there, or the simulator (geofed run)")
+    if config.federation.mode != "federated":
+        raise ConfigError("federation.mode", "the Flower driver runs federated mode only")
+    reporter = reporter or SilentReporter()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(config.to_dict(), indent=1, sort_keys=True))
+    flower_ids = discover(grid, config, timeout=timeout)
+    node_ids = tuple(n.id for n in config.nodes)
+    server = Server(federation_id=config.federation.id, anchor_digest=anchor_digest, node_ids=node_ids,
+                    global_state=dict(initial_state))
+    link = FlowerLink(grid, flower_ids, timeout=timeout, reporter=reporter)
+    federated_round = FederatedRound(server, link, secure=None, n_anchors=0, clip=config.secure.clip,
+                                     reporter=reporter, fault_hook=lambda stage, round_, node_id: None, node_logs={})
+    transcript = Transcript(out / "transcript")
+    checkpoints = CheckpointStore(out)
+    history = []
+    for round_ in range(1, config.federation.rounds + 1):
+        reporter.round_started(round_, config.federation.rounds)
+        outcome = federated_round.run(round_, transcript, node_ids)
+        history.append({"round": round_, "uploaded": outcome.uploaded,
+                        "failures": {k: v.value for k, v in outcome.failures.items()}})
+        checkpoints.save(round_, server.state_dict(), {}, {"history": history, "transcript_records": len(transcript),
+                                                           "anchor_digest": anchor_digest})
+        reporter.round_done(round_, f"round {round_}: {len(outcome.uploaded)} uploads, "
+                                    f"{len(outcome.failures)} node(s) left out")
+    (out / "final").mkdir(exist_ok=True)
+    safetensors.numpy.save_file(dict(server.global_state), out / "final" / "global_adapters.safetensors")
+    return dict(server.global_state)
+
+
+SiteFactory = Callable[[Context], Site]
+
+
+def make_client_app(site_for: SiteFactory) -> ClientApp:
+    """A ClientApp whose node is ``site_for(context)`` (built afresh for every message, as a SuperNode runs it)."""
+    app = ClientApp()
+
+    @app.query()
+    def identify(message: Message, context: Context) -> Message:
+        node_id = context.node_config.get("node-id")
+        if not isinstance(node_id, str) or not node_id:
+            raise ConfigError("node-id", "start the SuperNode with --node-config \"node-id='<this site's node id>'\"")
+        return Message(pack(node_id=node_id), reply_to=message)
+
+    @app.train()
+    def train(message: Message, context: Context) -> Message:
+        site = site_for(context)
+        round_ = int(message.metadata.group_id)
+        blob = unpack_bytes(message, "wire")
+        kind, reply = site.answer(round_, blob)
+        return Message(pack(answer=kind.value, wire=reply), reply_to=message)
+
+    return app
+
+
+def make_server_app(config: RunConfig, *, anchor_digest: str, initial_state: Mapping[str, np.ndarray],
+                    out_dir: str | Path, timeout: float = DEFAULT_TIMEOUT_S, reporter: Reporter | None = None) -> ServerApp:
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        run_federation(grid, config, anchor_digest=anchor_digest, initial_state=initial_state, out_dir=out_dir,
+                       timeout=timeout, reporter=reporter)
+
+    return app
