@@ -65,6 +65,9 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--cache-dir", help="feature cache folder (default $GEOFED_CACHE or ~/.cache/geofed-secure)")
     run.add_argument("--out", type=Path, help="output folder (default runs/<federation id>-<time>)")
     run.add_argument("--resume", type=Path, metavar="DIR", help="continue the interrupted run in DIR")
+    run.add_argument("--overwrite", action="store_true",
+                     help="replace the run already in --out (its checkpoints, transcript, summary, node logs); without it "
+                          "a folder holding a run is refused")
     audit = sub.add_parser("audit", help="attack the federation from one threat model's view and report what leaks")
     audit.add_argument("--threat-model", type=Path, required=True, dest="threat_model", help="threat model TOML (threat_models/)")
     audit.add_argument("--plan", type=Path, help="audit plan TOML (default: the built-in plan, spelled out in audits/plan.toml); "
@@ -129,7 +132,7 @@ def _resolve_config(args: argparse.Namespace) -> tuple[RunConfig, Path, bool]:
     if args.resume is not None:
         others = [name for name in ("config", "nodes", "lambda_geo", "magnitude", "mode", "seed", "out", "secure", "dp_epsilon",
                                     "dp_delta", "dp_accountant", "dp_max_grad_norm") if getattr(args, name) is not None]
-        others += [name for name in ("shuffle_anchors", "dp_secure_mode", "dp_shared_seed_noise") if getattr(args, name)]
+        others += [name for name in ("shuffle_anchors", "dp_secure_mode", "dp_shared_seed_noise", "overwrite") if getattr(args, name)]
         if others:
             raise ConfigError("--resume", f"takes its configuration from the run folder; only --rounds/--cache-dir may be given (got --{others[0].replace('_', '-')})")
         saved = args.resume / "config.json"
@@ -165,7 +168,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     console.print(f"  data ready in {time.perf_counter() - t0:.1f} s: "
                   + ", ".join(f"{m} ({len(d.pool)} private, B={len(d.anchors)}{', synthetic' if d.synthetic else ''})" for m, d in modalities.items()))
     sim = Simulator(config, modalities, out, reporter=ConsoleReporter())
-    result = sim.run(resume=resume)
+    result = sim.run(resume=resume, overwrite=args.overwrite)
     plots = write_plots(result.summary, out)
     final = result.summary["final"]
     console.print(f"[bold]done[/bold] in {time.perf_counter() - t0:.1f} s: " + ", ".join(

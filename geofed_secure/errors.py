@@ -56,6 +56,15 @@ class CheckpointError(GeofedError):
     """A checkpoint is missing, incomplete, corrupt, or belongs to a different run configuration."""
 
 
+class OutputFolderError(GeofedError):
+    """An output folder cannot be used: it is a file, cannot be created or written, or already holds a run (a run
+    is never overwritten without ``--resume`` or ``--overwrite``)."""
+
+
+class OutputFolderLocked(OutputFolderError):
+    """Another live process is writing the output folder (it holds the folder's lock file)."""
+
+
 class TrainingError(GeofedError):
     """Local training produced an unusable result (e.g. non-finite loss or parameters)."""
 

@@ -48,6 +48,7 @@ from geofed_secure.privacy.noise import DOES_NOT_HOLD_AGAINST, HOLDS_AGAINST, NO
 from geofed_secure.runtime.evaluation import Evaluation, evaluate
 from geofed_secure.runtime.federation import FederationData, build_federation
 from geofed_secure.runtime.nodelog import NodeLog
+from geofed_secure.runtime.outdir import claim_for_new_run, output_folder
 from geofed_secure.runtime.round import (
     NODE_LOG,
     Answer,
@@ -184,8 +185,17 @@ class Simulator:
         self.node_logs: dict[str, NodeLog] = {}
 
     # -- the run ------------------------------------------------------------------------------------
-    def run(self, *, resume: bool = False) -> RunResult:
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+    def run(self, *, resume: bool = False, overwrite: bool = False) -> RunResult:
+        """Run (or with ``resume`` continue) the federation in ``out_dir``, holding the folder's lock throughout.
+
+        A new run refuses a folder that already holds a run unless ``overwrite`` (which removes that run's files).
+        """
+        with output_folder(self.out_dir, owner="geofed run"):
+            if not resume:
+                claim_for_new_run(self.out_dir, overwrite=overwrite)
+            return self._run(resume=resume)
+
+    def _run(self, *, resume: bool) -> RunResult:
         config_path = self.out_dir / "config.json"
         transcript_dir = self.out_dir / "transcript"
         start = 1
@@ -197,8 +207,6 @@ class Simulator:
             self.node_logs = {k: NodeLog.resume(self.out_dir / NODE_LOG.format(node_id=k), last_round=start - 1)
                               for k in self.nodes}
         else:
-            if self.checkpoints.latest_round() is not None:
-                raise CheckpointError(f"{self.out_dir} already holds a run; use --resume {self.out_dir} or another --out")
             config_path.write_text(json.dumps(self.config.to_dict(), indent=1, sort_keys=True))
             transcript = Transcript(transcript_dir)
             self.node_logs = {k: NodeLog.start(self.out_dir / NODE_LOG.format(node_id=k)) for k in self.nodes}
@@ -256,8 +264,14 @@ class Simulator:
         ckpt = self.checkpoints.load_latest()
         if not config_path.is_file():
             raise CheckpointError(f"{config_path} is missing; cannot check that the resumed run has the same configuration")
-        if _without_rounds(json.loads(config_path.read_text())) != _without_rounds(self.config.to_dict()):
-            raise CheckpointError(f"{self.out_dir} was started with a different configuration (only federation.rounds may change on resume)")
+        try:
+            saved = json.loads(config_path.read_bytes())
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"{config_path} is unreadable ({type(exc).__name__}); cannot check that the resumed run "
+                                  "has the same configuration") from None
+        if _resume_comparable(saved) != _resume_comparable(self.config.to_dict()):
+            raise CheckpointError(f"{self.out_dir} was started with a different configuration (only federation.rounds and "
+                                  "data.cache_dir may change on resume)")
         if ckpt.meta.get("anchor_digest") != self.federation.anchor_digest:
             raise CheckpointError("the anchor set changed since the checkpoint was written")
         self.server.load_state_dict(ckpt.server, round_=ckpt.round)
@@ -348,9 +362,13 @@ class Simulator:
         }
 
 
-def _without_rounds(config: Mapping[str, Any]) -> dict[str, Any]:
+def _resume_comparable(config: Any) -> Any:
+    """A configuration without what may change on resume: the number of rounds, and where the feature cache lives
+    (features are keyed by encoder and data digest, so the cache's location changes no result)."""
     plain = json.loads(json.dumps(config))
-    plain["federation"].pop("rounds", None)
+    for section, key in (("federation", "rounds"), ("data", "cache_dir")):
+        if isinstance(plain, dict) and isinstance(plain.get(section), dict):
+            plain[section].pop(key, None)
     return plain
 
 

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from geofed_secure.errors import CheckpointError
+from geofed_secure.errors import CheckpointError, OutputFolderError
 from geofed_secure.wire.round import Message, decode_message
 
 SERVER = "server"
@@ -36,8 +36,9 @@ class TranscriptRecord:
 class Transcript:
     """Append-only message log, in memory or backed by a folder.
 
-    ``Transcript(folder)`` starts a NEW, empty transcript there (stale files from a run that crashed before its
-    first checkpoint are cleared); :meth:`load` reads an existing one.
+    ``Transcript(folder)`` starts a NEW, empty transcript there and refuses a folder that already holds a recorded
+    one (:class:`~geofed_secure.errors.OutputFolderError`: a new run never empties another run's transcript);
+    :meth:`load` reads an existing one.
     """
 
     def __init__(self, directory: str | os.PathLike | None = None) -> None:
@@ -47,6 +48,11 @@ class Transcript:
         self._offset = 0
         if self.directory is not None:
             self.directory.mkdir(parents=True, exist_ok=True)
+            for name in ("index.jsonl", "messages.bin"):
+                path = self.directory / name
+                if path.is_file() and path.stat().st_size:
+                    raise OutputFolderError(f"{self.directory} already holds a recorded transcript ({name}: "
+                                            f"{path.stat().st_size} bytes); a new transcript never replaces one")
             (self.directory / "index.jsonl").write_text("")
             (self.directory / "messages.bin").write_bytes(b"")
 
@@ -101,18 +107,23 @@ class Transcript:
         """
         directory = Path(directory)
         try:
-            lines = (directory / "index.jsonl").read_text().splitlines()
+            lines = (directory / "index.jsonl").read_bytes().decode().splitlines()
             data = (directory / "messages.bin").read_bytes()
         except FileNotFoundError as exc:
             raise CheckpointError(f"transcript folder {directory} is incomplete: {exc.filename} missing") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CheckpointError(f"transcript folder {directory} is unreadable ({type(exc).__name__})") from None
         out = cls(None)
         for number, line in enumerate(lines):
             try:
-                rec = TranscriptRecord(**json.loads(line))
-            except (json.JSONDecodeError, TypeError) as exc:
+                rec = _record(json.loads(line))
+            except (ValueError, TypeError) as exc:
                 if number == len(lines) - 1:
                     break  # torn last line from a crash
                 raise CheckpointError(f"{directory / 'index.jsonl'} line {number + 1} is corrupt: {exc}") from None
+            if rec.index != len(out.records) or rec.offset != out._offset:
+                raise CheckpointError(f"{directory / 'index.jsonl'} line {number + 1}: record {rec.index} at byte {rec.offset} "
+                                      f"does not follow record {len(out.records) - 1} (out of order or edited)")
             blob = data[rec.offset:rec.offset + rec.nbytes]
             if len(blob) != rec.nbytes or hashlib.sha256(blob).hexdigest() != rec.sha256:
                 if number == len(lines) - 1:
@@ -125,6 +136,20 @@ class Transcript:
             out.directory = directory
             out.truncate(len(out.records))
         return out
+
+
+_RECORD_TYPES = {"index": int, "round": int, "sender": str, "receiver": str, "type": str, "offset": int, "nbytes": int,
+                 "sha256": str}
+
+
+def _record(fields: object) -> TranscriptRecord:
+    """A record from one index line, its fields checked (TypeError names what is wrong)."""
+    if not isinstance(fields, dict) or set(fields) != set(_RECORD_TYPES):
+        raise TypeError("not a transcript record")
+    for key, kind in _RECORD_TYPES.items():
+        if not isinstance(fields[key], kind) or isinstance(fields[key], bool) or (kind is int and fields[key] < 0):
+            raise TypeError(f"field {key} must be a{'n integer >= 0' if kind is int else ' string'}")
+    return TranscriptRecord(**fields)
 
 
 def decode_any(blob: bytes):

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from conftest import with_sections
 
-from geofed_secure.errors import AnchorDigestMismatch, CheckpointError, MessageError
+from geofed_secure.errors import AnchorDigestMismatch, CheckpointError, MessageError, OutputFolderError
 from geofed_secure.runtime.simulator import Simulator
 from geofed_secure.runtime.transcript import SERVER, Transcript
+from geofed_secure.server.checkpoint import CheckpointStore
 from geofed_secure.wire.round import NodeUpdate, RoundBroadcast, decode_message, encode_message
 
 
@@ -34,7 +35,7 @@ def test_run_writes_summary_transcript_checkpoints(tiny_config, tiny_modalities,
     assert len(loaded) == 3 * 2 * 4
     kinds = [(r.sender == SERVER, type(m)) for r, m in loaded.messages()]
     assert all((is_server and t is RoundBroadcast) or (not is_server and t is NodeUpdate) for is_server, t in kinds)
-    assert (tmp_path / "checkpoints" / "LATEST").read_text().strip() == "round-0003"
+    assert CheckpointStore(tmp_path).latest_round() == 3
     assert (tmp_path / "final" / "merged_adapted_weights.safetensors").is_file()
     # the upload carries weight * B: dividing by the weight recovers a finite B of the right shape
     upload = next(m for _, m in loaded.messages(round_=1) if isinstance(m, NodeUpdate))
@@ -50,7 +51,7 @@ def test_resume_after_crash_is_bit_identical(tiny_config, tiny_modalities, tmp_p
 
     with pytest.raises(Crash):
         Simulator(tiny_config, tiny_modalities, tmp_path / "run", fault_hook=crash_in_round_3).run()
-    assert (tmp_path / "run" / "checkpoints" / "LATEST").read_text().strip() == "round-0002"
+    assert CheckpointStore(tmp_path / "run").latest_round() == 2
     resumed = Simulator(tiny_config, tiny_modalities, tmp_path / "run").run(resume=True)
     assert resumed.global_state.keys() == reference.global_state.keys()
     for key, value in reference.global_state.items():
@@ -67,7 +68,7 @@ def test_crash_while_checkpointing_keeps_last_good_checkpoint(tiny_config, tiny_
 
     with pytest.raises(Crash):
         Simulator(tiny_config, tiny_modalities, tmp_path, fault_hook=crash_at_checkpoint_2).run()
-    assert (tmp_path / "checkpoints" / "LATEST").read_text().strip() == "round-0001"
+    assert CheckpointStore(tmp_path).latest_round() == 1
     result = Simulator(tiny_config, tiny_modalities, tmp_path).run(resume=True)
     assert [r["round"] for r in result.summary["rounds"]] == [1, 2, 3]
 
@@ -89,7 +90,7 @@ def test_node_dropout_round_continues_without_it(tiny_config, tiny_modalities, t
 
 def test_second_run_into_same_folder_is_refused(tiny_config, tiny_modalities, tmp_path):
     Simulator(with_sections(tiny_config, federation={"rounds": 1}), tiny_modalities, tmp_path).run()
-    with pytest.raises(CheckpointError, match="already holds a run"):
+    with pytest.raises(OutputFolderError, match="already holds a run"):
         Simulator(tiny_config, tiny_modalities, tmp_path).run()
 
 
@@ -156,7 +157,9 @@ def test_crash_before_first_checkpoint_then_fresh_run_starts_clean(tiny_config, 
         Simulator(tiny_config, tiny_modalities, tmp_path, fault_hook=crash_in_round_1).run()
     with pytest.raises(CheckpointError, match="nothing to resume"):
         Simulator(tiny_config, tiny_modalities, tmp_path).run(resume=True)
-    Simulator(tiny_config, tiny_modalities, tmp_path).run()
+    with pytest.raises(OutputFolderError, match="already holds a run"):  # never silently over a run's files
+        Simulator(tiny_config, tiny_modalities, tmp_path).run()
+    Simulator(tiny_config, tiny_modalities, tmp_path).run(overwrite=True)
     assert len(Transcript.load(tmp_path / "transcript")) == 3 * 2 * 4  # no stale records from the crashed attempt
 
 
