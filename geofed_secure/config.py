@@ -12,7 +12,7 @@ import hashlib
 import json
 import math
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -143,6 +143,16 @@ _SECTIONS = {"federation": FederationSection, "model": ModelSection, "training":
              "secure": SecureSection, "privacy": PrivacySection}
 
 
+def did_you_mean(word: object, choices: Iterable[str]) -> str:
+    """``"; did you mean 'x'?"`` for the closest of ``choices`` to ``word`` (a misspelt key or value), else ``""``.
+
+    >>> did_you_mean("lamda_geo", ["lambda_geo", "lr"])
+    "; did you mean 'lambda_geo'?"
+    """
+    hint = difflib.get_close_matches(word, list(choices), n=1) if isinstance(word, str) else []
+    return f"; did you mean '{hint[0]}'?" if hint else ""
+
+
 def _coerce(cls: type, table: Mapping[str, Any], where: str, source: str | None) -> Any:
     if not isinstance(table, Mapping):
         raise ConfigError(where, f"must be a table, got {type(table).__name__}", source=source)
@@ -150,8 +160,8 @@ def _coerce(cls: type, table: Mapping[str, Any], where: str, source: str | None)
     values = {}
     for key, value in table.items():
         if key not in known:
-            hint = difflib.get_close_matches(key, known, n=1)
-            raise ConfigError(f"{where}.{key}", "unknown key" + (f"; did you mean '{hint[0]}'?" if hint else f"; known keys: {sorted(known)}"), source=source)
+            hint = did_you_mean(key, known)
+            raise ConfigError(f"{where}.{key}", "unknown key" + (hint or f"; known keys: {sorted(known)}"), source=source)
         default = known[key].default
         expected = type(default) if default is not dataclasses.MISSING else str
         if expected is tuple:
@@ -173,7 +183,8 @@ def config_from_dict(data: Mapping[str, Any], *, source: str | None = None) -> R
     unknown = set(data) - set(_SECTIONS) - {"nodes"}
     if unknown:
         key = min(unknown)
-        raise ConfigError(key, f"unknown section; known: {sorted(_SECTIONS) + ['nodes']}", source=source)
+        raise ConfigError(key, f"unknown section{did_you_mean(key, [*_SECTIONS, 'nodes'])}; known: {sorted(_SECTIONS) + ['nodes']}",
+                          source=source)
     sections = {name: _coerce(cls, data.get(name, {}), name, source) for name, cls in _SECTIONS.items()}
     if "nodes" in data:
         if not isinstance(data["nodes"], list) or not data["nodes"]:
@@ -188,12 +199,19 @@ def config_from_dict(data: Mapping[str, Any], *, source: str | None = None) -> R
 
 
 def read_toml(path: str | Path, *, option: str) -> dict[str, Any]:
-    """Parse a TOML file; a missing or malformed file is a :class:`ConfigError` naming the command-line ``option``."""
+    """Parse a TOML file; a missing, unreadable or malformed file is a :class:`ConfigError` naming the command-line
+    ``option`` and the file (a folder, binary data, text that is not UTF-8, a file without read permission)."""
     path = Path(path)
     try:
-        return tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_bytes().decode("utf-8"))
     except FileNotFoundError:
         raise ConfigError(option, f"file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(option, f"{path} is a folder, not a file") from None
+    except OSError as exc:
+        raise ConfigError(option, f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(option, f"{path} is not UTF-8 text (byte {exc.start}); is it the TOML file you meant?") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(option, f"{path} is not valid TOML: {exc}") from None
 
@@ -210,29 +228,53 @@ def _positive(value: float, name: str) -> None:
         raise ConfigError(name, f"must be a positive finite number, got {value!r}")
 
 
+# Upper bounds on sizes: far above any federation this code can train on one machine, low enough that a typo (an extra
+# zero, 1e8) is refused at load time instead of exhausting memory in round 1.
+LIMITS = {
+    "federation.rounds": 100_000, "model.rank": 1024, "training.local_steps": 1_000_000, "training.batch_size": 65_536,
+    "training.lap_samples": 1_000_000, "data.anchors_per_class": 10_000, "data.eval_per_class": 10_000,
+    "data.max_pool": 10_000_000, "data.eval_samples": 1_000_000,
+}
+MAX_SEED = 2**63 - 1  # the largest TOML integer; torch and numpy take it
+
+
+def _sized(cfg: RunConfig, name: str, minimum: int = 1) -> None:
+    section, key = name.split(".")
+    value = getattr(getattr(cfg, section), key)
+    if not minimum <= value <= LIMITS[name]:
+        raise ConfigError(name, f"must be an integer in [{minimum}, {LIMITS[name]:,}], got {value:,}")
+
+
+def _check_id(value: str, name: str) -> None:
+    """Ids name folders (the default output folder, a node's log folder): a safe file name, never '..' or hidden."""
+    if not (1 <= len(value) <= 64 and value[0].isascii() and value[0].isalnum()
+            and all(c.isascii() and (c.isalnum() or c in "._-") for c in value)):
+        raise ConfigError(name, f"{value!r} must be 1-64 characters of [A-Za-z0-9._-] starting with a letter or digit")
+
+
 def validate(cfg: RunConfig) -> None:
     """Check ranges and cross-field rules; raise :class:`ConfigError` naming the field."""
     if cfg.federation.mode not in MODES:
-        raise ConfigError("federation.mode", f"must be one of {MODES}, got {cfg.federation.mode!r}")
-    if cfg.federation.rounds < 1:
-        raise ConfigError("federation.rounds", f"must be >= 1, got {cfg.federation.rounds}")
+        raise ConfigError("federation.mode", f"must be one of {MODES}, got {cfg.federation.mode!r}{did_you_mean(cfg.federation.mode, MODES)}")
+    _check_id(cfg.federation.id, "federation.id")
+    if not 0 <= cfg.federation.seed <= MAX_SEED:
+        raise ConfigError("federation.seed", f"must be an integer in [0, 2**63 - 1], got {cfg.federation.seed}")
+    for name in LIMITS:
+        _sized(cfg, name, minimum=2 if name == "data.eval_per_class" else 1)
     if cfg.model.magnitude not in ("local", "averaged"):
         raise ConfigError("model.magnitude", f"must be 'local' or 'averaged', got {cfg.model.magnitude!r}")
     if cfg.model.magnitude == "averaged" and not cfg.model.use_dora:
         raise ConfigError("model.magnitude", "'averaged' needs model.use_dora = true (plain LoRA has no magnitude)")
-    if cfg.model.rank < 1:
-        raise ConfigError("model.rank", f"must be >= 1, got {cfg.model.rank}")
-    for name in ("local_steps", "batch_size", "lap_samples"):
-        if getattr(cfg.training, name) < 1:
-            raise ConfigError(f"training.{name}", f"must be >= 1, got {getattr(cfg.training, name)}")
+    if cfg.training.batch_size > cfg.data.max_pool:
+        raise ConfigError("training.batch_size", f"{cfg.training.batch_size} is above data.max_pool = {cfg.data.max_pool}, "
+                          "the most private samples a modality (and so any node) has")
     _positive(cfg.training.lr, "training.lr")
     _positive(cfg.training.contrastive_temperature, "training.contrastive_temperature")
     if not (math.isfinite(cfg.training.lambda_geo) and cfg.training.lambda_geo >= 0):
         raise ConfigError("training.lambda_geo", f"must be >= 0, got {cfg.training.lambda_geo}")
-    if not cfg.training.max_inverse_uncertainty >= 1:
-        raise ConfigError("training.max_inverse_uncertainty", "must be >= 1 (1/u is at least 1)")
-    if cfg.data.anchors_per_class < 1 or cfg.data.eval_per_class < 2:
-        raise ConfigError("data.anchors_per_class", "needs anchors_per_class >= 1 and eval_per_class >= 2")
+    if not (math.isfinite(cfg.training.max_inverse_uncertainty) and cfg.training.max_inverse_uncertainty >= 1):
+        raise ConfigError("training.max_inverse_uncertainty", "must be a finite number >= 1 (1/u is at least 1; the clip "
+                          f"bounds it), got {cfg.training.max_inverse_uncertainty}")
     if not 0 < cfg.data.test_fraction < 1:
         raise ConfigError("data.test_fraction", f"must be in (0, 1), got {cfg.data.test_fraction}")
     _positive(cfg.data.dirichlet_alpha, "data.dirichlet_alpha")
@@ -242,13 +284,13 @@ def validate(cfg: RunConfig) -> None:
     for i, node in enumerate(cfg.nodes):
         where = f"nodes[{i}]"
         if node.modality not in MODALITIES:
-            raise ConfigError(f"{where}.modality", f"unknown modality {node.modality!r}; known: {MODALITIES}")
+            raise ConfigError(f"{where}.modality", f"unknown modality {node.modality!r}{did_you_mean(node.modality, MODALITIES)}; "
+                              f"known: {MODALITIES}")
         if node.paired_modality and (node.paired_modality not in MODALITIES or node.paired_modality == node.modality):
             raise ConfigError(f"{where}.paired_modality", f"must be another known modality, got {node.paired_modality!r}")
         if node.id in seen:
             raise ConfigError(f"{where}.id", f"duplicate node id {node.id!r}")
-        if not node.id or not all(c.isalnum() or c in "._-" for c in node.id) or len(node.id) > 64:
-            raise ConfigError(f"{where}.id", f"{node.id!r} must be 1-64 characters of [A-Za-z0-9._-]")
+        _check_id(node.id, f"{where}.id")
         if not (math.isfinite(node.anchor_noise) and node.anchor_noise >= 0):
             raise ConfigError(f"{where}.anchor_noise", f"must be >= 0, got {node.anchor_noise}")
         seen.add(node.id)
@@ -293,7 +335,8 @@ def _validate_privacy(cfg: RunConfig) -> None:
 def _validate_secure(cfg: RunConfig) -> None:
     sec = cfg.secure
     if sec.protocol not in SECURE_PROTOCOLS:
-        raise ConfigError("secure.protocol", f"must be one of {SECURE_PROTOCOLS}, got {sec.protocol!r}")
+        raise ConfigError("secure.protocol", f"must be one of {SECURE_PROTOCOLS}, got {sec.protocol!r}"
+                          f"{did_you_mean(sec.protocol, SECURE_PROTOCOLS)}")
     if sec.protocol != "none" and cfg.federation.mode == "federated" and len(cfg.nodes) < 3:
         raise ConfigError("secure.protocol", f"secure aggregation needs >= 3 nodes (with {len(cfg.nodes)}, a node learns "
                           "the others' uploads from the sum); add nodes or use protocol 'none' for a test federation")
@@ -306,8 +349,35 @@ def _validate_secure(cfg: RunConfig) -> None:
         raise ConfigError("secure.rounds_per_epoch", f"must be in [1, 1024], got {sec.rounds_per_epoch}")
     if sec.protocol == "masking":  # the colluder bound and the threshold/degree it needs (secagg-v1 SPEC section 6)
         from geofed_secure.secagg.masking import MaskingParameters
+        from geofed_secure.secagg.masking.spec import default_threshold, holders_per_owner
         MaskingParameters(ring_bits=sec.ring_bits, clip=sec.clip, threshold=sec.threshold or None,
                           degree=sec.neighbors or None, rounds_per_epoch=sec.rounds_per_epoch, colluders=sec.colluders)
+        if cfg.federation.mode != "federated":
+            return
+        # What epoch planning would refuse in round 1 (after the data is loaded), checked here with every node present.
+        n = len(cfg.nodes)
+        if sec.neighbors > n - 1:
+            raise ConfigError("secure.neighbors", f"SecAgg+ degree {sec.neighbors} is above the {n - 1} other nodes a node "
+                              f"can have in a federation of {n}; use at most {n - 1} (or 0 for the complete graph)")
+        holders = holders_per_owner(n, sec.neighbors or None)
+        threshold = sec.threshold or default_threshold(n, sec.neighbors or None, sec.colluders)
+        if threshold > holders:
+            raise ConfigError("secure.threshold", f"threshold {threshold} is above the {holders} share holders each node has "
+                              f"({n} nodes{f', degree {sec.neighbors}' if sec.neighbors else ''}): no secret could ever be "
+                              "reconstructed; lower it (0 = automatic) or add nodes")
+        if 2 * threshold <= holders + sec.colluders:
+            raise ConfigError("secure.threshold", f"threshold {threshold} of {holders} share holders is not above (holders + "
+                              f"colluders) / 2 = {(holders + sec.colluders) / 2:g}: two disjoint sets of holders could each "
+                              f"reconstruct; use at least {(holders + sec.colluders) // 2 + 1} (0 = automatic)")
+
+
+def preflight(cfg: RunConfig) -> None:
+    """What :func:`validate` cannot check without the disk, checked before any data is loaded: the backbone (its
+    directory, config and weights, that ``model.target_modules`` name linear layers of it, ``model.rank`` within their
+    widths). Builds the model's shapes only; raises :class:`ConfigError` naming the field."""
+    from geofed_secure.model.backbone import check_backbone
+
+    check_backbone(cfg.model.backbone, cfg.model.target_modules, cfg.model.rank)
 
 
 def nodes_from_spec(spec: str) -> tuple[NodeSpec, ...]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -87,3 +88,78 @@ def test_cli_errors_exit_2_with_the_field(tmp_path, capsys):
     (run_dir / "config.json").write_text(json.dumps(RunConfig().to_dict()))
     assert main(["run", "--resume", str(run_dir), "--lambda-geo", "0"]) == 2
     assert "--lambda-geo" in capsys.readouterr().err
+
+
+# -- issue 18: what was accepted at load time and failed late, or was never checked --------------------------------
+FIVE = [{"id": f"n{i}", "modality": "text"} for i in range(5)]
+
+
+@pytest.mark.parametrize("data, field", [
+    ({"secure": {"threshold": 6}, "nodes": FIVE}, "secure.threshold"),  # more shares needed than holders exist
+    ({"secure": {"threshold": 3}, "nodes": FIVE + [{"id": "n5", "modality": "dna"}]}, "secure.threshold"),  # 2t <= m
+    ({"secure": {"neighbors": 8}, "nodes": FIVE}, "secure.neighbors"),  # degree above the node count
+    ({"training": {"batch_size": 100_000_000}}, "training.batch_size"),
+    ({"training": {"batch_size": 4000}}, "training.batch_size"),  # above data.max_pool: more than any node holds
+    ({"model": {"rank": 100_000}}, "model.rank"),
+    ({"training": {"local_steps": 10**9}}, "training.local_steps"),
+    ({"federation": {"rounds": 10**9}}, "federation.rounds"),
+    ({"federation": {"seed": -1}}, "federation.seed"),
+    ({"federation": {"seed": 2**64}}, "federation.seed"),
+    ({"federation": {"id": "../../escape"}}, "federation.id"),
+    ({"federation": {"id": ".hidden"}}, "federation.id"),
+    ({"federation": {"id": ""}}, "federation.id"),
+    ({"nodes": [{"id": "..", "modality": "text"}]}, "nodes[0].id"),
+    ({"training": {"max_inverse_uncertainty": float("inf")}}, "training.max_inverse_uncertainty"),
+    ({"data": {"max_pool": 10**12}}, "data.max_pool"),
+])
+def test_out_of_range_values_are_refused_at_load_time(data, field):
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(data, source="run.toml")
+    assert info.value.field == field
+
+
+def test_the_largest_accepted_values_still_load():
+    config = config_from_dict({"federation": {"seed": 2**63 - 1, "id": "site-7.prod_A"}, "model": {"rank": 1024},
+                               "training": {"batch_size": 2000}, "secure": {"threshold": 4, "neighbors": 4}})
+    assert config.federation.seed == 2**63 - 1
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe\x00garbage\x81", b"[federation]\nid = \"\xe9\"\n"])
+def test_a_binary_config_file_is_a_config_error(tmp_path, content):
+    """Issue 18: binary garbage raised UnicodeDecodeError (a traceback and exit 1)."""
+    path = tmp_path / "garbage.toml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match="garbage.toml"):
+        load_config(path)
+    assert main(["run", "--config", str(path), "--out", str(tmp_path / "o")]) == 2
+
+
+def test_a_config_that_is_a_folder_is_a_config_error(tmp_path):
+    """Issue 18: a directory raised IsADirectoryError."""
+    with pytest.raises(ConfigError, match="not a file"):
+        load_config(tmp_path)
+    assert main(["run", "--config", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+
+
+def test_preflight_checks_the_backbone_before_any_data(tiny_config, tiny_backbone_dir, tmp_path):
+    from geofed_secure.config import preflight
+
+    preflight(tiny_config)  # the tiny checkpoint has query/value linear layers of width 32
+    missing = tiny_config.replace(model=dataclasses.replace(tiny_config.model, backbone=str(tmp_path / "nowhere")))
+    with pytest.raises(ConfigError) as info:
+        preflight(missing)
+    assert info.value.field == "model.backbone"
+    lacking = tiny_config.replace(model=dataclasses.replace(tiny_config.model, target_modules=("query", "qkv_proj")))
+    with pytest.raises(ConfigError, match="qkv_proj.*query, value|qkv_proj.*key") as info:
+        preflight(lacking)
+    assert info.value.field == "model.target_modules"
+    wide = tiny_config.replace(model=dataclasses.replace(tiny_config.model, rank=64))
+    with pytest.raises(ConfigError, match="32") as info:
+        preflight(wide)
+    assert info.value.field == "model.rank"
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_bytes(b"\x00\xff not json")
+    broken = tiny_config.replace(model=dataclasses.replace(tiny_config.model, backbone=str(tmp_path / "broken")))
+    with pytest.raises(ConfigError) as info:
+        preflight(broken)
+    assert info.value.field == "model.backbone"

@@ -21,7 +21,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from geofed_secure.config import read_toml
+from geofed_secure.config import did_you_mean, read_toml
 from geofed_secure.errors import ConfigError
 
 SCHEMES = ("gram", "prototypes", "raw_embeddings")
@@ -96,7 +96,7 @@ def plan_from_dict(data: dict[str, Any], *, source: str | None = None) -> AuditP
     values: dict[str, Any] = {}
     for key, value in data.items():
         if key not in known:
-            raise ConfigError(key, f"unknown key; known: {sorted(known)}", source=source)
+            raise ConfigError(key, f"unknown key{did_you_mean(key, known)}; known: {sorted(known)}", source=source)
         default = known[key].default
         if isinstance(default, tuple):
             item = float if key == "epsilons" else int if key == "extraction_anchors" else str

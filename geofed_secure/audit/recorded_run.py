@@ -32,6 +32,7 @@ from geofed_secure.audit.attacks.gram_inversion import invert_gram_upper, procru
 from geofed_secure.audit.metrics import AttackResult, Interval
 from geofed_secure.audit.threat_model import ThreatModel
 from geofed_secure.audit.views import View, load_run_view
+from geofed_secure.config import did_you_mean
 from geofed_secure.errors import CheckpointError, ConfigError
 from geofed_secure.wire.round import GRAM_FIELD, NodeUpdate, RoundBroadcast
 
@@ -131,11 +132,33 @@ def reference_grams(reference_run: Path) -> dict[str, np.ndarray]:
     return grams
 
 
-def _protocol(run_dir: Path, key: str) -> str:
-    summary = run_dir / "summary.json"
-    if not summary.is_file():
+def _summary(run_dir: Path, key: str) -> dict[str, Any]:
+    path = run_dir / "summary.json"
+    if not path.is_file():
         raise ConfigError(key, f"{run_dir} holds no summary.json; name a folder written by geofed run")
-    return json.loads(summary.read_text())["secure_aggregation"]["protocol"]
+    try:
+        summary = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        summary = None
+    secure = summary.get("secure_aggregation") if isinstance(summary, dict) else None
+    nodes = summary.get("nodes") if isinstance(summary, dict) else None
+    if (not isinstance(summary, dict) or not isinstance(secure, dict) or not isinstance(secure.get("protocol"), str)
+            or not isinstance(nodes, list) or not all(isinstance(n, dict) and isinstance(n.get("id"), str) for n in nodes)):
+        raise ConfigError(key, f"{path} is not the summary.json of a geofed run (unreadable or incomplete)")
+    return summary
+
+
+def _protocol(run_dir: Path, key: str) -> str:
+    return _summary(run_dir, key)["secure_aggregation"]["protocol"]
+
+
+def check_recorded_nodes(threat_model: ThreatModel, run_dir: str | Path, *, key: str = "run") -> None:
+    """Refuse a threat model naming nodes the recorded run does not have (its view would be silently empty)."""
+    nodes = [node["id"] for node in _summary(Path(run_dir), key)["nodes"]]
+    unknown = sorted(set(threat_model.nodes) - set(nodes))
+    if unknown:
+        raise ConfigError("adversary.nodes", f"threat model {threat_model.name!r} names node(s) {unknown} that the recorded "
+                          f"run {run_dir} does not have{did_you_mean(unknown[0], nodes)}; its nodes: {', '.join(nodes)}")
 
 
 def audit_recorded_run(threat_model: ThreatModel, run_dir: str | Path, *, reference_run: str | Path | None = None,
@@ -143,6 +166,7 @@ def audit_recorded_run(threat_model: ThreatModel, run_dir: str | Path, *, refere
     """Inventory ``run_dir`` from ``threat_model``'s view; with ``reference_run``, score round-1 Gram inversion."""
     run_dir = Path(run_dir)
     protocol = _protocol(run_dir, "run")
+    check_recorded_nodes(threat_model, run_dir)
     progress(f"recorded run {run_dir} ({protocol}): selecting the view of {threat_model.name} "
              f"({threat_model.role}, {threat_model.behaviour})")
     view = load_run_view(threat_model, run_dir)

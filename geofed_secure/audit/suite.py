@@ -34,12 +34,13 @@ from geofed_secure.audit.attacks import membership as mia
 from geofed_secure.audit.attacks.extraction import extraction_metrics, fit_extraction, nearest_centroid, unit_rows
 from geofed_secure.audit.attacks.gram_inversion import invert_gram, procrustes_error
 from geofed_secure.audit.attacks.prototypes import label_inference_accuracy, prototype_statistic
-from geofed_secure.audit.experiment import Experiment, TrainedLevel, level_name, run_experiment
+from geofed_secure.audit.experiment import Experiment, TrainedLevel, level_name, run_config, run_experiment
 from geofed_secure.audit.metrics import AttackResult, Interval, membership_grid_result
 from geofed_secure.audit.plan import AuditPlan
 from geofed_secure.audit.protections import AGGREGATE, check_target, observed, observed_public, protocol_sums, release_view
-from geofed_secure.audit.recorded_run import audit_recorded_run
+from geofed_secure.audit.recorded_run import audit_recorded_run, check_recorded_nodes
 from geofed_secure.audit.threat_model import ThreatModel
+from geofed_secure.config import did_you_mean
 from geofed_secure.errors import ConfigError
 from geofed_secure.node import N_CLASSES
 from geofed_secure.seeding import numpy_rng
@@ -233,6 +234,22 @@ def _experiment_summary(exp: Experiment, plan: AuditPlan) -> dict[str, Any]:
                        for k, v in exp.levels.items()}}
 
 
+def check_audit(threat_model: ThreatModel, plan: AuditPlan) -> None:
+    """What can be checked before anything trains or is read: the threat model's nodes exist in the federation the
+    plan trains (the demo's) and in the recorded run it names, and the plan's target is not the adversary's own node."""
+    if plan.levels:
+        nodes = [n.id for n in run_config(plan).nodes]
+        if plan.target in threat_model.nodes:
+            raise ConfigError("target", f"the audit target {plan.target!r} is one of the adversary's own nodes in "
+                              f"{threat_model.name!r}; choose another target in the plan")
+        unknown = sorted(set(threat_model.nodes) - set(nodes))
+        if unknown:
+            raise ConfigError("adversary.nodes", f"threat model {threat_model.name!r} names node(s) {unknown} that the audited "
+                              f"federation does not have{did_you_mean(unknown[0], nodes)}; its nodes: {', '.join(nodes)}")
+    if plan.run:
+        check_recorded_nodes(threat_model, plan.run)
+
+
 def run_audit(threat_model: ThreatModel, plan: AuditPlan, out_dir: str | Path, *, experiment: Experiment | None = None,
               progress: Callable[[str], None] = lambda line: None, plots: bool = True) -> dict[str, Any]:
     """Audit the plan from ``threat_model``'s view; writes report.json, report.md (and plots) into ``out_dir``.
@@ -240,6 +257,8 @@ def run_audit(threat_model: ThreatModel, plan: AuditPlan, out_dir: str | Path, *
     The plan's experiment is trained (or loaded from the cache, or ``experiment`` is used) unless the plan has no
     protection and no epsilon; the recorded run the plan names (``run``), if any, is audited into the same report.
     """
+    if experiment is None:
+        check_audit(threat_model, plan)
     started = time.perf_counter()
     out_dir = Path(out_dir)
     results: list[AttackResult] = []

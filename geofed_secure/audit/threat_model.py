@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from geofed_secure.config import read_toml
+from geofed_secure.config import did_you_mean, read_toml
 from geofed_secure.errors import ConfigError
 
 ROLES = ("server", "node", "colluding", "observer")
@@ -44,9 +44,10 @@ class ThreatModel:
         if not self.name or not all(c.isalnum() or c in "._-" for c in self.name):
             raise ConfigError("name", f"{where}: must be 1+ characters of [A-Za-z0-9._-]")
         if self.role not in ROLES:
-            raise ConfigError("adversary.role", f"{where}: must be one of {ROLES}, got {self.role!r}")
+            raise ConfigError("adversary.role", f"{where}: must be one of {ROLES}, got {self.role!r}{did_you_mean(self.role, ROLES)}")
         if self.behaviour not in BEHAVIOURS:
-            raise ConfigError("adversary.behaviour", f"{where}: must be one of {BEHAVIOURS}, got {self.behaviour!r}")
+            raise ConfigError("adversary.behaviour", f"{where}: must be one of {BEHAVIOURS}, got {self.behaviour!r}"
+                              f"{did_you_mean(self.behaviour, BEHAVIOURS)}")
         if len(set(self.nodes)) != len(self.nodes) or any(not isinstance(n, str) or not n for n in self.nodes):
             raise ConfigError("adversary.nodes", f"{where}: node ids must be distinct non-empty strings, got {list(self.nodes)}")
         if self.role == "node" and len(self.nodes) != 1:
@@ -57,7 +58,8 @@ class ThreatModel:
             raise ConfigError("adversary.nodes", f"{where}: role {self.role!r} takes no nodes; use role 'colluding'")
         unknown = sorted(set(self.observes) - set(OBSERVABLES))
         if unknown or not self.observes:
-            raise ConfigError("observes", f"{where}: must list some of {OBSERVABLES}, got {list(self.observes)}")
+            raise ConfigError("observes", f"{where}: must list some of {OBSERVABLES}, got {list(self.observes)}"
+                              f"{did_you_mean(unknown[0], OBSERVABLES) if unknown else ''}")
         if self.role == "observer" and "transcript" in self.observes:
             raise ConfigError("observes", f"{where}: an outside observer sees no transcript; observes = [\"final_model\"]")
 
@@ -79,13 +81,13 @@ def threat_model_from_dict(data: dict[str, Any], *, source: str | None = None) -
 
     for key in data:
         if key not in _TOP:
-            raise fail(key, f"unknown key; known: {sorted(_TOP)}")
+            raise fail(key, f"unknown key{did_you_mean(key, _TOP)}; known: {sorted(_TOP)}")
     adversary = data.get("adversary")
     if not isinstance(adversary, dict):
         raise fail("adversary", "a [adversary] table with role and behaviour is required")
     for key in adversary:
         if key not in _ADVERSARY:
-            raise fail(f"adversary.{key}", f"unknown key; known: {sorted(_ADVERSARY)}")
+            raise fail(f"adversary.{key}", f"unknown key{did_you_mean(key, _ADVERSARY)}; known: {sorted(_ADVERSARY)}")
     for key, value in (("name", data.get("name")), ("description", data.get("description", "")),
                        ("adversary.role", adversary.get("role")), ("adversary.behaviour", adversary.get("behaviour"))):
         if not isinstance(value, str):
