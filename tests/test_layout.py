@@ -26,7 +26,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("node", "server"),
     ("runtime",),
     ("audit",),
-    ("report",),
+    ("report", "terminal"),
     ("cli",),
 )
 LAYER_OF = {top: i for i, tops in enumerate(LAYERS) for top in tops}

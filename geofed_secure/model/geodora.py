@@ -15,6 +15,7 @@ with the suffix ``.lora_B`` or ``.magnitude``; they do not depend on peft's inte
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -71,7 +72,11 @@ def apply_geodora(backbone: nn.Module, config: GeoDoRAConfig, *, federation_seed
         bias="none",
     )
     try:
-        model = get_peft_model(backbone, lora_config)
+        with warnings.catch_warnings():
+            # peft reads model.is_gradient_checkpointing, which transformers 5 deprecates: not actionable for a user,
+            # and it was printed on every run
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            model = get_peft_model(backbone, lora_config)
     except ValueError as exc:  # peft: target modules not found
         raise ConfigError("model.target_modules", str(exc)) from exc
     for name, layer in lora_layers(model):

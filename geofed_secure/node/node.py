@@ -99,6 +99,8 @@ class Node:
         self.data = data
         self.last_round = 0
         self.last_stats: LocalRoundStats | None = None
+        # Progress inside a local round, for the operator's console: called with (step, steps) after every step.
+        self.step_hook: Callable[[int, int], None] | None = None
         peft_model = geodora.apply_geodora(
             backbone_factory(),
             geodora.GeoDoRAConfig.from_section(config.model),
@@ -234,7 +236,7 @@ class Node:
         """Non-private local steps: fixed-size batches without replacement, task + lambda * geometric gradient."""
         cfg = self.config.training
         task_losses, geo_losses = [], []
-        for _ in range(cfg.local_steps):
+        for step in range(cfg.local_steps):
             index = rng.choice(len(self.data.train), size=min(cfg.batch_size, len(self.data.train)), replace=False)
             loss = self._task_loss(index)
             optimizer.zero_grad(set_to_none=True)
@@ -250,6 +252,7 @@ class Node:
             if not all(torch.isfinite(p.grad).all() for p in trainable if p.grad is not None):
                 raise TrainingError(f"{self.node_id}: non-finite gradient in round {round_}; lower training.lr or check the data")
             optimizer.step()
+            self._stepped(step + 1)
         return task_losses, geo_losses
 
     def _train_steps_private(self, round_: int, optimizer: torch.optim.Optimizer,
@@ -265,7 +268,7 @@ class Node:
                         expected_batch_size=ledger.plan.sample_rate * n, step_hook=ledger.optimizer_hook(),
                         randomness=randomness, purpose=("sgd", self.randomness_id, round_),
                         grad_sample_mode=dp.grad_sample_mode) as private:
-            for _ in range(cfg.local_steps):
+            for step in range(cfg.local_steps):
                 private.zero_grad()
                 index = np.flatnonzero(sampler.random(n) < ledger.plan.sample_rate)
                 if len(index):
@@ -284,7 +287,12 @@ class Node:
                     private.step(public)
                 except TrainingError as exc:
                     raise TrainingError(f"{self.node_id}, round {round_}: {exc}") from None
+                self._stepped(step + 1)
         return task_losses, geo_losses
+
+    def _stepped(self, step: int) -> None:
+        if self.step_hook is not None:
+            self.step_hook(step, self.config.training.local_steps)
 
     def _precision_weight(self, round_: int, rng: np.random.Generator, anchor_z: torch.Tensor) -> float:
         """Eq. 6 on private samples; under DP the privatised release of :mod:`geofed_secure.privacy.mechanisms`."""

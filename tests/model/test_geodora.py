@@ -140,3 +140,13 @@ def test_config_validation(backbone):
         geodora.GeoDoRAConfig(magnitude="global")
     with pytest.raises(ConfigError, match="target_modules"):
         wrap(backbone, target_modules=("does_not_exist",))
+
+
+def test_wrapping_a_backbone_prints_no_transformers_deprecation(backbone):
+    """Issue 18: every run printed transformers' FutureWarning about is_gradient_checkpointing (peft reads it)."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        wrap(backbone)
+    assert not [w for w in caught if issubclass(w.category, FutureWarning)], [str(w.message) for w in caught]
