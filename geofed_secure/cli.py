@@ -207,9 +207,9 @@ def cmd_run(args: argparse.Namespace, term: Terminal) -> int:
     with output_folder(out, owner="geofed run"):
         if resume:
             store = CheckpointStore(out)
-            if store.latest_round() is None and not store.rounds_on_disk():
+            if not (store.root / "LATEST").exists() and not store.rounds_on_disk():  # damage is the resume's to judge
                 raise CheckpointError(f"{out} holds no checkpoint (the run stopped before its first round ended), so there "
-                                      f"is nothing to resume; start it again with --out {out} --overwrite")
+                                      f"is nothing to resume; start it again, with the options it had, and --out {out} --overwrite")
         else:
             claim_for_new_run(out, overwrite=args.overwrite)
         return _run_in(out, config, resume, term)

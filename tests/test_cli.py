@@ -214,3 +214,12 @@ def test_the_console_script_runs(tmp_path):
     done = subprocess.run([sys.executable, "-m", "geofed_secure.cli", "--version"], check=False, capture_output=True,
                           text=True)
     assert done.returncode == 0 and done.stdout.startswith("geofed ")
+
+
+def test_resume_past_a_damaged_latest_pointer_falls_back_with_a_warning(tiny_toml, tiny_data, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["run", "--config", str(tiny_toml), "--out", str(out)]) == 0
+    (out / "checkpoints" / "LATEST").write_bytes(b"\x00garbage")
+    capsys.readouterr()
+    assert main(["run", "--resume", str(out)]) == 0
+    assert "warning: " in capsys.readouterr().err

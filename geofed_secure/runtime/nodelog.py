@@ -50,16 +50,22 @@ class NodeLog:
             fh.write(json.dumps(record) + "\n")
 
     def records(self) -> list[dict[str, Any]]:
-        """Every record; a torn last line (crash while appending) is ignored."""
-        lines = self.path.read_text().splitlines()
+        """Every record; a torn last line (crash while appending) is ignored, any other damage is a CheckpointError."""
+        try:
+            lines = self.path.read_bytes().decode().splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CheckpointError(f"{self.path} is unreadable ({type(exc).__name__})") from None
         out = []
         for number, line in enumerate(lines):
             try:
-                out.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError:
                 if number == len(lines) - 1:
                     break
                 raise CheckpointError(f"{self.path} line {number + 1} is corrupt") from None
+            if not (isinstance(record, dict) and isinstance(record.get("round"), int) and isinstance(record.get("event"), str)):
+                raise CheckpointError(f"{self.path} line {number + 1} is not a node log record (round, event)")
+            out.append(record)
         return out
 
 

@@ -10,7 +10,7 @@ dies in any way (``kill -9``, power loss of a process on this host, a crash) lea
 stays, but the next run locks it at once. There is nothing to judge stale (no pid that may have been reused, no
 timeout to guess), and two processes can never both believe they hold the lock. The file itself is never deleted
 (deleting it would let a third process lock a new file while the second still holds the old one). Limits: advisory
-(only geofed honours it), POSIX only, and on network file systems it is as good as their lock support (Linux NFS maps
+(only geofed honours it), POSIX only (elsewhere a warning says the folder is not locked), and on network file systems it is as good as their lock support (Linux NFS maps
 it to NFS locks). Within one process the lock nests: the CLI takes it before loading data, the simulator again.
 
 :func:`claim_for_new_run` is the other half: a new run refuses a folder that already holds a run's files unless
@@ -20,7 +20,6 @@ it to NFS locks). Within one process the lock nests: the CLI takes it before loa
 from __future__ import annotations
 
 import errno
-import fcntl
 import logging
 import os
 import shutil
@@ -32,13 +31,18 @@ from pathlib import Path
 
 from geofed_secure.errors import OutputFolderError, OutputFolderLocked
 
+try:
+    import fcntl
+except ImportError:  # not POSIX (Windows): folders are not locked, and the run says so
+    fcntl = None  # type: ignore[assignment]
+
 log = logging.getLogger(__name__)
 
 LOCK_FILE = ".lock"
 # What ``geofed run`` writes into its folder (the simulator's outputs); a folder holding any of them holds a run.
 RUN_ENTRIES = ("config.json", "summary.json", "alignment.png", "accuracy.png", "transcript", "checkpoints", "final", "nodes")
 
-_held: dict[str, tuple[int, int]] = {}  # real path -> (lock file descriptor, nesting depth) in this process
+_held: dict[str, int] = {}  # real path -> the lock file's descriptor, for the folders this process holds
 
 
 def _create(folder: Path) -> None:
@@ -65,14 +69,8 @@ def output_folder(folder: str | os.PathLike, *, owner: str) -> Iterator[Path]:
     folder = Path(folder)
     _create(folder)
     key = os.path.realpath(folder)
-    if key in _held:
-        fd, depth = _held[key]
-        _held[key] = (fd, depth + 1)
-        try:
-            yield folder
-        finally:
-            fd, depth = _held[key]
-            _held[key] = (fd, depth - 1)
+    if key in _held:  # nested: the outermost block holds the lock and releases it
+        yield folder
         return
     lock_path = folder / LOCK_FILE
     try:
@@ -81,7 +79,10 @@ def output_folder(folder: str | os.PathLike, *, owner: str) -> Iterator[Path]:
         raise OutputFolderError(f"cannot write in output folder {folder}: {exc.strerror or exc}") from None
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            else:
+                log.warning("output folder %s is not locked: this system has no fcntl.flock", folder)
         except OSError as exc:
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise OutputFolderLocked(f"output folder {folder} is being written by another process ({_holder(lock_path)}); "
@@ -89,7 +90,7 @@ def output_folder(folder: str | os.PathLike, *, owner: str) -> Iterator[Path]:
             raise OutputFolderError(f"cannot lock output folder {folder}: {exc.strerror or exc}") from None
         os.ftruncate(fd, 0)
         os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}, {owner}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
-        _held[key] = (fd, 1)
+        _held[key] = fd
         try:
             yield folder
         finally:

@@ -149,6 +149,8 @@ class CheckpointStore:
             problems.append(str(exc))
         on_disk = self.rounds_on_disk()
         if pointer is None and not on_disk:
+            if problems:
+                raise CheckpointError(f"no valid checkpoint under {self.root}: {problems[0]}; and no round folder")
             raise CheckpointError(f"no checkpoint under {self.root} (no LATEST and no round folder); nothing to resume")
         if pointer is not None:
             try:

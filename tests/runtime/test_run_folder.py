@@ -136,3 +136,14 @@ def test_resume_accepts_another_cache_dir(recorded_runs, tiny_config, tiny_modal
                            data={"cache_dir": str(tmp_path / "elsewhere")})
     result = Simulator(config, tiny_modalities, run, secure_seed=3).run(resume=True)
     assert [r["round"] for r in result.summary["rounds"]] == [1, 2]
+
+
+@pytest.mark.parametrize("line", [b"[1, 2]", b'{"event": "trained"}', b'{"round": "two", "event": "x"}', b"\xff\xfe"])
+def test_a_damaged_node_log_is_a_checkpoint_error_on_resume(tmp_path, line):
+    from geofed_secure.errors import CheckpointError
+    from geofed_secure.runtime.nodelog import NodeLog
+
+    path = tmp_path / "log.jsonl"
+    path.write_bytes(line + b"\n" + b'{"round": 1, "event": "trained"}\n')
+    with pytest.raises(CheckpointError, match="log.jsonl"):
+        NodeLog.resume(path, last_round=1)
