@@ -4,8 +4,8 @@
 set -euo pipefail
 out=${1:-runs/evidence}
 mkdir -p "$out"
-geofed run --secure none --out "$out/default"
-geofed run --secure none --out "$out/lambda0" --lambda-geo 0
-geofed run --secure none --out "$out/local-only" --mode local-only
-geofed run --secure none --out "$out/shuffled" --shuffle-anchors
+geofed run --secure none --out "$out/default" --overwrite
+geofed run --secure none --out "$out/lambda0" --overwrite --lambda-geo 0
+geofed run --secure none --out "$out/local-only" --overwrite --mode local-only
+geofed run --secure none --out "$out/shuffled" --overwrite --shuffle-anchors
 python scripts/evidence_table.py "$out"/default "$out"/lambda0 "$out"/local-only "$out"/shuffled

@@ -6,13 +6,13 @@
 set -euo pipefail
 out=${1:-runs/privacy-utility}
 mkdir -p "$out"
-geofed run --out "$out/eps-inf"
+geofed run --out "$out/eps-inf" --overwrite
 for eps in 8 3 1; do
-  geofed run --out "$out/eps-$eps" --dp-epsilon "$eps"
+  geofed run --out "$out/eps-$eps" --overwrite --dp-epsilon "$eps"
 done
 python scripts/evidence_table.py "$out"/eps-inf "$out"/eps-8 "$out"/eps-3 "$out"/eps-1
 # The same budgets with the large-batch recipe (examples/dp-recipe.toml: batch 256, lr 5e-3), 5-6 minutes per DP run.
 for eps in 0 8 3 1; do
-  geofed run --config examples/dp-recipe.toml --out "$out/recipe-eps-$eps" --dp-epsilon "$eps"
+  geofed run --config examples/dp-recipe.toml --out "$out/recipe-eps-$eps" --overwrite --dp-epsilon "$eps"
 done
 python scripts/evidence_table.py "$out"/recipe-eps-0 "$out"/recipe-eps-8 "$out"/recipe-eps-3 "$out"/recipe-eps-1

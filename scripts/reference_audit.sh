@@ -12,7 +12,7 @@ set -euo pipefail
 runs=${1:-runs/audit-reference}
 for tm in threat_models/*.toml; do
   name=$(basename "$tm" .toml)
-  geofed audit --threat-model "$tm" --plan audits/plan.toml --out "audits/reference/$name"
+  geofed audit --threat-model "$tm" --plan audits/plan.toml --out "audits/reference/$name" --overwrite
 done
 mkdir -p "$runs"
 [ -f "$runs/masking/summary.json" ] || geofed run --out "$runs/masking"
@@ -24,7 +24,7 @@ recorded_plan() {  # plan file auditing only the recorded run $1 against the pla
 plan=$(recorded_plan "$runs/masking" "$runs/none" masking)
 for tm in threat_models/*.toml; do
   name=$(basename "$tm" .toml)
-  geofed audit --threat-model "$tm" --plan "$plan" --out "audits/reference/run-inventory/masking/$name"
+  geofed audit --threat-model "$tm" --plan "$plan" --out "audits/reference/run-inventory/masking/$name" --overwrite
 done
 geofed audit --threat-model threat_models/hbc-server.toml --plan "$(recorded_plan "$runs/none" "$runs/none" none)" \
-  --out audits/reference/run-inventory/none/hbc-server
+  --out audits/reference/run-inventory/none/hbc-server --overwrite
