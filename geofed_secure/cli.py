@@ -97,6 +97,10 @@ def _build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--cache-dir", dest="cache_dir", help="feature and experiment cache (default $GEOFED_CACHE or ~/.cache/geofed-secure)")
     audit.add_argument("--seed", type=int, help="override the plan's seed")
     audit.add_argument("--overwrite", action="store_true", help="replace the report already in --out")
+    # geofed deploy parses its own arguments (geofed deploy --help), so the Flower driver is imported only when it runs
+    deploy = sub.add_parser("deploy", help="run the federation on a loopback Flower deployment (SuperLink, SuperNodes); "
+                            "geofed deploy certs makes TLS certificates", prefix_chars="+", add_help=False)
+    deploy.add_argument("deploy_args", nargs=argparse.REMAINDER, help="see geofed deploy --help")
     return parser
 
 
@@ -280,6 +284,10 @@ def main(argv: list[str] | None = None) -> int:
                 return cmd_run(args, term)
             if args.command == "audit":
                 return cmd_audit(args, term)
+            if args.command == "deploy":
+                from geofed_secure.runtime.flower.deploy import run_cli
+
+                return run_cli(args.deploy_args, echo=lambda line: log.info("%s", line), result=term.result)
         except GeofedError as exc:
             term.error(exc, exit_code=2)
             return 2

@@ -1,0 +1,101 @@
+"""Real Flower deployments on 127.0.0.1: a SuperLink, one SuperNode per site and ``flwr run`` as separate processes
+(flwr 1.41's deployment engine), started and stopped by ``geofed deploy``'s launcher.
+
+Marked ``deployment`` (``python -m pytest -m deployment``): each run costs about a minute here, most of it Flower's
+own machinery (a fresh ClientApp process per message, importing torch; the SuperNodes poll every 3 s). Every test
+is bounded (the launcher's timeout) and checks that nothing it started is left running.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import psutil
+import pytest
+import safetensors.numpy
+from conftest import with_sections
+
+from geofed_secure.config import NodeSpec, needed_modalities
+from geofed_secure.runtime import Simulator, Transcript
+from geofed_secure.runtime.flower.certs import make_certificates
+from geofed_secure.runtime.flower.launch import DeploymentError, prepare_loopback, run_loopback
+from geofed_secure.runtime.flower.site import STATE_FILE
+from geofed_secure.runtime.flower.sitedata import save_modalities
+
+pytestmark = pytest.mark.deployment
+
+# The simulator's process runs torch on one thread (tests/conftest.py); the sites' ClientApp processes must too for
+# bit-identical floats: a different intra-op thread count sums in another order (differences ~1e-7).
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+SITES = (NodeSpec(id="img-a", modality="image"), NodeSpec(id="txt", modality="text"))
+
+
+def leftovers(flwr_home):
+    """Processes still running with this deployment's FLWR_HOME (SuperLink, SuperNodes, SuperExecs, apps)."""
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if process.environ().get("FLWR_HOME") == str(flwr_home) and process.status() != psutil.STATUS_ZOMBIE:
+                found.append(process)
+        except psutil.Error:
+            continue
+    return found
+
+
+@pytest.fixture
+def no_leftovers():
+    """Checks after the test that nothing of the deployments registered in it still runs (and ends what does)."""
+    homes = []
+    yield homes.append
+    left = [p for home in homes for p in leftovers(home)]
+    for process in left:
+        process.kill()
+    assert not left, f"processes left running: {[p.pid for p in left]}"
+
+
+def test_a_loopback_deployment_gives_the_simulators_weights_bit_for_bit(tiny_config, tiny_modalities, tmp_path,
+                                                                         no_leftovers):
+    config = with_sections(tiny_config, federation={"rounds": 2}, nodes=SITES)
+    modalities = {m: tiny_modalities[m] for m in needed_modalities(config)}
+    save_modalities(tmp_path / "data", modalities)  # what the sites read: the same synthetic data, on disk
+    reference = Simulator(config, modalities, tmp_path / "simulator").run()
+    plan = prepare_loopback(config, tmp_path / "deployment", data=str(tmp_path / "data"), insecure=True,
+                            message_timeout=120)
+    no_leftovers(plan.flwr_home)
+    result = run_loopback(plan, timeout=300, env=ONE_THREAD)
+    final = safetensors.numpy.load_file(result.final)
+    assert final.keys() == reference.global_state.keys()
+    for key, value in reference.global_state.items():
+        assert np.array_equal(value, final[key]), key
+    flower = Transcript.load(result.out_dir / "transcript")  # the ServerApp's transcript, loadable as the audit loads it
+    simulator = Transcript.load(tmp_path / "simulator" / "transcript")
+    assert Counter(r.sha256 for r in flower.records) == Counter(r.sha256 for r in simulator.records)
+    for node in SITES:
+        assert (plan.root / "sites" / node.id / STATE_FILE).is_file()
+    assert result.status["status"] == "completed" and set(result.status["round_seconds"]) == {"1", "2"}
+    assert not leftovers(plan.flwr_home)
+
+
+def test_a_tls_deployment_with_certificates_made_by_geofed(tiny_config, tiny_modalities, tmp_path, no_leftovers):
+    config = with_sections(tiny_config, federation={"rounds": 1}, nodes=SITES)
+    save_modalities(tmp_path / "data", {m: tiny_modalities[m] for m in needed_modalities(config)})
+    certs = make_certificates(tmp_path / "certs")
+    plan = prepare_loopback(config, tmp_path / "deployment", data=str(tmp_path / "data"), certs=certs,
+                            message_timeout=120)
+    no_leftovers(plan.flwr_home)
+    result = run_loopback(plan, timeout=300, env=ONE_THREAD)
+    assert result.final.is_file()
+    assert f"https://127.0.0.1:{plan.port}" in (plan.logs / "superlink.log").read_text()
+    assert all("--root-certificates" in argv for argv in plan.supernodes.values())
+
+
+def test_a_failed_run_names_its_logs_and_stops_every_process(tiny_config, tiny_modalities, tmp_path, no_leftovers):
+    config = with_sections(tiny_config, federation={"rounds": 1}, nodes=SITES)
+    save_modalities(tmp_path / "data", {"image": tiny_modalities["image"]})  # the text modality is missing
+    plan = prepare_loopback(config, tmp_path / "deployment", data=str(tmp_path / "data"), insecure=True,
+                            message_timeout=60)
+    no_leftovers(plan.flwr_home)
+    with pytest.raises(DeploymentError, match=r"the run failed: DataError: .*text.safetensors is missing.*run\.log"):
+        run_loopback(plan, timeout=240, env=ONE_THREAD)
+    assert not leftovers(plan.flwr_home)
