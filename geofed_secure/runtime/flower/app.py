@@ -35,6 +35,7 @@ from flwr.serverapp import Grid, ServerApp
 from geofed_secure.config import RunConfig
 from geofed_secure.errors import ConfigError, GeofedError, MessageError
 from geofed_secure.runtime.flower.site import Site
+from geofed_secure.runtime.outdir import claim_for_new_run, output_folder
 from geofed_secure.runtime.round import Answer, FederatedRound, NodeAnswer, Reporter, SilentReporter
 from geofed_secure.runtime.secure import SecureInputLayout
 from geofed_secure.runtime.transcript import SERVER, Transcript
@@ -153,7 +154,8 @@ def run_federation(grid: Grid, config: RunConfig, *, anchor_digest: str, initial
                    ) -> dict[str, np.ndarray]:
     """The ServerApp's work: discovery, then ``config.federation.rounds`` rounds of the shared round, a transcript
     and a server checkpoint per round in ``out_dir``; returns the final global state (also written to
-    ``out_dir/final/global_adapters.safetensors``)."""
+    ``out_dir/final/global_adapters.safetensors``). ``out_dir`` is locked while the run writes it; a folder that
+    already holds a run is refused (OutputFolderError), as ``geofed run`` refuses it without --resume/--overwrite."""
     if config.secure.protocol != "none":
         raise ConfigError("secure.protocol", f"{config.secure.protocol!r} does not run on the Flower driver yet; "
                                              "use secure.protocol = 'none' there, or the simulator (geofed run)")
@@ -161,30 +163,32 @@ def run_federation(grid: Grid, config: RunConfig, *, anchor_digest: str, initial
         raise ConfigError("federation.mode", "the Flower driver runs federated mode only")
     reporter = reporter or SilentReporter()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(config.to_dict(), indent=1, sort_keys=True))
-    flower_ids = discover(grid, config, timeout=timeout)
-    node_ids = tuple(n.id for n in config.nodes)
-    server = Server(federation_id=config.federation.id, anchor_digest=anchor_digest, node_ids=node_ids,
-                    global_state=dict(initial_state))
-    link = FlowerLink(grid, flower_ids, timeout=timeout, reporter=reporter)
-    federated_round = FederatedRound(server, link, secure=None, n_anchors=0, clip=config.secure.clip,
-                                     reporter=reporter, fault_hook=lambda stage, round_, node_id: None, node_logs={})
-    transcript = Transcript(out / "transcript")
-    checkpoints = CheckpointStore(out)
-    history = []
-    for round_ in range(1, config.federation.rounds + 1):
-        reporter.round_started(round_, config.federation.rounds)
-        outcome = federated_round.run(round_, transcript, node_ids)
-        history.append({"round": round_, "uploaded": outcome.uploaded,
-                        "failures": {k: v.value for k, v in outcome.failures.items()}})
-        checkpoints.save(round_, server.state_dict(), {}, {"history": history, "transcript_records": len(transcript),
-                                                           "anchor_digest": anchor_digest})
-        reporter.round_done(round_, f"round {round_}: {len(outcome.uploaded)} uploads, "
-                                    f"{len(outcome.failures)} node(s) left out")
-    (out / "final").mkdir(exist_ok=True)
-    safetensors.numpy.save_file(dict(server.global_state), out / "final" / "global_adapters.safetensors")
-    return dict(server.global_state)
+    # the folder is locked while the ServerApp writes it and a finished or crashed run in it is never replaced
+    with output_folder(out, owner="geofed Flower ServerApp"):
+        claim_for_new_run(out, overwrite=False)
+        (out / "config.json").write_text(json.dumps(config.to_dict(), indent=1, sort_keys=True))
+        flower_ids = discover(grid, config, timeout=timeout)
+        node_ids = tuple(n.id for n in config.nodes)
+        server = Server(federation_id=config.federation.id, anchor_digest=anchor_digest, node_ids=node_ids,
+                        global_state=dict(initial_state))
+        link = FlowerLink(grid, flower_ids, timeout=timeout, reporter=reporter)
+        federated_round = FederatedRound(server, link, secure=None, n_anchors=0, clip=config.secure.clip,
+                                         reporter=reporter, fault_hook=lambda stage, round_, node_id: None, node_logs={})
+        transcript = Transcript(out / "transcript")
+        checkpoints = CheckpointStore(out)
+        history = []
+        for round_ in range(1, config.federation.rounds + 1):
+            reporter.round_started(round_, config.federation.rounds)
+            outcome = federated_round.run(round_, transcript, node_ids)
+            history.append({"round": round_, "uploaded": outcome.uploaded,
+                            "failures": {k: v.value for k, v in outcome.failures.items()}})
+            checkpoints.save(round_, server.state_dict(), {}, {"history": history, "transcript_records": len(transcript),
+                                                               "anchor_digest": anchor_digest})
+            reporter.round_done(round_, f"round {round_}: {len(outcome.uploaded)} uploads, "
+                                        f"{len(outcome.failures)} node(s) left out")
+        (out / "final").mkdir(exist_ok=True)
+        safetensors.numpy.save_file(dict(server.global_state), out / "final" / "global_adapters.safetensors")
+        return dict(server.global_state)
 
 
 SiteFactory = Callable[[Context], Site]

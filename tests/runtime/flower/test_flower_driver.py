@@ -93,3 +93,14 @@ def test_a_site_refuses_a_node_id_its_federation_does_not_have(tiny_config, tiny
     with pytest.raises(ConfigError, match="not a node of federation"):
         Site(tiny_config, "nobody", federation.nodes["txt"], anchor_digest=federation.anchor_digest,
              state_dir=tmp_path, make_backbone=backbone_factory(tiny_config))
+
+
+def test_the_server_app_never_writes_over_a_run_already_in_its_folder(tiny_config, tiny_modalities, tmp_path):
+    from geofed_secure.errors import OutputFolderError
+
+    config = with_sections(tiny_config, federation={"rounds": 1})
+    flower_run(config, tiny_modalities, tmp_path)
+    before = (tmp_path / "server" / "transcript" / "messages.bin").read_bytes()
+    with pytest.raises(OutputFolderError, match="already holds a run"):
+        flower_run(config, tiny_modalities, tmp_path)
+    assert (tmp_path / "server" / "transcript" / "messages.bin").read_bytes() == before
