@@ -59,9 +59,8 @@ from geofed_secure.runtime.round import (
     Reporter,
     SilentReporter,
     local_only_round,
-    stats_line,
 )
-from geofed_secure.runtime.secure import SecureInputLayout, make_aggregator
+from geofed_secure.runtime.secure import SecureInputLayout, in_process
 from geofed_secure.runtime.transcript import SERVER, Transcript
 from geofed_secure.server.checkpoint import CheckpointStore
 from geofed_secure.server.server import Server
@@ -102,21 +101,26 @@ class InProcessLink:
 
     The broadcast and the node's answer are encoded, recorded in the transcript and decoded by the receiver, so
     the simulation exercises the real wire format. ``fault_hook`` injects dropouts at the named stages
-    (``broadcast``, ``local_training``, ``upload``; a :class:`GeofedError` from the hook is a dropout).
+    (``broadcast``, ``local_training``, ``upload``, and ``secagg/<stage>`` just before a node would send its answer
+    of that protocol stage; a :class:`GeofedError` from the hook is a dropout: the node sends nothing more that round).
     """
 
     def __init__(self, sides: Mapping[str, NodeSide], fault_hook: FaultHook) -> None:
         self.sides = sides
         self.fault_hook = fault_hook
         self.stats: dict[str, LocalRoundStats] = {}  # nodes that trained this round (harness view)
+        self.gone: set[str] = set()  # nodes that dropped during this round's secure aggregation
 
     def exchange(self, round_: int, broadcasts: Mapping[str, RoundBroadcast], transcript: Transcript, *,
-                 secure_layout: SecureInputLayout | None) -> dict[str, NodeAnswer]:
+                 secure_layout: SecureInputLayout | None, secure_open: Mapping[str, bytes] | None = None
+                 ) -> dict[str, NodeAnswer]:
         """One node after the other, in the given order: broadcast, train, answer."""
-        return {k: self.deliver(round_, k, b, transcript, secure_layout=secure_layout) for k, b in broadcasts.items()}
+        self.gone = set()
+        return {k: self.deliver(round_, k, b, transcript, secure_layout=secure_layout,
+                                secure_open=(secure_open or {}).get(k)) for k, b in broadcasts.items()}
 
     def deliver(self, round_: int, node_id: str, broadcast: RoundBroadcast, transcript: Transcript, *,
-                secure_layout: SecureInputLayout | None) -> NodeAnswer:
+                secure_layout: SecureInputLayout | None, secure_open: bytes | None = None) -> NodeAnswer:
         side = self.sides[node_id]
         try:
             self.fault_hook("broadcast", round_, node_id)
@@ -128,7 +132,7 @@ class InProcessLink:
             return NodeAnswer(Answer.NOTHING)
         result = side.train(round_, blob)
         if isinstance(result, bytes):
-            return self._recorded(round_, node_id, transcript, Answer.FAILURE, result)
+            return self._recorded(round_, node_id, transcript, NodeAnswer(Answer.FAILURE, result))
         if side.node.last_stats is not None:
             self.stats[node_id] = side.node.last_stats
         try:
@@ -136,18 +140,32 @@ class InProcessLink:
         except GeofedError as exc:
             side.dropped(round_, exc)
             return NodeAnswer(Answer.NOTHING)
-        kind, reply = side.upload(round_, result, secure_layout=secure_layout)
-        if kind is Answer.SECURE_INPUT_READY:
-            return NodeAnswer(kind)
-        return self._recorded(round_, node_id, transcript, kind, reply, info=stats_line(side.node))
+        answer = side.upload(round_, result, secure_layout=secure_layout, secure_open=secure_open)
+        if answer.kind in (Answer.UPLOAD, Answer.FAILURE):
+            return self._recorded(round_, node_id, transcript, answer)
+        return self._secure(round_, node_id, answer)
+
+    def secure_exchange(self, round_: int, messages: Mapping[str, bytes]) -> dict[str, NodeAnswer]:
+        return {k: self._secure(round_, k, self.sides[k].secure_step(round_, blob)) if k not in self.gone
+                else NodeAnswer(Answer.NOTHING) for k, blob in sorted(messages.items())}
+
+    def _secure(self, round_: int, node_id: str, answer: NodeAnswer) -> NodeAnswer:
+        if answer.kind is not Answer.SECURE:
+            return answer
+        try:
+            self.fault_hook(f"secagg/{answer.stage}", round_, node_id)
+        except GeofedError:
+            self.gone.add(node_id)
+            session = self.sides[node_id].secure
+            if session is not None:
+                session.abandon()
+            return NodeAnswer(Answer.NOTHING)
+        return answer
 
     @staticmethod
-    def _recorded(round_: int, node_id: str, transcript: Transcript, kind: Answer, blob: bytes, info: str = "") -> NodeAnswer:
-        transcript.record(round_, node_id, SERVER, blob, decode_message(blob))
-        return NodeAnswer(kind, blob, info=info)
-
-    def secure_inputs(self) -> dict[str, np.ndarray]:
-        return {k: side.secure_input for k, side in self.sides.items() if side.secure_input is not None}
+    def _recorded(round_: int, node_id: str, transcript: Transcript, answer: NodeAnswer) -> NodeAnswer:
+        transcript.record(round_, node_id, SERVER, answer.blob, decode_message(answer.blob))
+        return answer
 
 
 class Simulator:
@@ -173,8 +191,9 @@ class Simulator:
         self.server = Server(federation_id=config.federation.id, anchor_digest=self.federation.anchor_digest,
                              node_ids=tuple(self.nodes), global_state=initial)
         self.federated = config.federation.mode == "federated"
-        # Secure aggregation keys come from the OS CSPRNG; ``secure_seed`` exists for reproducible tests only.
-        self.secure = make_aggregator(config, self.federation.anchor_digest, seed=secure_seed)
+        # Secure aggregation keys come from the OS CSPRNG; ``secure_seed`` exists for reproducible tests only. Each
+        # node's session (its keys) stays with that node across rounds, as it stays on a site's disk.
+        self.secure, self.secure_sessions = in_process(config, self.federation.anchor_digest, seed=secure_seed)
         anchor_counts = {len(d.anchors) for d in self.federation.modalities.values()}
         if len(anchor_counts) != 1:
             raise DataError(f"every modality needs the same number of public anchors, got {sorted(anchor_counts)}")
@@ -216,7 +235,8 @@ class Simulator:
         for round_ in range(start, total + 1):
             self.reporter.round_started(round_, total)
             t0 = time.perf_counter()
-            sides = {k: NodeSide(n, self.node_logs[k], federation_id=self.config.federation.id) for k, n in self.nodes.items()}
+            sides = {k: NodeSide(n, self.node_logs[k], federation_id=self.config.federation.id,
+                                 secure=self.secure_sessions.get(k)) for k, n in self.nodes.items()}
             if self.federated:
                 link = InProcessLink(sides, self.fault_hook)
                 federated_round = FederatedRound(self.server, link, secure=self.secure, n_anchors=self.n_anchors,

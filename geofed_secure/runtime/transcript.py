@@ -56,7 +56,8 @@ class Transcript:
             (self.directory / "index.jsonl").write_text("")
             (self.directory / "messages.bin").write_bytes(b"")
 
-    def record(self, round_: int, sender: str, receiver: str, blob: bytes, message: Message) -> TranscriptRecord:
+    def record(self, round_: int, sender: str, receiver: str, blob: bytes, message: object) -> TranscriptRecord:
+        """Append ``blob`` as sent from ``sender`` to ``receiver``; ``message`` is its decoded form (its type names the record)."""
         rec = TranscriptRecord(index=len(self.records), round=round_, sender=sender, receiver=receiver,
                                type=type(message).__name__, offset=self._offset, nbytes=len(blob),
                                sha256=hashlib.sha256(blob).hexdigest())

@@ -11,12 +11,16 @@ Messages:
 - ``query`` (discovery): the ServerApp asks every connected SuperNode which federation node it is; the ClientApp
   answers its ``node-id`` node-config value. The ServerApp refuses a SuperNode that is not a node of the
   configuration or a node that connects twice.
-- ``train`` (one per node per round, ``group_id`` = the round): the broadcast in, the node's answer back
-  (an encoded NodeUpdate, or a FailureNotice carrying only a code). One message round trip per round.
+- ``train`` (one per node per round, ``group_id`` = the round): the broadcast in (with ``secure``: the round's first
+  secure-aggregation message), the node's answer back (``answer``: its kind; ``wire``: an encoded NodeUpdate, a
+  protocol message, or a FailureNotice carrying only a code; ``stage``: the protocol stage of a protocol answer).
+- ``train.secagg`` (``group_id`` = the round): one later secure-aggregation stage; node-to-node protocol messages
+  (sealed key shares) travel through the ServerApp as through any server.
 
-What this first version covers (issue 14): clear uploads (``secure.protocol = "none"``) with results bit-identical
-to the simulator; secure aggregation over Flower (masking, CKKS: their node sessions must live on the sites and
-their messages travel through the ServerApp) is refused with a clear error until it is built.
+Round trips per round: one with clear uploads; two in a steady-state secagg-v1 round (the broadcast with the
+RoundStart, answered by the masked input; then the unmask) and in a ckks-v1 round (the broadcast with the round start,
+answered by the ciphertext; then one contributor's decryption); more when keys are set up or nodes drop
+(protocols/secagg-v1/SPEC.md section 5). Flower's own SecAgg+ workflow needs four after the training round.
 """
 
 from __future__ import annotations
@@ -38,13 +42,15 @@ from geofed_secure.runtime.flower.site import Site
 from geofed_secure.runtime.outdir import claim_for_new_run, output_folder
 from geofed_secure.runtime.round import Answer, FederatedRound, NodeAnswer, Reporter, SilentReporter
 from geofed_secure.runtime.secure import SecureInputLayout
+from geofed_secure.runtime.secure.keys import server_aggregator
 from geofed_secure.runtime.transcript import SERVER, Transcript
 from geofed_secure.server.checkpoint import CheckpointStore
 from geofed_secure.server.server import Server
 from geofed_secure.wire.round import RoundBroadcast, decode_message, encode_message
 
 RECORD = "geofed"  # the ConfigRecord that carries our bytes
-QUERY, TRAIN = "query", "train"
+QUERY, TRAIN, SECAGG_ACTION = "query", "train", "secagg"
+SECAGG = f"{TRAIN}.{SECAGG_ACTION}"
 DEFAULT_TIMEOUT_S = 600.0
 
 
@@ -87,37 +93,53 @@ class FlowerLink:
         self.reporter = reporter or SilentReporter()
 
     def exchange(self, round_: int, broadcasts: Mapping[str, RoundBroadcast], transcript: Transcript, *,
-                 secure_layout: SecureInputLayout | None) -> dict[str, NodeAnswer]:
-        if secure_layout is not None:
-            raise ConfigError("secure.protocol", "secure aggregation does not run on the Flower driver yet; use "
-                                                 "secure.protocol = 'none' there, or the simulator (geofed run)")
+                 secure_layout: SecureInputLayout | None, secure_open: Mapping[str, bytes] | None = None
+                 ) -> dict[str, NodeAnswer]:
         messages = []
         for node_id, broadcast in broadcasts.items():
             blob = encode_message(broadcast)
             transcript.record(round_, SERVER, node_id, blob, broadcast)
-            messages.append(self.grid.create_message(pack(wire=blob), TRAIN, self.flower_ids[node_id], str(round_)))
+            values: dict[str, bytes | str | int] = {"wire": blob}
+            if secure_open is not None and node_id in secure_open:
+                values["secure"] = secure_open[node_id]
+            messages.append(self.grid.create_message(pack(**values), TRAIN, self.flower_ids[node_id], str(round_)))
+        answers = self._collect(round_, messages, list(broadcasts))
+        for node_id, answer in answers.items():  # protocol messages are recorded by the secure aggregator
+            if answer.kind in (Answer.UPLOAD, Answer.FAILURE):
+                try:
+                    transcript.record(round_, node_id, SERVER, answer.blob, decode_message(answer.blob))
+                except GeofedError as exc:
+                    self.reporter.log(f"round {round_}: {node_id} sent an unreadable answer ({type(exc).__name__}: {exc})")
+                    answers[node_id] = NodeAnswer(Answer.UPLOAD, b"")  # the server's decode refuses it: rejected_by_server
+        return answers
+
+    def secure_exchange(self, round_: int, messages: Mapping[str, bytes]) -> dict[str, NodeAnswer]:
+        out = [self.grid.create_message(pack(wire=blob), SECAGG, self.flower_ids[node_id], str(round_))
+               for node_id, blob in messages.items()]
+        return self._collect(round_, out, list(messages))
+
+    def _collect(self, round_: int, messages: list[Message], node_ids: list[str]) -> dict[str, NodeAnswer]:
+        """Send ``messages`` in one round trip; each node's answer, or NOTHING when none arrived in time."""
         replies = {m.metadata.src_node_id: m for m in self.grid.send_and_receive(messages, timeout=self.timeout)}
         answers: dict[str, NodeAnswer] = {}
-        for node_id in broadcasts:
+        for node_id in node_ids:
             reply = replies.get(self.flower_ids[node_id])
             if reply is None or reply.has_error():
-                why = "no reply in time" if reply is None else f"Flower error {reply.error.code}: {reply.error.reason}"
+                why = (f"no reply within {self.timeout:g} s" if reply is None
+                       else f"Flower error {reply.error.code}: {reply.error.reason}")
                 self.reporter.log(f"round {round_}: {node_id}: {why}")
                 answers[node_id] = NodeAnswer(Answer.NOTHING)
                 continue
             try:
                 kind = Answer(unpack_str(reply, "answer"))
                 blob = unpack_bytes(reply, "wire")
-                transcript.record(round_, node_id, SERVER, blob, decode_message(blob))
+                stage = unpack_str(reply, "stage") if kind in (Answer.SECURE, Answer.REFUSED) else ""
             except (GeofedError, ValueError) as exc:  # ValueError: an unknown answer kind
                 self.reporter.log(f"round {round_}: {node_id} sent an unreadable answer ({type(exc).__name__}: {exc})")
                 answers[node_id] = NodeAnswer(Answer.UPLOAD, b"")  # the server's decode refuses it: rejected_by_server
                 continue
-            answers[node_id] = NodeAnswer(kind, blob)
+            answers[node_id] = NodeAnswer(kind, blob, stage=stage)
         return answers
-
-    def secure_inputs(self) -> dict[str, np.ndarray]:
-        return {}
 
 
 def discover(grid: Grid, config: RunConfig, *, timeout: float = DEFAULT_TIMEOUT_S, poll: float = 1.0) -> dict[str, int]:
@@ -150,15 +172,22 @@ def discover(grid: Grid, config: RunConfig, *, timeout: float = DEFAULT_TIMEOUT_
 
 
 def run_federation(grid: Grid, config: RunConfig, *, anchor_digest: str, initial_state: Mapping[str, np.ndarray],
-                   out_dir: str | Path, timeout: float = DEFAULT_TIMEOUT_S, reporter: Reporter | None = None
-                   ) -> dict[str, np.ndarray]:
+                   out_dir: str | Path, timeout: float = DEFAULT_TIMEOUT_S, reporter: Reporter | None = None,
+                   n_anchors: int = 0, keys_dir: str | Path | None = None) -> dict[str, np.ndarray]:
     """The ServerApp's work: discovery, then ``config.federation.rounds`` rounds of the shared round, a transcript
     and a server checkpoint per round in ``out_dir``; returns the final global state (also written to
     ``out_dir/final/global_adapters.safetensors``). ``out_dir`` is locked while the run writes it; a folder that
-    already holds a run is refused (OutputFolderError), as ``geofed run`` refuses it without --resume/--overwrite."""
+    already holds a run is refused (OutputFolderError), as ``geofed run`` refuses it without --resume/--overwrite.
+
+    Secure aggregation (``config.secure.protocol`` masking or ckks) needs ``keys_dir`` (the server's key folder,
+    :mod:`geofed_secure.runtime.secure.keys`) and ``n_anchors`` (the public anchor count, for the upload layout)."""
+    secure = None
     if config.secure.protocol != "none":
-        raise ConfigError("secure.protocol", f"{config.secure.protocol!r} does not run on the Flower driver yet; "
-                                             "use secure.protocol = 'none' there, or the simulator (geofed run)")
+        if keys_dir is None or n_anchors < 2:
+            raise ConfigError("keys", f"secure.protocol = {config.secure.protocol!r} on Flower needs the server's key "
+                                      "folder (run config keys='<folder>/server', made by geofed deploy keys) and the "
+                                      "public anchor count")
+        secure = server_aggregator(config, anchor_digest, keys_dir)
     if config.federation.mode != "federated":
         raise ConfigError("federation.mode", "the Flower driver runs federated mode only")
     reporter = reporter or SilentReporter()
@@ -172,7 +201,7 @@ def run_federation(grid: Grid, config: RunConfig, *, anchor_digest: str, initial
         server = Server(federation_id=config.federation.id, anchor_digest=anchor_digest, node_ids=node_ids,
                         global_state=dict(initial_state))
         link = FlowerLink(grid, flower_ids, timeout=timeout, reporter=reporter)
-        federated_round = FederatedRound(server, link, secure=None, n_anchors=0, clip=config.secure.clip,
+        federated_round = FederatedRound(server, link, secure=secure, n_anchors=n_anchors, clip=config.secure.clip,
                                          reporter=reporter, fault_hook=lambda stage, round_, node_id: None, node_logs={})
         transcript = Transcript(out / "transcript")
         checkpoints = CheckpointStore(out)
@@ -181,7 +210,8 @@ def run_federation(grid: Grid, config: RunConfig, *, anchor_digest: str, initial
             reporter.round_started(round_, config.federation.rounds)
             outcome = federated_round.run(round_, transcript, node_ids)
             history.append({"round": round_, "uploaded": outcome.uploaded,
-                            "failures": {k: v.value for k, v in outcome.failures.items()}})
+                            "failures": {k: v.value for k, v in outcome.failures.items()},
+                            "clipped_coordinates": outcome.clipped_total})
             checkpoints.save(round_, server.state_dict(), {}, {"history": history, "transcript_records": len(transcript),
                                                                "anchor_digest": anchor_digest})
             reporter.round_done(round_, f"round {round_}: {len(outcome.uploaded)} uploads, "
@@ -205,24 +235,34 @@ def make_client_app(site_for: SiteFactory) -> ClientApp:
             raise ConfigError("node-id", "start the SuperNode with --node-config \"node-id='<this site's node id>'\"")
         return Message(pack(node_id=node_id), reply_to=message)
 
+    def reply(answer: NodeAnswer, message: Message) -> Message:
+        return Message(pack(answer=answer.kind.value, wire=answer.blob, stage=answer.stage), reply_to=message)
+
     @app.train()
     def train(message: Message, context: Context) -> Message:
         site = site_for(context)
-        round_ = int(message.metadata.group_id)
-        blob = unpack_bytes(message, "wire")
-        kind, reply = site.answer(round_, blob)
-        return Message(pack(answer=kind.value, wire=reply), reply_to=message)
+        record = message.content.config_records.get(RECORD)
+        secure_open = record.get("secure") if record is not None else None
+        answer = site.answer(int(message.metadata.group_id), unpack_bytes(message, "wire"),
+                             secure_open if isinstance(secure_open, bytes) else None)
+        return reply(answer, message)
+
+    @app.train(SECAGG_ACTION)
+    def secagg(message: Message, context: Context) -> Message:
+        site = site_for(context)
+        return reply(site.secure_step(int(message.metadata.group_id), unpack_bytes(message, "wire")), message)
 
     return app
 
 
 def make_server_app(config: RunConfig, *, anchor_digest: str, initial_state: Mapping[str, np.ndarray],
-                    out_dir: str | Path, timeout: float = DEFAULT_TIMEOUT_S, reporter: Reporter | None = None) -> ServerApp:
+                    out_dir: str | Path, timeout: float = DEFAULT_TIMEOUT_S, reporter: Reporter | None = None,
+                    n_anchors: int = 0, keys_dir: str | Path | None = None) -> ServerApp:
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         run_federation(grid, config, anchor_digest=anchor_digest, initial_state=initial_state, out_dir=out_dir,
-                       timeout=timeout, reporter=reporter)
+                       timeout=timeout, reporter=reporter, n_anchors=n_anchors, keys_dir=keys_dir)
 
     return app

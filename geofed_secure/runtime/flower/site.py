@@ -7,27 +7,57 @@ broadcast through the same :class:`~geofed_secure.runtime.round.NodeSide` the si
 back atomically (a temporary file, fsync, then ``os.replace``): a process killed mid-write leaves the previous
 state. The node's own log (the error text the server never sees) is ``<state_dir>/log.jsonl``.
 
+Under secure aggregation the site also keeps its protocol session (identity or CKKS secret, the epoch's keys, the
+open round) in ``<state_dir>/secure-session.pkl``, written the same way with mode 0600; it starts from the site's
+key folder (:mod:`geofed_secure.runtime.secure.keys`). It is a pickle because it is the site's own file, read only
+by the site: whoever can write the state directory can already replace the node. A file from another federation,
+node, protocol or package version is refused, not used. The session's keys are secrets: the directory must be
+readable by the site's operator only.
+
 This module does not import Flower; :mod:`geofed_secure.runtime.flower.app` carries its bytes in Flower messages.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import safetensors.torch
 import torch
 
+import geofed_secure
 from geofed_secure.config import RunConfig
 from geofed_secure.errors import CheckpointError, ConfigError
 from geofed_secure.node import Node, NodeData
 from geofed_secure.runtime.nodelog import NodeLog
-from geofed_secure.runtime.round import Answer, NodeSide
+from geofed_secure.runtime.round import Answer, NodeAnswer, NodeSide, secure_answer
+from geofed_secure.runtime.secure import NodeSession, SecureInputLayout
+from geofed_secure.runtime.secure.keys import node_session
+from geofed_secure.wire.round import RoundBroadcast, decode_message
 
 STATE_FILE = "node.safetensors"
 LOG_FILE = "log.jsonl"
+SESSION_FILE = "secure-session.pkl"
+SESSION_FORMAT = "geofed-secure-session-v1"
+
+
+def _atomic_write(folder: Path, name: str, write: Callable[[str], object]) -> None:
+    """``write(tmp)`` then fsync and ``os.replace``: the previous file survives a crash at any point (mode 0600)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}-", suffix=".tmp", dir=folder)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, folder / name)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 class Site:
@@ -38,7 +68,7 @@ class Site:
     """
 
     def __init__(self, config: RunConfig, node_id: str, data: NodeData, *, anchor_digest: str, state_dir: str | Path,
-                 make_backbone: Callable[[], torch.nn.Module]) -> None:
+                 make_backbone: Callable[[], torch.nn.Module], keys_dir: str | Path | None = None) -> None:
         specs = {n.id: n for n in config.nodes}
         if node_id not in specs:
             raise ConfigError("node-id", f"{node_id!r} is not a node of federation {config.federation.id!r} "
@@ -49,6 +79,11 @@ class Site:
         self.anchor_digest = anchor_digest
         self.state_dir = Path(state_dir)
         self.make_backbone = make_backbone
+        self.keys_dir = Path(keys_dir) if keys_dir is not None else None
+        self.secure = config.secure.protocol != "none"
+        if self.secure and self.keys_dir is None:
+            raise ConfigError("keys", f"secure.protocol = {config.secure.protocol!r}: the site needs its key folder "
+                                      "(node config keys='<folder made by geofed deploy keys>/sites/<node id>')")
 
     @property
     def node_id(self) -> str:
@@ -69,28 +104,70 @@ class Site:
 
     def save_node(self, node: Node) -> None:
         """Write the node's state atomically: the previous state survives a crash at any point of the write."""
-        self.state_dir.mkdir(parents=True, exist_ok=True)
         state = {k: v.contiguous() for k, v in node.state_dict().items()}
-        fd, tmp = tempfile.mkstemp(prefix=".node-", suffix=".tmp", dir=self.state_dir)
-        os.close(fd)
-        try:
-            safetensors.torch.save_file(state, tmp)
-            with open(tmp, "rb") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.state_dir / STATE_FILE)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        _atomic_write(self.state_dir, STATE_FILE, lambda tmp: safetensors.torch.save_file(state, tmp))
 
-    def answer(self, round_: int, broadcast_blob: bytes) -> tuple[Answer, bytes]:
-        """Handle one round's broadcast (clear uploads): an encoded NodeUpdate, or a FailureNotice (code only)."""
-        node = self.load_node()
+    def _session_header(self) -> dict[str, Any]:
+        return {"format": SESSION_FORMAT, "version": geofed_secure.__version__, "node_id": self.node_id,
+                "federation_id": self.config.federation.id, "protocol": self.config.secure.protocol,
+                "anchor_digest": self.anchor_digest}
+
+    def load_session(self) -> NodeSession:
+        """The node's secure-aggregation session as the last message left it (a new one from the keys before the first)."""
+        path = self.state_dir / SESSION_FILE
+        if not path.is_file():
+            assert self.keys_dir is not None
+            return node_session(self.config, self.node_id, self.anchor_digest, self.keys_dir)
+        try:
+            with open(path, "rb") as fh:
+                saved = pickle.load(fh)
+        except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError) as exc:
+            raise CheckpointError(f"{path} is unreadable ({type(exc).__name__}); delete it to start a new session "
+                                  "(the server then starts a new key epoch)") from exc
+        header = self._session_header()
+        got = saved.get("header") if isinstance(saved, dict) else None
+        if got != header:
+            differs = sorted(k for k in header if not isinstance(got, dict) or got.get(k) != header[k])
+            raise CheckpointError(f"{path} belongs to another {', '.join(differs) or 'format'}; delete it to start a new "
+                                  "session (the server then starts a new key epoch)")
+        session: NodeSession = saved["session"]
+        return session
+
+    def save_session(self, session: NodeSession) -> None:
+        blob = pickle.dumps({"header": self._session_header(), "session": session}, protocol=pickle.HIGHEST_PROTOCOL)
+        _atomic_write(self.state_dir, SESSION_FILE, lambda tmp: Path(tmp).write_bytes(blob))
+
+    def _log(self, last_round: int) -> NodeLog:
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        log_path = self.state_dir / LOG_FILE
-        log = NodeLog.resume(log_path, last_round=node.last_round) if log_path.is_file() else NodeLog.start(log_path)
-        side = NodeSide(node, log, federation_id=self.config.federation.id)
+        path = self.state_dir / LOG_FILE
+        return NodeLog.resume(path, last_round=last_round) if path.is_file() else NodeLog.start(path)
+
+    def answer(self, round_: int, broadcast_blob: bytes, secure_open: bytes | None = None) -> NodeAnswer:
+        """Handle one round's broadcast: an encoded NodeUpdate (clear uploads), the answer to the round's first
+        secure-aggregation message ``secure_open`` (secure uploads), or a FailureNotice (code only)."""
+        node = self.load_node()
+        session = self.load_session() if self.secure else None
+        side = NodeSide(node, self._log(node.last_round), federation_id=self.config.federation.id, secure=session)
         result = side.train(round_, broadcast_blob)
         self.save_node(node)
         if isinstance(result, bytes):
-            return Answer.FAILURE, result
-        return side.upload(round_, result, secure_layout=None)
+            return NodeAnswer(Answer.FAILURE, result)
+        layout = None
+        if self.secure:  # the node derives the public layout from the broadcast it trained on, not from the server
+            broadcast = decode_message(broadcast_blob)
+            assert isinstance(broadcast, RoundBroadcast)
+            layout = SecureInputLayout.for_round(broadcast.global_state, len(self.data.anchors), clip=self.config.secure.clip)
+        answer = side.upload(round_, result, secure_layout=layout, secure_open=secure_open)
+        if session is not None:
+            self.save_session(session)
+        return answer
+
+    def secure_step(self, round_: int, blob: bytes) -> NodeAnswer:
+        """Answer a later secure-aggregation message of the round (the node itself is not needed, nor rebuilt)."""
+        if not self.secure:
+            return NodeAnswer(Answer.NOTHING)
+        session = self.load_session()
+        log = self._log(round_)
+        answer = secure_answer(log, round_, lambda: session.step(blob))
+        self.save_session(session)
+        return answer

@@ -90,10 +90,15 @@ class _NodeEpochSecrets:
 
     def channel_secret(self, peer: str) -> bytes:
         if peer not in self.channel_secrets:
-            if not self.channel_secrets:
-                self._channel_private_key = crypto.X25519Private(self.channel_private)
-            self.channel_secrets[peer] = self._channel_private_key.exchange(self.adverts[peer].channel_key)
+            key = self.__dict__.get("_channel_private_key")
+            if key is None:
+                key = self._channel_private_key = crypto.X25519Private(self.channel_private)
+            self.channel_secrets[peer] = key.exchange(self.adverts[peer].channel_key)
         return self.channel_secrets[peer]
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Picklable (a site keeps its session on disk between messages): the loaded key object is rebuilt on use."""
+        return {k: v for k, v in self.__dict__.items() if k != "_channel_private_key"}
 
 
 class MaskingNode(StateMachine[NodeState, NodeEvent]):

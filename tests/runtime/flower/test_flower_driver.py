@@ -15,30 +15,53 @@ from conftest import with_sections
 
 from geofed_secure.errors import ConfigError, GeofedError
 from geofed_secure.runtime import Simulator, Transcript, backbone_factory, build_federation
-from geofed_secure.runtime.flower.app import QUERY, make_client_app, run_federation
+from geofed_secure.runtime.flower.app import QUERY, SECAGG, make_client_app, run_federation
 from geofed_secure.runtime.flower.local import InProcessGrid, server_identity
-from geofed_secure.runtime.flower.site import STATE_FILE, Site
+from geofed_secure.runtime.flower.site import SESSION_FILE, STATE_FILE, Site
+from geofed_secure.runtime.secure.keys import write_keys
 from geofed_secure.runtime.simulator import server_model_and_initial_state
+from geofed_secure.server.checkpoint import CheckpointStore
 
 FLOWER_IDS = {"img-a": 101, "img-b": 202, "txt": 303, "tab": 404}
 
 
-def flower_run(config, modalities, tmp_path, *, drop=None, node_configs=None):
+class CountingGrid(InProcessGrid):
+    """Counts message round trips (calls of send_and_receive) per round (group id)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.trips = Counter()
+
+    def send_and_receive(self, messages, *, timeout=None):
+        messages = list(messages)
+        self.trips[messages[0].metadata.group_id] += 1
+        return super().send_and_receive(messages, timeout=timeout)
+
+
+def flower_run(config, modalities, tmp_path, *, drop=None, node_configs=None, grid_out=None):
     federation = build_federation(config, modalities)
     make_backbone = backbone_factory(config)
+    secure = config.secure.protocol != "none"
+    if secure and not (tmp_path / "keys").is_dir():
+        write_keys(config, tmp_path / "keys")
 
     def site_for(context):
         node_id = context.node_config["node-id"]
         return Site(config, node_id, federation.nodes[node_id], anchor_digest=federation.anchor_digest,
-                    state_dir=tmp_path / "sites" / node_id, make_backbone=make_backbone)
+                    state_dir=tmp_path / "sites" / node_id, make_backbone=make_backbone,
+                    keys_dir=tmp_path / "keys" / "sites" / node_id if secure else None)
 
     app = make_client_app(site_for)
     configs = node_configs or {n.id: {"node-id": n.id} for n in config.nodes}
-    grid = InProcessGrid({FLOWER_IDS[k]: (app, c) for k, c in configs.items()}, drop=drop)
+    grid = CountingGrid({FLOWER_IDS[k]: (app, c) for k, c in configs.items()}, drop=drop)
+    if grid_out is not None:
+        grid_out.append(grid)
     _, initial = server_model_and_initial_state(config, make_backbone)
+    n_anchors = len(next(iter(federation.nodes.values())).anchors)
     with server_identity():
         return run_federation(grid, config, anchor_digest=federation.anchor_digest, initial_state=initial,
-                              out_dir=tmp_path / "server")
+                              out_dir=tmp_path / "server", n_anchors=n_anchors,
+                              keys_dir=tmp_path / "keys" / "server" if secure else None)
 
 
 def test_flower_driver_gives_the_simulators_weights_bit_for_bit(tiny_config, tiny_modalities, tmp_path):
@@ -82,10 +105,75 @@ def test_discovery_refuses_a_supernode_that_claims_an_unknown_or_taken_node(tiny
         flower_run(config, tiny_modalities, tmp_path / "b", node_configs=twice)
 
 
-def test_secure_aggregation_is_refused_on_the_flower_driver_until_it_is_built(tiny_config, tiny_modalities, tmp_path):
+@pytest.fixture(scope="module")
+def clear_reference(tiny_config, tiny_modalities, tmp_path_factory):
+    config = with_sections(tiny_config, federation={"rounds": 3})
+    return Simulator(config, tiny_modalities, tmp_path_factory.mktemp("clear")).run().global_state
+
+
+def test_masking_over_flower_gives_the_clear_model_in_two_round_trips_per_steady_round(tiny_config, tiny_modalities,
+                                                                                      tmp_path, clear_reference):
+    config = with_sections(tiny_config, federation={"rounds": 3}, secure={"protocol": "masking", "rounds_per_epoch": 2})
+    grids = []
+    final = flower_run(config, tiny_modalities, tmp_path, grid_out=grids)
+    for key, value in clear_reference.items():  # the same model up to the 64-bit ring's quantisation
+        np.testing.assert_allclose(final[key], value, rtol=0, atol=1e-6, err_msg=key)
+    # round 1 sets keys up (broadcast+RoundStart -> KeyAdvertisement, roster -> shares, deliveries -> masked input,
+    # unmask); round 2 reuses them: broadcast+RoundStart -> MaskedInput, unmask; round 3 starts the next epoch
+    assert grids[0].trips == {"discovery": 1, "1": 4, "2": 2, "3": 4}
+    transcript = Transcript.load(tmp_path / "server" / "transcript")
+    node_kinds = {type(m).__name__ for rec, m in transcript.messages() if rec.sender != "server"}
+    assert node_kinds == {"KeyAdvertisement", "ShareBundle", "MaskedInput", "UnmaskResponse"}  # never a NodeUpdate
+    for node_id in FLOWER_IDS:  # each site kept its keys between messages on its own disk, readable by it only
+        session = tmp_path / "sites" / node_id / SESSION_FILE
+        assert session.is_file() and session.stat().st_mode & 0o077 == 0
+
+
+def test_ckks_over_flower_gives_the_clear_model_in_two_round_trips(tiny_config, tiny_modalities, tmp_path,
+                                                                   clear_reference):
+    config = with_sections(tiny_config, federation={"rounds": 3}, secure={"protocol": "ckks", "clip": 100.0})
+    grids = []
+    final = flower_run(config, tiny_modalities, tmp_path, grid_out=grids)
+    for key, value in clear_reference.items():
+        np.testing.assert_allclose(final[key], value, rtol=0, atol=1e-5, err_msg=key)
+    assert grids[0].trips == {"discovery": 1, "1": 2, "2": 2, "3": 2}
+    transcript = Transcript.load(tmp_path / "server" / "transcript")
+    node_kinds = {type(m).__name__ for rec, m in transcript.messages() if rec.sender != "server"}
+    assert node_kinds == {"CkksEncryptedInput", "AggregateRelease"}
+
+
+@pytest.mark.parametrize("lost_type, contributes", [("train", False), (SECAGG, True)])
+def test_a_node_lost_mid_round_over_flower(tiny_config, tiny_modalities, tmp_path, lost_type, contributes):
+    """Round 2 (steady state): tab's broadcast is lost (it never sends its masked input: the others sign the view
+    without it and the round completes), or its unmask request is lost (its masked input is in; the others' shares
+    remove its self-mask, so it still contributes)."""
+    config = with_sections(tiny_config, federation={"rounds": 2}, secure={"protocol": "masking"})
+    lost = lambda m: m.metadata.message_type == lost_type and m.metadata.group_id == "2" and m.metadata.dst_node_id == 404
+    flower_run(config, tiny_modalities, tmp_path, drop=lost)
+    last = CheckpointStore(tmp_path / "server").load_latest()
+    assert last.round == 2
+    assert last.meta["history"][-1]["failures"] == ({} if contributes else {"tab": "dropped"})
+    transcript = Transcript.load(tmp_path / "server" / "transcript")
+    signed = any(type(m).__name__ == "ConsistencySignature" for _, m in transcript.messages(round_=2))
+    assert signed == (not contributes)
+
+
+def test_a_site_refuses_keys_of_another_federation_or_node(tiny_config, tiny_modalities, tmp_path):
     config = with_sections(tiny_config, federation={"rounds": 1}, secure={"protocol": "masking"})
-    with pytest.raises(ConfigError, match="does not run on the Flower driver yet"):
-        flower_run(config, tiny_modalities, tmp_path)
+    write_keys(config, tmp_path / "keys")
+    federation = build_federation(config, tiny_modalities)
+    # tab's folder handed to the site img-a: its identity is not img-a's
+    site = Site(config, "img-a", federation.nodes["img-a"], anchor_digest=federation.anchor_digest,
+                state_dir=tmp_path / "a", make_backbone=backbone_factory(config), keys_dir=tmp_path / "keys" / "sites" / "tab")
+    with pytest.raises(ConfigError, match="not the identity of node 'img-a'"):
+        site.load_session()
+    other = with_sections(config, federation={"id": "other-fed"})
+    with pytest.raises(ConfigError, match="federation_id 'test-fed'"):
+        Site(other, "img-a", federation.nodes["img-a"], anchor_digest=federation.anchor_digest, state_dir=tmp_path / "b",
+             make_backbone=backbone_factory(config), keys_dir=tmp_path / "keys" / "sites" / "img-a").load_session()
+    with pytest.raises(ConfigError, match="key folder"):
+        Site(config, "img-a", federation.nodes["img-a"], anchor_digest=federation.anchor_digest, state_dir=tmp_path / "c",
+             make_backbone=backbone_factory(config))
 
 
 def test_a_site_refuses_a_node_id_its_federation_does_not_have(tiny_config, tiny_modalities, tmp_path):
