@@ -1,8 +1,12 @@
 """Attack metrics and the one result type every attack returns (TF Privacy's habit: reports come from results).
 
 Membership-style attacks give a score per candidate (higher = "member"); :func:`membership_result` turns scores
-into the ROC curve, AUC, TPR at fixed FPRs and the membership advantage (max TPR - FPR), each with a bootstrap
-confidence interval. Pure functions here; ``tests/audit/test_audit.py`` checks them against scikit-learn.
+into the ROC curve, AUC, TPR at fixed FPRs and the membership advantage (max TPR - FPR), each with a confidence
+interval, and every result carries its POWER (:mod:`.power`): the smallest AUC / TPR at each stated FPR it could
+have detected and the largest epsilon it could have refuted. TPR at a low FPR comes with the FPR it achieved, the
+negatives behind it and a distribution-free interval (a percentile bootstrap of that extreme order statistic does
+not cover). Pure functions here; ``tests/audit/test_audit.py`` checks them against scikit-learn and
+``tests/audit/test_power.py`` checks the intervals' coverage by simulation.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from geofed_secure.audit import power as pw
 from geofed_secure.errors import DataError
 
 FPR_POINTS = (0.01, 0.001)
@@ -42,15 +47,18 @@ class AttackResult:
     seed: int
     roc: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)  # (fpr, tpr), for plots
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    # What this result could have shown at its size (e.g. min_detectable_auc, max_certifiable_epsilon; see .power)
+    power: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "metrics", MappingProxyType(dict(self.metrics)))
         object.__setattr__(self, "metadata", MappingProxyType(dict(self.metadata)))
+        object.__setattr__(self, "power", MappingProxyType(dict(self.power)))
 
     def to_dict(self) -> dict[str, Any]:
         return {"attack": self.attack, "threat_model": self.threat_model, "target": self.target, "trials": self.trials,
                 "seed": self.seed, "metrics": {k: v.to_dict() for k, v in self.metrics.items()},
-                "metadata": dict(self.metadata)}
+                "power": dict(self.power), "metadata": dict(self.metadata)}
 
 
 def _scores_and_labels(member_scores: Sequence[float], nonmember_scores: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
@@ -120,10 +128,44 @@ def membership_result(member_scores: Sequence[float], nonmember_scores: Sequence
     metrics = {k: Interval(value=v, low=float(np.quantile(samples[k], tail)) if bootstrap else v,
                            high=float(np.quantile(samples[k], 1 - tail)) if bootstrap else v, confidence=confidence)
                for k, v in point.items()}
+    low_fpr = _low_fpr(scores[members], scores[others], metrics, confidence)
     return AttackResult(attack=attack, threat_model=threat_model, target=target, metrics=metrics, trials=int(labels.size),
-                        seed=seed, roc=roc_curve(scores, labels),
+                        seed=seed, roc=roc_curve(scores, labels), power=_power(metrics, low_fpr, confidence),
                         metadata={"members": int(members.size), "nonmembers": int(others.size), "bootstrap": bootstrap,
-                                  **(metadata or {})})
+                                  "low_fpr": low_fpr, **(metadata or {})})
+
+
+def _low_fpr(members: np.ndarray, others: np.ndarray, metrics: dict[str, Interval], confidence: float,
+             ) -> dict[str, dict[str, Any]]:
+    """Replace each TPR-at-FPR interval by its distribution-free one (:func:`.power.low_fpr_interval`), widened to
+    the bootstrap interval already there (which accounts for trials that share a run or a record); returns what is
+    behind each point: achieved FPR, negatives, false positives, whether it is resolved."""
+    out = {}
+    for p in FPR_POINTS:
+        key = f"tpr_at_{p:g}_fpr"
+        exact = pw.low_fpr_interval(members, others, p, alpha=1 - confidence)
+        boot = metrics[key]
+        metrics[key] = Interval(value=boot.value, low=min(float(exact["low"]), boot.low),
+                                high=max(float(exact["high"]), boot.high), confidence=confidence)
+        out[f"{p:g}"] = {k: exact[k] for k in ("achieved_fpr", "false_positives", "negatives", "positives", "resolved",
+                                               "resolution", "certifiable")}
+    return out
+
+
+def _power(metrics: Mapping[str, Interval], low_fpr: Mapping[str, Mapping[str, Any]], confidence: float) -> dict[str, float]:
+    """The result's power: smallest detectable AUC (null standard error, or the bootstrap's if larger), smallest
+    detectable TPR at each FPR point, largest epsilon a perfect attack on these trials could refute."""
+    first = next(iter(low_fpr.values()))
+    n_neg, n_pos = int(first["negatives"]), int(first["positives"])
+    auc = metrics["auc"]
+    z = pw.z_score(confidence)
+    boot_se = (auc.high - auc.low) / (2 * z) if auc.high > auc.low else 0.0
+    out = {"min_detectable_auc": pw.min_detectable_auc(n_pos, n_neg, alpha=1 - confidence, standard_error=boot_se)}
+    out |= {f"min_detectable_tpr_at_{p:g}_fpr": pw.min_detectable_tpr(n_pos, n_neg, p, alpha=1 - confidence)
+            for p in FPR_POINTS}
+    out["max_certifiable_epsilon"] = pw.max_certifiable_epsilon(n_pos, n_neg, alpha=1 - confidence)
+    out["power"] = pw.POWER
+    return out
 
 
 def membership_grid_result(scores: np.ndarray, membership: np.ndarray, *, attack: str, threat_model: str, target: str,
@@ -153,8 +195,11 @@ def membership_grid_result(scores: np.ndarray, membership: np.ndarray, *, attack
     metrics = {k: Interval(value=v, low=float(np.quantile(samples[k], tail)) if samples[k] else v,
                            high=float(np.quantile(samples[k], 1 - tail)) if samples[k] else v, confidence=confidence)
                for k, v in point.items()}
+    low_fpr = _low_fpr(members, others, metrics, confidence)
     return AttackResult(attack=attack, threat_model=threat_model, target=target, metrics=metrics, trials=int(m.size),
-                        seed=seed, roc=roc_curve(flat_scores, flat_labels),
+                        seed=seed, roc=roc_curve(flat_scores, flat_labels), power=_power(metrics, low_fpr, confidence),
                         metadata={"members": int(m.sum()), "nonmembers": int((~m).sum()), "runs": int(s.shape[0]),
-                                  "bootstrap": bootstrap, "interval": "two-way bootstrap over runs and candidates",
+                                  "bootstrap": bootstrap, "low_fpr": low_fpr,
+                                  "interval": "two-way bootstrap over runs and candidates; TPR at low FPR: the union with "
+                                              "the distribution-free order-statistic interval",
                                   **(metadata or {})})

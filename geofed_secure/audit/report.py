@@ -14,11 +14,12 @@ from typing import Any
 import numpy as np
 
 from geofed_secure.audit.metrics import AttackResult
+from geofed_secure.audit.power import dp_max_auc
 from geofed_secure.privacy.accounting import ADJACENCY
 from geofed_secure.privacy.noise import HOLDS_AGAINST
 
 MEMBERSHIP = ("lira_release", "lira_release_unit", "prototype_threshold", "prototype_lira", "prototype_threshold_node_encoder",
-              "prototype_lira_node_encoder", "model_threshold", "model_lira", "model_rmia")
+              "prototype_lira_node_encoder", "model_threshold", "model_lira", "model_lira_offline", "model_rmia")
 
 
 def _find(report: dict[str, Any], attack: str, **meta: Any) -> list[dict[str, Any]]:
@@ -35,19 +36,67 @@ def _ci(metric: dict[str, float], digits: int = 3) -> str:
     return f"{metric['value']:.{digits}f} [{metric['low']:.{digits}f}, {metric['high']:.{digits}f}]"
 
 
+UNCOVERED_BY_DP = {"prototypes": "class means of PRIVATE records, released with no DP mechanism",
+                   "update": "", "gram": "", "raw_embeddings": ""}  # Gram and anchor embeddings: post-processing
+
+
+def detection(row: dict[str, Any]) -> str:
+    """A membership result in words that carry its power: 'DETECTED: ...' or 'not detected ...; this attack could
+    have detected AUC >= X', with TPR at 1% FPR, the FPR it achieved and the negatives behind it, and a flag for
+    FPR points below the audit's resolution."""
+    m, power, md = row["metrics"], row.get("power") or {}, row["metadata"]
+    low = md.get("low_fpr", {})
+    at1 = low.get("0.01", {})
+    text = (f"DETECTED: AUC {_ci(m['auc'])}" if m["auc"]["low"] > 0.5 else
+            f"not detected (AUC {_ci(m['auc'])}); with {row['trials']} trials this attack could have detected AUC >= "
+            f"{power.get('min_detectable_auc', float('nan')):.3f} (80% power)")
+    text += f"; TPR at 1% FPR {_ci(m['tpr_at_0.01_fpr'])}"
+    if at1:
+        text += f" (achieved FPR {at1['achieved_fpr']:.4f} over {at1['negatives']} non-members)"
+    at01 = low.get("0.001", {})
+    if at01 and not at01["resolved"]:
+        text += f"; 0.1% FPR is below this audit's resolution ({at01['negatives']} non-members: only FPR 0 is reachable)"
+    elif at01:
+        text += f"; TPR at 0.1% FPR {_ci(m['tpr_at_0.001_fpr'], 4)}"
+    return text
+
+
+def dp_power(row: dict[str, Any], epsilon: float, delta: float) -> str:
+    """What a DP budget allows and what this result could have refuted of it."""
+    refutable = (row.get("power") or {}).get("max_certifiable_epsilon", float("nan"))
+    return (f"(epsilon {epsilon:g}, delta {delta:g})-DP allows membership AUC up to {dp_max_auc(epsilon, delta):.3f}; "
+            f"a perfect attack on these trials could refute at most epsilon {refutable:.2f}"
+            + (" (below the budget: this audit cannot refute the DP claim)" if refutable < epsilon else ""))
+
+
 def verdict(report: dict[str, Any]) -> list[str]:
-    """Plain sentences on the paper's claims and on DP, each with the numbers that support it."""
+    """Plain sentences on the paper's claims and on DP, each with the numbers that support it and the power behind
+    them; never 'no leakage': what was not detected is stated with the smallest effect the attack could detect."""
     lines: list[str] = []
     tm = report["threat_model"]["name"]
+    delta = (report.get("experiment") or {}).get("delta", 1e-5)
+    eps_of = {k: v["epsilon"] for k, v in (report.get("experiment") or {}).get("levels", {}).items()}
     for cell in report["views"]:
+        epsilon = eps_of.get(cell)
         update = _best(_find(report, "lira_release", release="update", protection=cell)
                        + _find(report, "lira_release_unit", release="update", protection=cell))
         if update:
-            u = update[0]["metrics"]
-            lines.append(f"[{cell}] Membership from the GeoDoRA B update ({update[0]['metadata']['view']} view, "
-                         f"{update[0]['attack']}): AUC "
-                         f"{_ci(u['auc'])}, TPR at 0.1% FPR {u['tpr_at_0.001_fpr']['value']:.4f}"
-                         + (": no measurable leakage." if u["auc"]["low"] <= 0.5 else ": LEAKS membership."))
+            line = (f"[{cell}] Membership from the GeoDoRA B update ({update[0]['metadata']['view']} view, "
+                    f"{update[0]['attack']}): {detection(update[0])}")
+            if epsilon is not None:
+                line += "; " + dp_power(update[0], epsilon, delta)
+            model = _best(_find(report, "model_lira", protection="no-dp") + _find(report, "model_rmia", protection="no-dp"))
+            if epsilon is None and update[0]["metrics"]["auc"]["low"] <= 0.5 and model and \
+                    model[0]["metrics"]["auc"]["low"] > 0.5:
+                line += (f". The update is computed from the node's model, which itself leaks (reference {model[0]['attack']} "
+                         f"AUC {_ci(model[0]['metrics']['auc'])}): no DP bounds what a stronger attack on the update could get")
+            lines.append(line + ".")
+        if epsilon is not None:
+            shown = [r for r in ("update", *report["plan"]["schemes"]) if report["views"][cell].get(r) not in (None, "hidden")]
+            uncovered = [f"{r} ({UNCOVERED_BY_DP[r]})" for r in shown if UNCOVERED_BY_DP.get(r)]
+            lines.append(f"[{cell}] The DP budget covers the update, the Gram and the anchor embeddings (post-processing of "
+                         "the DP-trained model and the privatised precision weight); "
+                         + (f"NOT covered: {', '.join(uncovered)}." if uncovered else "every release in view is covered."))
         gram = _best(_find(report, "lira_release", release="gram", protection=cell)
                      + _find(report, "lira_release_unit", release="gram", protection=cell))
         proto = (_find(report, "prototype_lira", protection=cell) + _find(report, "prototype_threshold", protection=cell)
@@ -59,23 +108,23 @@ def verdict(report: dict[str, Any]) -> list[str]:
             pm = p["metrics"]
             g_leaks, p_leaks = g["auc"]["low"] > 0.5, pm["auc"]["low"] > 0.5
             if p_leaks and not g_leaks:
-                finding = "prototypes leak membership and the Gram does not measurably: consistent with the paper's claim."
+                finding = (f"prototypes leak membership and the Gram's leakage was not detected (this attack could have detected "
+                           f"AUC >= {gram[0]['power']['min_detectable_auc']:.3f}): consistent with the paper's claim at this power.")
             elif g_leaks and not p_leaks:
-                finding = "the Gram leaks membership and prototypes do not measurably: CONTRADICTS the paper's claim."
+                finding = "the Gram leaks membership and prototypes' leakage was not detected: CONTRADICTS the paper's claim."
             elif g_leaks and p_leaks:
                 finding = ("both leak; the Gram leaks " + ("less" if g["auc"]["high"] < pm["auc"]["low"] else "more"
-                           if g["auc"]["low"] > pm["auc"]["high"] else "not measurably less") + " than prototypes.")
+                           if g["auc"]["low"] > pm["auc"]["high"] else "not distinguishably more or less") + " than prototypes at this power.")
             else:
-                finding = "neither leaks membership measurably (both AUC intervals include 0.5) at this experiment's power."
-            lines.append(f"[{cell}] Membership from the Gram of public anchors ({gram[0]['attack']}): AUC {_ci(g['auc'])}, TPR at 1% FPR "
-                         f"{g['tpr_at_0.01_fpr']['value']:.3f}; from prototypes of private data ({p['attack']}): AUC "
-                         f"{_ci(pm['auc'])}, TPR at 1% FPR {pm['tpr_at_0.01_fpr']['value']:.3f}; against {tm}, {finding}")
+                finding = (f"neither was detected (both AUC intervals include 0.5); these attacks could have detected AUC >= "
+                           f"{gram[0]['power']['min_detectable_auc']:.3f} / {p['power']['min_detectable_auc']:.3f}.")
+            lines.append(f"[{cell}] Membership from the Gram of public anchors ({gram[0]['attack']}): {detection(gram[0])}; "
+                         f"from prototypes of private data ({p['attack']}): {detection(p)}; against {tm}, {finding}")
         upper = _best(_find(report, "prototype_lira_node_encoder", protection=cell)
                       + _find(report, "prototype_threshold_node_encoder", protection=cell))
         if upper:
-            u = upper[0]["metrics"]
             lines.append(f"[{cell}] Upper bound, an adversary that also holds the node's trained encoder: membership from "
-                         f"prototypes ({upper[0]['attack']}) AUC {_ci(u['auc'])}, TPR at 1% FPR {u['tpr_at_0.01_fpr']['value']:.3f} "
+                         f"prototypes ({upper[0]['attack']}): {detection(upper[0])} "
                          "(compare the model ceiling below: the encoder itself leaks). A Gram of public anchors is a function "
                          "of that encoder and public inputs: it adds nothing for such an adversary.")
         for release in ("gram", "raw_embeddings"):
@@ -92,24 +141,33 @@ def verdict(report: dict[str, Any]) -> list[str]:
                     + ("The release lets the adversary reproduce the node's encoder better than the public model: the "
                        "paper's claim that a Gram prevents reverse-engineering is REFUTED for this view." if better and release == "gram"
                        else "The release enables extraction beyond the public model." if better
-                       else "No extraction beyond the public model was measured for this view."))
+                       else "No extraction beyond the public model was detected for this view; this sweep could have "
+                       f"detected an error reduction >= {best['power'].get('min_detectable_difference', float('nan')):.3f}."))
     for level in (report["experiment"] or {}).get("levels", {}):
         lira, rmia = _find(report, "model_lira", protection=level), _find(report, "model_rmia", protection=level)
         if lira and rmia:
-            m, r = lira[0]["metrics"], rmia[0]["metrics"]
-            lines.append(f"[{level}] Reference ceiling, the node's trained model (in no federation adversary's view): LiRA "
-                         f"AUC {_ci(m['auc'])}, RMIA AUC {_ci(r['auc'])}, TPR at 0.1% FPR {m['tpr_at_0.001_fpr']['value']:.4f} "
-                         f"/ {r['tpr_at_0.001_fpr']['value']:.4f}.")
+            epsilon = eps_of.get(level)
+            for row in (*lira, *rmia, *_find(report, "model_lira_offline", protection=level)):
+                lines.append(f"[{level}] Reference ceiling, the node's trained model (in no federation adversary's view), "
+                             f"{row['attack']}: {detection(row)}"
+                             + (f"; {dp_power(row, epsilon, delta)}" if epsilon is not None else "") + ".")
     for row in _find(report, "canary_one_run"):
         md = row["metadata"]
         bound = row["metrics"]["epsilon_lower_bound"]["value"]
+        most = row["power"]["max_certifiable_epsilon"]
+        size = (f"{row['metrics']['correct_guesses']['value']:.0f}/{row['trials']} correct guesses on {md['canaries']} "
+                f"canaries; with every guess right it could certify at most epsilon {most:.2f}")
         if md["accountant_epsilon"] is None:
-            lines.append(f"[{md['protection']}] Canary audit without DP: empirical epsilon lower bound {bound:.2f} "
-                         f"({row['metrics']['correct_guesses']['value']:.0f}/{row['trials']} correct guesses).")
+            lines.append(f"[{md['protection']}] Canary audit without DP (control): empirical epsilon lower bound {bound:.2f} "
+                         f"({size}).")
+        elif md["failed"]:
+            lines.append(f"[{md['protection']}] Canary audit: empirical epsilon lower bound {bound:.2f} ABOVE the accountant's "
+                         f"{md['accountant_epsilon']:.2f} ({size}): FAILURE of the DP implementation or its accounting.")
         else:
-            lines.append(f"[{md['protection']}] Canary audit: empirical epsilon lower bound {bound:.2f} vs accountant "
-                         f"{md['accountant_epsilon']:.2f}: " + ("FAILURE of the DP implementation (bound above the "
-                                                                "accountant)" if md["failed"] else "consistent with the accountant."))
+            lines.append(f"[{md['protection']}] Canary audit: empirical epsilon lower bound {bound:.2f}, accountant "
+                         f"{md['accountant_epsilon']:.2f} ({size}): " + (
+                             "the audit had the power to refute the accountant and did not." if most > md["accountant_epsilon"]
+                             else "this audit is too small to refute the accountant's epsilon: it tests nothing about it."))
     for cell, kinds in report["views"].items():
         hidden = [r for r, k in kinds.items() if k == "hidden"]
         if hidden:
@@ -203,13 +261,23 @@ def _experiment_sections(report: dict[str, Any]) -> list[str]:
     out += ["", ("`individual`: the node's own upload; `aggregate`: a sum with the uploads of nodes the adversary does not "
                  "control (it subtracts its own and its simulation of the others); `hidden`: not in the view."), "",
             "## Membership inference", "",
-            "| cell | release | attack | AUC [95% CI] | TPR at 1% FPR | TPR at 0.1% FPR | advantage | trials |",
-            "|---|---|---|---|---|---|---|---|"]
+            ("Power: the smallest AUC each attack detects with 80% power at its number of trials (two-way bootstrap "
+             "standard error where larger than the independent-trials one), and the largest epsilon a perfect attack on "
+             "those trials could refute. TPR at a stated FPR: the FPR the chosen threshold achieved and the non-members "
+             "behind it; intervals are distribution-free (order statistics + Clopper-Pearson, widened to the bootstrap); "
+             "`n/r`: below resolution (fewer than 1/FPR non-members: only FPR 0 is reachable)."), "",
+            ("| cell | release | attack | AUC [95% CI] | detectable AUC >= | TPR at 1% FPR (achieved FPR) | TPR at 0.1% FPR "
+             "| advantage | max refutable epsilon | trials |"),
+            "|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["results"]:
         if r["attack"] in MEMBERSHIP:
-            m, md = r["metrics"], r["metadata"]
-            out.append(f"| {md['protection']} | {md['release']} | {r['attack']} | {_ci(m['auc'])} | {_ci(m['tpr_at_0.01_fpr'])} "
-                       f"| {_ci(m['tpr_at_0.001_fpr'], 4)} | {_ci(m['advantage'])} | {r['trials']} |")
+            m, md, pw = r["metrics"], r["metadata"], r.get("power") or {}
+            low = md.get("low_fpr", {})
+            a1 = f" ({low['0.01']['achieved_fpr']:.4f})" if "0.01" in low else ""
+            t01 = (_ci(m["tpr_at_0.001_fpr"], 4) + ("" if low.get("0.001", {}).get("resolved", True) else " n/r"))
+            out.append(f"| {md['protection']} | {md['release']} | {r['attack']} | {_ci(m['auc'])} | "
+                       f"{pw.get('min_detectable_auc', float('nan')):.3f} | {_ci(m['tpr_at_0.01_fpr'])}{a1} | {t01} | "
+                       f"{_ci(m['advantage'])} | {pw.get('max_certifiable_epsilon', float('nan')):.2f} | {r['trials']} |")
     rows = [r for r in report["results"] if r["attack"].startswith("prototype_label_inference")]
     if rows:
         out += ["", "## Prototype leakage: label inference", "",
@@ -236,11 +304,13 @@ def _experiment_sections(report: dict[str, Any]) -> list[str]:
     rows = [r for r in report["results"] if r["attack"] == "canary_one_run"]
     if rows:
         out += ["", "## One-run canary audit (reference: the node's trained model)", "",
-                "| level | accountant epsilon | correct / guesses | empirical lower bound (95%) | failed |", "|---|---|---|---|---|"]
+                ("| level | accountant epsilon | canaries | correct / guesses | empirical lower bound (95%) | largest epsilon it "
+                 "could certify | failed |"), "|---|---|---|---|---|---|---|"]
         out += [f"| {r['metadata']['protection']} | " + ("-" if r["metadata"]["accountant_epsilon"] is None else
                                                         f"{r['metadata']['accountant_epsilon']:.2f}")
-                + f" | {r['metrics']['correct_guesses']['value']:.0f} / {r['trials']} | "
-                f"{r['metrics']['epsilon_lower_bound']['value']:.3f} | {r['metadata']['failed']} |" for r in rows]
+                + f" | {r['metadata']['canaries']} | {r['metrics']['correct_guesses']['value']:.0f} / {r['trials']} | "
+                f"{r['metrics']['epsilon_lower_bound']['value']:.3f} | {r['power']['max_certifiable_epsilon']:.2f} | "
+                f"{r['metadata']['failed']} |" for r in rows]
     return out
 
 

@@ -11,7 +11,11 @@ of the plan (a protection without DP, or a DP budget with uploads in clear) and 
 - ``extraction``: functional extraction of the node's encoder from its anchor release (Gram inverted, or raw
   embeddings) for each B of the sweep, with Gram inversion errors by rank, against the public-model baseline;
 - reference (not in any federation adversary's view; the ceiling DP must bound): ``model_threshold``, ``model_lira``,
-  ``model_rmia`` on the node's trained model at each privacy level, and the one-run canary audit;
+  ``model_lira_offline`` (OUT shadows only, per-candidate variance), ``model_rmia`` (ties broken exactly) on the
+  node's trained model at each privacy level, and the one-run canary audit;
+
+Every result carries its power (:mod:`.power`): what it could have detected and, for DP, the largest epsilon it
+could have refuted; the verdict is worded from it.
 - ``transcript_gram_inversion``, when the plan names a finished run (``run``, ``reference_run``): the adversary's
   view of that run's recorded transcript, inventoried, and round-1 Gram inversion against every node
   (:mod:`geofed_secure.audit.recorded_run`). A plan with no protection and no epsilon trains nothing and audits
@@ -37,6 +41,7 @@ from geofed_secure.audit.attacks.prototypes import label_inference_accuracy, pro
 from geofed_secure.audit.experiment import Experiment, TrainedLevel, level_name, run_config, run_experiment
 from geofed_secure.audit.metrics import AttackResult, Interval, membership_grid_result
 from geofed_secure.audit.plan import AuditPlan
+from geofed_secure.audit.power import canary_max_certifiable_epsilon, min_detectable_difference
 from geofed_secure.audit.protections import AGGREGATE, check_target, observed, observed_public, protocol_sums, release_view
 from geofed_secure.audit.recorded_run import audit_recorded_run, check_recorded_nodes
 from geofed_secure.audit.threat_model import ThreatModel
@@ -112,6 +117,7 @@ def _prototype_attacks(exp: Experiment, level: TrainedLevel, obs: np.ndarray, me
             attack=f"prototype_label_inference{suffix}", threat_model=tm, target=exp.target,
             metrics={"accuracy": _interval(leaked), "public_baseline_accuracy": _interval(public)},
             trials=int((~level.membership).sum()), seed=plan.seed,
+            power={"min_detectable_difference": min_detectable_difference(np.subtract(leaked, public)), "power": 0.8},
             metadata=m | {"note": "labels of the node's records outside the run from the nearest released prototype; "
                                   "baseline: nearest class centroid of the public anchors in the same embedding; "
                                   "interval over runs"}))
@@ -146,9 +152,11 @@ def _extraction(exp: Experiment, tm: ThreatModel, level: TrainedLevel, protectio
                             for r in INVERSION_RANKS if r < b}
                 for key, value in got.items():
                     values.setdefault(key, []).append(value)
+        gain = np.subtract(values["baseline_procrustes_error"], values["procrustes_error"])
         results.append(AttackResult(attack="extraction", threat_model=tm.name, target=exp.target,
                                     metrics={k: _interval(v) for k, v in values.items()},
                                     trials=len(values["procrustes_error"]), seed=plan.seed,
+                                    power={"min_detectable_difference": min_detectable_difference(gain), "power": 0.8},
                                     metadata=meta | {"anchors": b, "heldout": n_public - b,
                                                      "note": "release (Gram: inverted) rotated onto e0, ridge map of the node's "
                                                              "departure from e0, scored on held-out public inputs after "
@@ -167,8 +175,12 @@ def _model_attacks(exp: Experiment, level: TrainedLevel, meta: dict[str, Any]) -
                     metadata=meta | {"shadows": 0, "statistic": "log p(true label) = minus the loss"}, **common),
         _membership(mia.lira_scores(conf, level.membership), level, attack="model_lira",
                     metadata=meta | {"shadows": n - 1, "statistic": "logit-scaled confidence"}, **common),
+        _membership(mia.lira_offline_scores(conf, level.membership), level, attack="model_lira_offline",
+                    metadata=meta | {"shadows": n - 1, "statistic": "logit-scaled confidence",
+                                     "note": "offline: OUT shadows only, per-candidate mean and variance"}, **common),
         _membership(mia.rmia_scores(prob, pop), level, attack="model_rmia",
-                    metadata=meta | {"reference_models": n - 1, "population": pop.shape[1], "gamma": 1.0}, **common),
+                    metadata=meta | {"reference_models": n - 1, "population": pop.shape[1], "gamma": 1.0,
+                                     "ties": "broken by the position between population ratios"}, **common),
     ]
 
 
@@ -220,6 +232,8 @@ def _experiment_results(exp: Experiment, threat_model: ThreatModel, plan: AuditP
             metrics={"epsilon_lower_bound": Interval(value=canary["epsilon_lower_bound"], low=canary["epsilon_lower_bound"],
                                                      high=canary["epsilon_lower_bound"], confidence=canary["confidence"]),
                      "correct_guesses": Interval(value=canary["correct"], low=canary["correct"], high=canary["correct"], confidence=1.0)},
+            power={"max_certifiable_epsilon": canary_max_certifiable_epsilon(
+                int(canary["canaries"]), int(canary["guesses"]), delta=canary["delta"], confidence=canary["confidence"])},
             metadata={"protection": lvl_name, "epsilon": canary["epsilon_budget"], "accountant_epsilon": canary["accountant_epsilon"],
                       "canaries": canary["canaries"], "failed": canary["failed"], "release": "node model",
                       "note": "one-run audit (Steinke, Nasr, Jagielski 2023): a one-sided lower bound"}))
@@ -228,6 +242,7 @@ def _experiment_results(exp: Experiment, threat_model: ThreatModel, plan: AuditP
 
 def _experiment_summary(exp: Experiment, plan: AuditPlan) -> dict[str, Any]:
     return {"target": exp.target, "modality": exp.modality, "pool": int(exp.pool_labels.size), "anchors": exp.n_anchors,
+            "delta": run_config(plan, max(plan.epsilons, default=1.0)).privacy.delta,
             "runs": plan.runs, "other_nodes": list(exp.others.node_ids), "retrained": RETRAINED, "seconds": dict(exp.seconds),
             "levels": {k: {"epsilon": v.epsilon, "heldout_accuracy": float(v.heldout_accuracy.mean()),
                            "accountant_epsilon": None if v.epsilon is None else float(np.nanmax(v.accountant_epsilon))}

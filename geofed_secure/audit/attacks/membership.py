@@ -12,12 +12,17 @@ Attacks:
 - :func:`lira_scores` (LiRA, Carlini et al. 2022): per-candidate Gaussians of a scalar statistic fitted on the
   shadow runs that did / did not train on the candidate; score = log-likelihood ratio of the target's statistic;
   ``fixed_variance`` pools the variance over candidates (the paper's choice for few shadows);
+- :func:`lira_offline_scores` (offline LiRA, Carlini et al. 2022, section VI-C): only the shadows that did NOT train on
+  the candidate, a Gaussian with a PER-CANDIDATE mean and variance; score = log Pr[N(mu_out, sd_out) < statistic]
+  (an adversary that cannot retrain with the candidate: the shadows never saw it);
 - :func:`lira_vector_scores`: LiRA on a whole released VECTOR (a Gram, prototypes, a B update) under an isotropic
   Gaussian with a shared variance: score = ||r - mu_out(x)||^2 - ||r - mu_in(x)||^2 (the log-likelihood ratio up
   to a positive factor), with the per-candidate means taken over the shadows' releases;
 - :func:`rmia_scores` (RMIA, Zarifzadeh et al., ICML 2024): the target's likelihood ratio Pr(x|theta)/Pr(x) against
   population records z, Pr(.) averaged over reference (shadow) runs; score = fraction of z whose ratio x beats by
-  more than ``gamma``.
+  more than ``gamma``, with ties broken exactly: between two population records the score interpolates their log
+  ratios, beyond the most extreme it grows with the margin (a small population otherwise gives few distinct scores
+  and non-members tie at the top, which makes TPR at low FPR an artefact).
 
 The adversary may see the target run's release through a protection (a sum with other nodes' uploads): functions
 take the TARGET statistics and the SHADOW statistics separately; in clear they are the same array.
@@ -109,6 +114,33 @@ def lira_scores(target_stats: np.ndarray, membership: np.ndarray, *, shadow_stat
     return scores
 
 
+def lira_offline_scores(target_stats: np.ndarray, membership: np.ndarray, *, min_std: float = 1e-3,
+                        min_out: int = 2) -> np.ndarray:
+    """Offline LiRA scores [N, P]: log Pr[N(mu_out(x), sd_out(x)) < s_i(x)], mean and standard deviation of the
+    candidate's statistic over the other runs that did NOT train on it (per-candidate variance). A candidate with
+    fewer than ``min_out`` OUT shadows scores 0 (log 1: no evidence).
+
+    >>> m = np.array([[1, 0], [0, 0], [0, 1], [0, 0]], bool)
+    >>> s = np.array([[5.0, 0.0], [0.0, 1.0], [1.0, 5.0], [-1.0, -1.0]])
+    >>> bool(lira_offline_scores(s, m)[0, 0] > lira_offline_scores(s, m)[1, 0])
+    True
+    """
+    from scipy.stats import norm
+
+    stats, m = _check(target_stats, membership, "lira_offline_scores")
+    n = m.shape[0]
+    scores = np.zeros_like(stats)
+    for i in range(n):
+        others = np.arange(n) != i
+        s, out = stats[others], ~m[others]
+        n_out = out.sum(axis=0)
+        mu = (s * out).sum(axis=0) / np.maximum(n_out, 1)
+        sd = np.sqrt((((s - mu) * out) ** 2).sum(axis=0) / np.maximum(n_out - 1, 1))
+        z = (stats[i] - mu) / np.maximum(sd, min_std)
+        scores[i] = np.where(n_out >= min_out, norm.logcdf(z), 0.0)
+    return scores
+
+
 def lira_vector_scores(target_releases: np.ndarray, membership: np.ndarray, *,
                        shadow_releases: np.ndarray | None = None) -> np.ndarray:
     """Isotropic-Gaussian LiRA on released vectors [N, D]: ||r_i - mu_out(x)||^2 - ||r_i - mu_in(x)||^2 per (i, x).
@@ -160,7 +192,14 @@ def rmia_scores(target_probs: np.ndarray, population_probs: np.ndarray, *, gamma
     """RMIA scores [N, P] from Pr(x | theta_j) of candidates [N, P] and of population records [N, Z] in every run.
 
     For target run i the reference models are all other runs: Pr(x) = mean_j Pr(x | theta_j), and the score of x is
-    the fraction of population records z with (Pr(x|theta_i) / Pr(x)) / (Pr(z|theta_i) / Pr(z)) > gamma.
+    the fraction of population records z with (Pr(x|theta_i) / Pr(x)) / (Pr(z|theta_i) / Pr(z)) > gamma, made
+    continuous so that it never ties where the ratios differ: to the count k of population records beaten it adds
+    the position (in [0, 1), log scale) of the candidate's ratio in the gap to the next population ratio (below the
+    smallest / above the largest: a monotone function of the log margin), divided by Z; floor(Z * score) = k.
+
+    >>> scores = rmia_scores(np.array([[0.9, 0.95], [0.5, 0.5], [0.5, 0.5]]), np.array([[0.5, 0.6], [0.5, 0.5], [0.5, 0.5]]))
+    >>> bool(scores[0, 1] > scores[0, 0] >= 1.0)  # both beat every population record; the higher ratio scores higher
+    True
     """
     px = np.asarray(target_probs, np.float64)
     pz = np.asarray(population_probs, np.float64)
@@ -175,10 +214,17 @@ def rmia_scores(target_probs: np.ndarray, population_probs: np.ndarray, *, gamma
     scores = np.zeros(px.shape)
     for i in range(n):
         others = np.arange(n) != i
-        ratio_x = px[i] / np.maximum(px[others].mean(axis=0), tiny)
-        ratio_z = np.sort(pz[i] / np.maximum(pz[others].mean(axis=0), tiny))
-        # #{z : ratio_x / ratio_z > gamma} = #{z : ratio_z < ratio_x / gamma}
-        scores[i] = np.searchsorted(ratio_z, ratio_x / gamma, side="left") / ratio_z.size
+        ratio_x = np.log(np.maximum(px[i], tiny) / np.maximum(px[others].mean(axis=0), tiny)) - np.log(gamma)
+        ratio_z = np.sort(np.log(np.maximum(pz[i], tiny) / np.maximum(pz[others].mean(axis=0), tiny)))
+        # k = #{z : ratio_x / ratio_z > gamma} = #{z : ratio_z < ratio_x / gamma}, plus where ratio_x sits in the gap
+        # to the next population ratio (a fraction in [0, 1)): floor(Z * score) is RMIA's count, ties are broken
+        k = np.searchsorted(ratio_z, ratio_x, side="left")
+        below = ratio_z[np.maximum(k - 1, 0)]
+        above = ratio_z[np.minimum(k, ratio_z.size - 1)]
+        gap = np.where((k > 0) & (k < ratio_z.size) & (ratio_x < above), (ratio_x - below) / np.maximum(above - below, tiny), 0.0)
+        gap = np.where(k == 0, np.exp(np.minimum(ratio_x - ratio_z[0], 0.0)), gap)  # below every z: (0, 1)
+        gap = np.where(k == ratio_z.size, 1.0 - np.exp(-(ratio_x - ratio_z[-1])), gap)  # above every z: [0, 1)
+        scores[i] = (k + np.clip(gap, 0.0, 1.0 - 1e-12)) / ratio_z.size
     return scores
 
 
