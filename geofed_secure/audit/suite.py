@@ -250,10 +250,19 @@ def _experiment_summary(exp: Experiment, plan: AuditPlan) -> dict[str, Any]:
 
 
 def check_audit(threat_model: ThreatModel, plan: AuditPlan) -> None:
-    """What can be checked before anything trains or is read: the threat model's nodes exist in the federation the
-    plan trains (the demo's) and in the recorded run it names, and the plan's target is not the adversary's own node."""
+    """What can be checked before anything trains or is read: the plan's target and the threat model's nodes exist in
+    the federation the plan trains (the demo's) and in the recorded run it names, the target is not the adversary's
+    own node, and the extraction sweep leaves public samples held out."""
     if plan.levels:
-        nodes = [n.id for n in run_config(plan).nodes]
+        config = run_config(plan)
+        nodes = [n.id for n in config.nodes]
+        if plan.target not in nodes:
+            raise ConfigError("target", f"unknown node {plan.target!r}{did_you_mean(plan.target, nodes)}; the audited "
+                              f"federation's nodes: {', '.join(nodes)}")
+        n_public = N_CLASSES * (config.data.anchors_per_class + config.data.eval_per_class)
+        if {"gram", "raw_embeddings"} & set(plan.schemes) and any(b > n_public - 10 for b in plan.extraction_anchors):
+            raise ConfigError("extraction_anchors", f"the target's modality has {n_public} public samples; every B must "
+                              f"leave >= 10 held out (B <= {n_public - 10}), got {list(plan.extraction_anchors)}")
         if plan.target in threat_model.nodes:
             raise ConfigError("target", f"the audit target {plan.target!r} is one of the adversary's own nodes in "
                               f"{threat_model.name!r}; choose another target in the plan")

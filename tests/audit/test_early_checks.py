@@ -57,6 +57,34 @@ def test_an_unknown_or_target_node_is_refused_before_the_audit_trains(nodes, no_
         suite.run_audit(known, AuditPlan(), tmp_path)
 
 
+@pytest.mark.parametrize("plan, field", [
+    (AuditPlan(target="clinic-imagse-a"), "target"),
+    (AuditPlan(extraction_anchors=(10, 140), protections=("none",)), None),
+])
+def test_the_plan_is_refused_before_the_audit_trains(plan, field, no_training, tmp_path):
+    """Issue 17 (5): every check that needs no data runs before training."""
+    server = ThreatModel(name="s", description="", role="server", behaviour="honest-but-curious")
+    if field is None:
+        with pytest.raises(Trained):
+            suite.run_audit(server, plan, tmp_path)
+        return
+    with pytest.raises(ConfigError) as info:
+        suite.run_audit(server, plan, tmp_path)
+    assert info.value.field == field
+
+
+def test_too_many_extraction_anchors_for_the_federation_are_refused_before_training(no_training, tmp_path, monkeypatch):
+    import dataclasses
+
+    from geofed_secure.config import DataSection, RunConfig
+
+    small = RunConfig().replace(data=dataclasses.replace(DataSection(), anchors_per_class=3, eval_per_class=5))  # 80 public
+    monkeypatch.setattr(suite, "run_config", lambda plan, epsilon=None, base=None: small)
+    server = ThreatModel(name="s", description="", role="server", behaviour="honest-but-curious")
+    with pytest.raises(ConfigError, match="80 public samples"):
+        suite.run_audit(server, AuditPlan(extraction_anchors=(10, 100)), tmp_path)
+
+
 def test_an_unknown_node_of_a_recorded_run_is_refused_before_anything(recorded_runs, no_training, tmp_path):
     threat_model = ThreatModel(name="curious", description="", role="node", behaviour="honest-but-curious",
                                nodes=("clinic-images-a",))  # a demo node, not one of the recorded tiny run's
