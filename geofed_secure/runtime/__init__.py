@@ -1,4 +1,4 @@
-"""Drivers: the in-process simulator (transcript, fault injection); Flower later.
+"""Drivers: the in-process simulator (transcript, fault injection) and Flower (:mod:`geofed_secure.runtime.flower`).
 
 Public API, what the CLI, the audit and scripts use (everything else in the sub-modules is the drivers' own):
 
@@ -10,11 +10,30 @@ Public API, what the CLI, the audit and scripts use (everything else in the sub-
 - :class:`Simulator` and its :class:`RunResult`: a whole simulated run (``geofed run``);
 - :class:`Transcript`, :class:`TranscriptRecord`, :func:`decode_any` and ``SERVER``: the recorded transcript of a run
   (every message that crossed a trust boundary), which the audit selects views from.
+
+The names are imported on first use (PEP 562), so a process that needs only one driver module (a Flower ClientApp
+answering a secure-aggregation step, in a fresh process per message) does not import the node's training stack.
 """
 
-from geofed_secure.runtime.federation import FederationData, build_federation
-from geofed_secure.runtime.simulator import RunResult, Simulator, backbone_factory
-from geofed_secure.runtime.transcript import SERVER, Transcript, TranscriptRecord, decode_any
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from geofed_secure.runtime.federation import FederationData, build_federation
+    from geofed_secure.runtime.simulator import RunResult, Simulator, backbone_factory
+    from geofed_secure.runtime.transcript import SERVER, Transcript, TranscriptRecord, decode_any
+
+_HOMES = {"FederationData": "federation", "build_federation": "federation", "RunResult": "simulator",
+          "Simulator": "simulator", "backbone_factory": "simulator", "SERVER": "transcript", "Transcript": "transcript",
+          "TranscriptRecord": "transcript", "decode_any": "transcript"}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)
 
 __all__ = [
     "SERVER", "FederationData", "RunResult", "Simulator", "Transcript", "TranscriptRecord", "backbone_factory",

@@ -26,15 +26,17 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from geofed_secure.errors import FailureCode, GeofedError, MessageError, PrivacyBudgetExceeded, ProtocolAborted
-from geofed_secure.node.node import LocalRoundStats, Node
 from geofed_secure.runtime.nodelog import NodeLog
 from geofed_secure.runtime.secure import FaultHook, NodeSession, SecureAggregator, SecureInputLayout, SecureReply
 from geofed_secure.runtime.transcript import SERVER, Transcript
 from geofed_secure.server.server import Server
 from geofed_secure.wire.round import FailureNotice, NodeUpdate, RoundBroadcast, decode_message, encode_message
+
+if TYPE_CHECKING:  # a node's training stack is imported by whoever builds the node, not by the round
+    from geofed_secure.node.node import LocalRoundStats, Node
 
 NODE_LOG = "nodes/{node_id}/log.jsonl"  # relative to the run folder; stands for the node's own disk
 

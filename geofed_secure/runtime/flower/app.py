@@ -38,13 +38,12 @@ from flwr.serverapp import Grid, ServerApp
 
 from geofed_secure.config import RunConfig
 from geofed_secure.errors import ConfigError, GeofedError, MessageError
-from geofed_secure.runtime.flower.site import Site
+from geofed_secure.runtime.flower.site import Site, SiteState
 from geofed_secure.runtime.outdir import claim_for_new_run, output_folder
 from geofed_secure.runtime.round import Answer, FederatedRound, NodeAnswer, Reporter, SilentReporter
 from geofed_secure.runtime.secure import SecureInputLayout
 from geofed_secure.runtime.secure.keys import server_aggregator
 from geofed_secure.runtime.transcript import SERVER, Transcript
-from geofed_secure.server.checkpoint import CheckpointStore
 from geofed_secure.server.server import Server
 from geofed_secure.wire.round import RoundBroadcast, decode_message, encode_message
 
@@ -181,6 +180,8 @@ def run_federation(grid: Grid, config: RunConfig, *, anchor_digest: str, initial
 
     Secure aggregation (``config.secure.protocol`` masking or ckks) needs ``keys_dir`` (the server's key folder,
     :mod:`geofed_secure.runtime.secure.keys`) and ``n_anchors`` (the public anchor count, for the upload layout)."""
+    from geofed_secure.server.checkpoint import CheckpointStore  # torch: imported by the ServerApp only, not by sites
+
     secure = None
     if config.secure.protocol != "none":
         if keys_dir is None or n_anchors < 2:
@@ -222,11 +223,14 @@ def run_federation(grid: Grid, config: RunConfig, *, anchor_digest: str, initial
 
 
 SiteFactory = Callable[[Context], Site]
+StateFactory = Callable[[Context], SiteState]
 
 
-def make_client_app(site_for: SiteFactory) -> ClientApp:
-    """A ClientApp whose node is ``site_for(context)`` (built afresh for every message, as a SuperNode runs it)."""
+def make_client_app(site_for: SiteFactory, state_for: StateFactory | None = None) -> ClientApp:
+    """A ClientApp whose node is ``site_for(context)`` (built afresh for every message, as a SuperNode runs it).
+    ``state_for(context)`` (default ``site_for``) gives the site without its node, for secure-aggregation steps."""
     app = ClientApp()
+    state_of = state_for or site_for
 
     @app.query()
     def identify(message: Message, context: Context) -> Message:
@@ -249,7 +253,7 @@ def make_client_app(site_for: SiteFactory) -> ClientApp:
 
     @app.train(SECAGG_ACTION)
     def secagg(message: Message, context: Context) -> Message:
-        site = site_for(context)
+        site = state_of(context)
         return reply(site.secure_step(int(message.metadata.group_id), unpack_bytes(message, "wire")), message)
 
     return app

@@ -11,12 +11,16 @@ Run configuration (one per run, sent by the SuperLink to every party):
   (``config.json`` of a run folder);
 - ``data``: the data source, ``"demo"`` or a folder of encoded modalities (:mod:`.sitedata`);
 - ``out-dir``: where the ServerApp writes ``transcript/``, ``checkpoints/``, ``final/`` and ``run.json``;
-- ``timeout``: seconds the ServerApp waits for SuperNodes to connect and for each round's replies.
+- ``timeout``: seconds the ServerApp waits for SuperNodes to connect and for each round's replies;
+- ``keys`` (secure aggregation): the server's key folder (``<keys>/server`` from ``geofed deploy keys``).
 
 Node configuration (one per SuperNode, chosen by the site's operator):
 
 - ``node-id`` (required): which node of the configuration this site is;
 - ``state-dir`` (required): the site's node state directory (:class:`~.site.Site`);
+- ``keys`` (required under secure aggregation): the site's own key folder (``<keys>/sites/<node id>``). Only the
+  node configuration is read for it: a site never takes its keys (or the identities it checks) from the run
+  configuration, which the server's operator writes;
 - ``config`` and ``data`` (optional): the site's own copy of the configuration and its own data source. On
   separate machines a site names them (the run configuration's paths are the server's); on one machine they
   default to the run configuration's.
@@ -37,8 +41,8 @@ from geofed_secure.config import RunConfig, config_from_dict, load_config
 from geofed_secure.data.anchors import AnchorManifest
 from geofed_secure.errors import ConfigError
 from geofed_secure.runtime.flower.app import DEFAULT_TIMEOUT_S, make_client_app, run_federation
-from geofed_secure.runtime.flower.site import Site
-from geofed_secure.runtime.flower.sitedata import DEMO, anchor_digests, load_modalities
+from geofed_secure.runtime.flower.site import Site, SiteState
+from geofed_secure.runtime.flower.sitedata import DEMO, anchor_count, anchor_digests, load_modalities
 
 RUN_STATUS = "run.json"  # written by the ServerApp into out-dir when it ends: completed or failed (with the error)
 
@@ -66,19 +70,33 @@ def setting(context: Context, key: str, *, default: str | None = None, node_only
     return value
 
 
-def site_for(context: Context) -> Site:
-    """This SuperNode's site, rebuilt from its configuration, its data and its state directory."""
-    from geofed_secure.runtime.federation import build_federation
-    from geofed_secure.runtime.simulator import backbone_factory
-
+def _site_settings(context: Context) -> tuple[RunConfig, str, str, str | None]:
     node_id = setting(context, "node-id", node_only=True)
     state_dir = setting(context, "state-dir", node_only=True)
     config = load_run_config(setting(context, "config"))
     if node_id not in {n.id for n in config.nodes}:
         raise ConfigError("node-id", f"{node_id!r} is not a node of federation {config.federation.id!r}")
+    keys = setting(context, "keys", node_only=True) if config.secure.protocol != "none" else None
+    return config, node_id, state_dir, keys
+
+
+def site_for(context: Context) -> Site:
+    """This SuperNode's site, rebuilt from its configuration, its data and its state directory."""
+    from geofed_secure.runtime.federation import build_federation
+    from geofed_secure.runtime.simulator import backbone_factory
+
+    config, node_id, state_dir, keys = _site_settings(context)
     federation = build_federation(config, load_modalities(setting(context, "data", default=DEMO), config))
     return Site(config, node_id, federation.nodes[node_id], anchor_digest=federation.anchor_digest,
-                state_dir=state_dir, make_backbone=backbone_factory(config))
+                state_dir=state_dir, make_backbone=backbone_factory(config), keys_dir=keys)
+
+
+def state_for(context: Context) -> SiteState:
+    """This SuperNode's site without its node (a secure-aggregation step): configuration, state directory, keys and
+    the public anchor commitment only; no private data is read."""
+    config, node_id, state_dir, keys = _site_settings(context)
+    digest = AnchorManifest(per_modality=anchor_digests(setting(context, "data", default=DEMO), config)).digest
+    return SiteState(config, node_id, anchor_digest=digest, state_dir=state_dir, keys_dir=keys)
 
 
 class PrintReporter:
@@ -119,12 +137,14 @@ def serve(grid: Grid, context: Context) -> None:
     try:
         config = load_run_config(setting(context, "config"))
         timeout = float(context.run_config.get("timeout", DEFAULT_TIMEOUT_S))
-        manifest = AnchorManifest(per_modality=anchor_digests(setting(context, "data", default=DEMO), config))
+        source = setting(context, "data", default=DEMO)
+        manifest = AnchorManifest(per_modality=anchor_digests(source, config))
+        keys = setting(context, "keys") if config.secure.protocol != "none" else None
         _, initial = server_model_and_initial_state(config, backbone_factory(config))
         reporter.log(f"federation {config.federation.id}: {len(config.nodes)} nodes, {config.federation.rounds} rounds, "
                      f"waiting for SuperNodes (timeout {timeout:g} s)")
         run_federation(grid, config, anchor_digest=manifest.digest, initial_state=initial, out_dir=out,
-                       timeout=timeout, reporter=reporter)
+                       timeout=timeout, reporter=reporter, n_anchors=anchor_count(source, config), keys_dir=keys)
         status.update(status="completed", rounds=config.federation.rounds,
                       final=str(out / "final" / "global_adapters.safetensors"))
     except Exception as exc:
@@ -142,4 +162,4 @@ def serve(grid: Grid, context: Context) -> None:
 server_app = ServerApp()
 server_app.main()(serve)
 
-client_app = make_client_app(site_for)
+client_app = make_client_app(site_for, state_for)

@@ -9,6 +9,8 @@
   the commands, start nothing; ``--superlink HOST:PORT --certs DIR``: the same for an existing SuperLink, with the
   commands each machine runs.
 - ``geofed deploy certs --out DIR [--host NAME ...]``: a self-signed CA and SuperLink certificate (:mod:`.certs`).
+- ``geofed deploy keys --out DIR [--config F --secure masking|ckks ...]``: the secure-aggregation keys of every party
+  (:mod:`geofed_secure.runtime.secure.keys`); a loopback deployment makes its own unless ``--keys DIR``.
 """
 
 from __future__ import annotations
@@ -45,7 +47,9 @@ def configure(deploy: argparse.ArgumentParser) -> None:
     deploy.add_argument("--rounds", type=int, help="number of federated rounds")
     deploy.add_argument("--seed", type=int)
     deploy.add_argument("--secure", choices=("masking", "ckks", "none"),
-                        help="secure aggregation; the Flower driver runs 'none' only so far")
+                        help="secure aggregation (default: the configuration's, masking for the demo)")
+    deploy.add_argument("--keys", type=Path, metavar="DIR",
+                        help="secure-aggregation keys from geofed deploy keys (default: new ones in the deployment folder)")
     deploy.add_argument("--data", default="demo", help="data source: 'demo' (default) or a folder of encoded modalities")
     deploy.add_argument("--out", type=Path, help="deployment folder (default deployments/<federation id>-<time>)")
     deploy.add_argument("--insecure", action="store_true", help="no TLS (tests only)")
@@ -56,12 +60,20 @@ def configure(deploy: argparse.ArgumentParser) -> None:
     deploy.add_argument("--dry-run", action="store_true", dest="dry_run", help="write the plan and print the commands only")
     deploy.add_argument("--superlink", metavar="HOST:PORT",
                         help="prepare for an existing SuperLink (implies --dry-run; needs --certs unless --insecure)")
-    actions = deploy.add_subparsers(dest="deploy_action", metavar="{certs}")
+    actions = deploy.add_subparsers(dest="deploy_action", metavar="{certs,keys}")
     certs = actions.add_parser("certs", help="make a self-signed CA and SuperLink certificate")
     certs.add_argument("--out", type=Path, required=True, dest="certs_out", help="folder for ca.pem, server.pem, server.key")
     certs.add_argument("--host", action="append", dest="hosts", metavar="NAME",
                        help=f"IP address or DNS name of the SuperLink (repeatable; default {', '.join(LOOPBACK_HOSTS)})")
     certs.add_argument("--days", type=int, default=365, help="validity in days (default 365)")
+    keys = actions.add_parser("keys", help="make the secure-aggregation keys of the server and of every site")
+    keys.add_argument("--out", type=Path, required=True, dest="keys_out", help="folder for server/ and sites/<node id>/")
+    # the federation's shape, as for the deployment itself (SUPPRESS: given before 'keys', they are kept)
+    keys.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="TOML run configuration (default: the demo)")
+    keys.add_argument("--sites", type=int, metavar="N", default=argparse.SUPPRESS, help="the first N configured nodes only")
+    keys.add_argument("--nodes", default=argparse.SUPPRESS, help="node list by modality (e.g. image:2,text)")
+    keys.add_argument("--secure", choices=("masking", "ckks", "none"), default=argparse.SUPPRESS,
+                      help="the protocol to make keys for (default: the configuration's)")
 
 
 def resolve_config(args: argparse.Namespace) -> RunConfig:
@@ -95,6 +107,19 @@ def cmd_certs(args: argparse.Namespace, echo: Echo) -> dict[str, Any]:
             "server_key": str(made.server_key)}
 
 
+def cmd_keys(args: argparse.Namespace, echo: Echo) -> dict[str, Any]:
+    from geofed_secure.runtime.secure.keys import write_keys
+
+    config = resolve_config(args)
+    if args.keys_out.exists() and any(args.keys_out.iterdir()):
+        raise ConfigError("--out", f"{args.keys_out} is not empty; keys are never written over (choose another folder)")
+    folder = write_keys(config, args.keys_out)
+    echo(f"wrote {config.secure.protocol} keys of federation {config.federation.id!r} to {folder}: copy {folder / 'server'} "
+         f"to the SuperLink machine and {folder / 'sites'}/<node id> to that site only (the site files are secret)")
+    return {"command": "deploy keys", "status": "ok", "out": str(folder), "protocol": config.secure.protocol,
+            "sites": [n.id for n in config.nodes]}
+
+
 def cmd_deploy(args: argparse.Namespace, echo: Echo) -> dict[str, Any]:
     from geofed_secure.runtime.flower.launch import prepare_loopback, run_loopback, shell_join, site_commands
 
@@ -104,9 +129,9 @@ def cmd_deploy(args: argparse.Namespace, echo: Echo) -> dict[str, Any]:
     if args.insecure and certs is not None:
         raise ConfigError("--insecure", "--insecure and --certs contradict each other")
     plan = prepare_loopback(config, out, data=args.data, insecure=args.insecure, certs=certs,
-                            message_timeout=args.message_timeout, superlink=args.superlink)
-    echo(f"geofed deploy: {len(config.nodes)} sites, {config.federation.rounds} rounds, "
-         f"{'insecure (tests only)' if args.insecure else 'TLS'}, folder {plan.root}")
+                            message_timeout=args.message_timeout, superlink=args.superlink, keys=args.keys)
+    echo(f"geofed deploy: {len(config.nodes)} sites, {config.federation.rounds} rounds, secure aggregation "
+         f"{config.secure.protocol}, {'insecure (tests only)' if args.insecure else 'TLS'}, folder {plan.root}")
     if args.dry_run or args.superlink is not None:
         env = " ".join(f"{k}={shlex.quote(v)}" for k, v in plan.env.items())
         if args.superlink is None:
@@ -147,7 +172,8 @@ def run_cli(argv: list[str], *, echo: Echo = _stderr, result: Callable[[dict[str
     every process started and returns 130."""
     args = build_parser(prog).parse_args(argv)
     try:
-        result(cmd_certs(args, echo) if args.deploy_action == "certs" else cmd_deploy(args, echo))
+        commands = {"certs": cmd_certs, "keys": cmd_keys}
+        result(commands.get(args.deploy_action, cmd_deploy)(args, echo))
     except KeyboardInterrupt:
         echo("interrupted: every process the deployment started was stopped")
         return 130

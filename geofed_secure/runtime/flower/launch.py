@@ -43,6 +43,7 @@ from typing import IO, Any
 from geofed_secure.config import RunConfig
 from geofed_secure.errors import ConfigError, GeofedError
 from geofed_secure.runtime.flower.certs import Certificates, make_certificates
+from geofed_secure.runtime.secure.keys import write_keys
 
 SERVER_APP = "geofed_secure.runtime.flower.apps:server_app"
 CLIENT_APP = "geofed_secure.runtime.flower.apps:client_app"
@@ -287,16 +288,16 @@ def _port_of(address: str) -> int:
 
 def prepare_loopback(config: RunConfig, root: str | Path, *, data: str = "demo", insecure: bool = False,
                      certs: Certificates | None = None, message_timeout: float = 600.0,
-                     superlink: str | None = None) -> LoopbackPlan:
+                     superlink: str | None = None, keys: Path | None = None) -> LoopbackPlan:
     """Write the configuration, the Flower app project and the Flower configuration under ``root`` and pick free
     ports: the plan :func:`run_loopback` runs. TLS is on unless ``insecure`` (tests only): with ``certs`` (a set valid
     for 127.0.0.1) or a fresh set in ``root/certs``.
 
     ``superlink`` (``host:port``): prepare for an existing SuperLink instead (its ``certs`` must be given unless
-    ``insecure``); the plan is then only written and printed, not run."""
-    if config.secure.protocol != "none":
-        raise ConfigError("secure.protocol", f"{config.secure.protocol!r} does not run on the Flower driver yet; use "
-                                             "secure.protocol = 'none' (geofed deploy --secure none), or geofed run")
+    ``insecure``); the plan is then only written and printed, not run.
+
+    Secure aggregation: ``keys`` (a folder from ``geofed deploy keys``) or fresh keys in ``root/keys``; the ServerApp
+    gets ``keys/server`` (run configuration), each site ``keys/sites/<node id>`` (its own node configuration)."""
     base = Path(root).resolve()
     if (base / "server" / RUN_STATUS).exists():
         raise DeploymentError(f"{base} already holds a deployment's run; choose another folder")
@@ -314,12 +315,18 @@ def prepare_loopback(config: RunConfig, root: str | Path, *, data: str = "demo",
     address = superlink or f"127.0.0.1:{port}"
     out_dir = base / "server"
     app = base / "app"
-    write_app_project(app, {"config": str(config_path), "data": data, "out-dir": str(out_dir),
-                            "timeout": float(message_timeout)})
+    run_config: dict[str, str | float] = {"config": str(config_path), "data": data, "out-dir": str(out_dir),
+                                          "timeout": float(message_timeout)}
+    site_keys: dict[str, dict[str, str]] = {n.id: {} for n in config.nodes}
+    if config.secure.protocol != "none":
+        keys = keys.resolve() if keys is not None else write_keys(config, base / "keys")
+        run_config["keys"] = str(keys / "server")
+        site_keys = {n.id: {"keys": str(keys / "sites" / n.id)} for n in config.nodes}
+    write_app_project(app, run_config)
     flwr_home = base / "flwr-home"
     write_flower_config(flwr_home, address, ca=ca)
-    supernodes = {n.id: supernode_argv(site_node_config(n.id, base / "sites" / n.id), superlink=address,
-                                       runtime_port=free_port(), ca=ca) for n in config.nodes}
+    supernodes = {n.id: supernode_argv(site_node_config(n.id, base / "sites" / n.id, **site_keys[n.id]),
+                                       superlink=address, runtime_port=free_port(), ca=ca) for n in config.nodes}
     return LoopbackPlan(root=base, config=config, insecure=insecure, port=port, address=address, app=app, flwr_home=flwr_home,
                         out_dir=out_dir, logs=base / "logs",
                         superlink=superlink_argv(port, certs=None if insecure else certs), supernodes=supernodes,
@@ -400,16 +407,19 @@ def site_commands(node_ids: list[str], *, superlink: str = "SUPERLINK_HOST:9093"
                      "--ssl-ca-certfile", "certs/ca.pem", "--host", "0.0.0.0", "--port", port,
                      "--disable-runtime-dependency-installation"]
     steps = [
+        ("operator", ("geofed deploy keys --config federation.toml --out keys   # secure aggregation: copy keys/server "
+                     "to the SuperLink machine and keys/sites/<id> to site <id> only, over a channel you trust")),
         ("SuperLink machine", f"geofed deploy certs --out certs --host {host}   # then copy certs/ca.pem to every site"),
         ("SuperLink machine", f"{quiet} {shell_join(superlink_cmd)}"),
     ]
     for node_id in node_ids:
         config = node_config_arg(site_node_config(node_id, Path(f"/var/lib/geofed/{node_id}"),
-                                                  config="/etc/geofed/federation.toml", data="demo"))
+                                                  config="/etc/geofed/federation.toml", data="demo",
+                                                  keys=f"/etc/geofed/keys/sites/{node_id}"))
         supernode_cmd = ["flower-supernode", "--root-certificates", "ca.pem", "--superlink", superlink,
                          "--node-config", config]
         steps.append((f"site {node_id}", f"{quiet} {shell_join(supernode_cmd)}"))
-    prepare = f"geofed deploy --config federation.toml --superlink {superlink} --certs certs --out deploy"
+    prepare = f"geofed deploy --config federation.toml --superlink {superlink} --certs certs --keys keys --out deploy"
     steps += [("operator", f"{prepare}   # writes deploy/app and deploy/flwr-home, starts nothing"),
               ("operator", f"FLWR_HOME=deploy/flwr-home {quiet} flwr run deploy/app {CONNECTION} --stream")]
     return steps

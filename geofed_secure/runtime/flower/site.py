@@ -24,20 +24,21 @@ import pickle
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-import safetensors.torch
-import torch
+from typing import TYPE_CHECKING, Any
 
 import geofed_secure
 from geofed_secure.config import RunConfig
 from geofed_secure.errors import CheckpointError, ConfigError
-from geofed_secure.node import Node, NodeData
 from geofed_secure.runtime.nodelog import NodeLog
 from geofed_secure.runtime.round import Answer, NodeAnswer, NodeSide, secure_answer
 from geofed_secure.runtime.secure import NodeSession, SecureInputLayout
 from geofed_secure.runtime.secure.keys import node_session
 from geofed_secure.wire.round import RoundBroadcast, decode_message
+
+if TYPE_CHECKING:  # the node's training stack is imported only by a message that trains
+    import torch
+
+    from geofed_secure.node import Node, NodeData
 
 STATE_FILE = "node.safetensors"
 LOG_FILE = "log.jsonl"
@@ -60,25 +61,22 @@ def _atomic_write(folder: Path, name: str, write: Callable[[str], object]) -> No
             os.unlink(tmp)
 
 
-class Site:
-    """The site ``node_id`` of ``config``, with its private ``data`` and its ``state_dir``.
+class SiteState:
+    """What site ``node_id`` of ``config`` keeps between messages without its node: its ``state_dir`` (log, secure
+    session) and its key folder. Answering a secure-aggregation step needs only this, so that message's process
+    never loads the node's data, backbone or training stack. ``anchor_digest`` is the federation's anchor commitment
+    the site was provisioned with."""
 
-    ``data`` must be this node's own share only (a site never holds another site's private data); ``anchor_digest``
-    is the federation's anchor commitment the site was provisioned with.
-    """
-
-    def __init__(self, config: RunConfig, node_id: str, data: NodeData, *, anchor_digest: str, state_dir: str | Path,
-                 make_backbone: Callable[[], torch.nn.Module], keys_dir: str | Path | None = None) -> None:
+    def __init__(self, config: RunConfig, node_id: str, *, anchor_digest: str, state_dir: str | Path,
+                 keys_dir: str | Path | None = None) -> None:
         specs = {n.id: n for n in config.nodes}
         if node_id not in specs:
             raise ConfigError("node-id", f"{node_id!r} is not a node of federation {config.federation.id!r} "
                                          f"(its nodes: {', '.join(specs)}); set the SuperNode's --node-config node-id")
         self.config = config
         self.spec = specs[node_id]
-        self.data = data
         self.anchor_digest = anchor_digest
         self.state_dir = Path(state_dir)
-        self.make_backbone = make_backbone
         self.keys_dir = Path(keys_dir) if keys_dir is not None else None
         self.secure = config.secure.protocol != "none"
         if self.secure and self.keys_dir is None:
@@ -88,24 +86,6 @@ class Site:
     @property
     def node_id(self) -> str:
         return self.spec.id
-
-    def load_node(self) -> Node:
-        """The node as it was after its last answered message (a fresh node before the first)."""
-        node = Node(self.spec, self.data, self.config, anchor_digest=self.anchor_digest,
-                    backbone_factory=self.make_backbone)
-        path = self.state_dir / STATE_FILE
-        if path.is_file():
-            try:
-                state = safetensors.torch.load_file(path)
-            except (OSError, ValueError, RuntimeError) as exc:  # safetensors raises SafetensorError (an Exception)
-                raise CheckpointError(f"{path} is unreadable ({type(exc).__name__}); the site cannot resume its node") from exc
-            node.load_state_dict(state)
-        return node
-
-    def save_node(self, node: Node) -> None:
-        """Write the node's state atomically: the previous state survives a crash at any point of the write."""
-        state = {k: v.contiguous() for k, v in node.state_dict().items()}
-        _atomic_write(self.state_dir, STATE_FILE, lambda tmp: safetensors.torch.save_file(state, tmp))
 
     def _session_header(self) -> dict[str, Any]:
         return {"format": SESSION_FORMAT, "version": geofed_secure.__version__, "node_id": self.node_id,
@@ -142,6 +122,51 @@ class Site:
         path = self.state_dir / LOG_FILE
         return NodeLog.resume(path, last_round=last_round) if path.is_file() else NodeLog.start(path)
 
+    def secure_step(self, round_: int, blob: bytes) -> NodeAnswer:
+        """Answer a later secure-aggregation message of the round (the node itself is not needed, nor rebuilt)."""
+        if not self.secure:
+            return NodeAnswer(Answer.NOTHING)
+        session = self.load_session()
+        log = self._log(round_)
+        answer = secure_answer(log, round_, lambda: session.step(blob))
+        self.save_session(session)
+        return answer
+
+
+class Site(SiteState):
+    """The site with its node: its private ``data`` (this node's own share only: a site never holds another site's
+    private data) and the backbone factory its node is built with, for the round's broadcast."""
+
+    def __init__(self, config: RunConfig, node_id: str, data: NodeData, *, anchor_digest: str, state_dir: str | Path,
+                 make_backbone: Callable[[], torch.nn.Module], keys_dir: str | Path | None = None) -> None:
+        super().__init__(config, node_id, anchor_digest=anchor_digest, state_dir=state_dir, keys_dir=keys_dir)
+        self.data = data
+        self.make_backbone = make_backbone
+
+    def load_node(self) -> Node:
+        """The node as it was after its last answered message (a fresh node before the first)."""
+        import safetensors.torch
+
+        from geofed_secure.node import Node
+
+        node = Node(self.spec, self.data, self.config, anchor_digest=self.anchor_digest,
+                    backbone_factory=self.make_backbone)
+        path = self.state_dir / STATE_FILE
+        if path.is_file():
+            try:
+                state = safetensors.torch.load_file(path)
+            except (OSError, ValueError, RuntimeError) as exc:  # safetensors raises SafetensorError (an Exception)
+                raise CheckpointError(f"{path} is unreadable ({type(exc).__name__}); the site cannot resume its node") from exc
+            node.load_state_dict(state)
+        return node
+
+    def save_node(self, node: Node) -> None:
+        """Write the node's state atomically: the previous state survives a crash at any point of the write."""
+        import safetensors.torch
+
+        state = {k: v.contiguous() for k, v in node.state_dict().items()}
+        _atomic_write(self.state_dir, STATE_FILE, lambda tmp: safetensors.torch.save_file(state, tmp))
+
     def answer(self, round_: int, broadcast_blob: bytes, secure_open: bytes | None = None) -> NodeAnswer:
         """Handle one round's broadcast: an encoded NodeUpdate (clear uploads), the answer to the round's first
         secure-aggregation message ``secure_open`` (secure uploads), or a FailureNotice (code only)."""
@@ -160,14 +185,4 @@ class Site:
         answer = side.upload(round_, result, secure_layout=layout, secure_open=secure_open)
         if session is not None:
             self.save_session(session)
-        return answer
-
-    def secure_step(self, round_: int, blob: bytes) -> NodeAnswer:
-        """Answer a later secure-aggregation message of the round (the node itself is not needed, nor rebuilt)."""
-        if not self.secure:
-            return NodeAnswer(Answer.NOTHING)
-        session = self.load_session()
-        log = self._log(round_)
-        answer = secure_answer(log, round_, lambda: session.step(blob))
-        self.save_session(session)
         return answer

@@ -108,3 +108,19 @@ def anchor_digests(source: str, config: RunConfig) -> dict[str, str]:
     if not folder.is_dir():
         raise DataError(f"data source {source!r} is neither 'demo' nor a folder")
     return {m: _metadata(_file(folder, m))["anchor_digest"] for m in needed_modalities(config)}
+
+
+def anchor_count(source: str, config: RunConfig) -> int:
+    """The number B of public anchors (the same in every modality), reading no private pool when ``source`` is a folder."""
+    if source == DEMO:
+        counts = {len(d.anchors) for d in load_modalities(source, config).values()}
+    else:
+        counts = set()
+        for modality in needed_modalities(config):
+            path = _file(Path(source), modality)
+            _metadata(path)
+            with safetensors.safe_open(str(path), framework="numpy") as fh:
+                counts.add(int(fh.get_slice("anchors.labels").get_shape()[0]))
+    if len(counts) != 1:
+        raise DataError(f"every modality needs the same number of public anchors, got {sorted(counts)}")
+    return counts.pop()

@@ -112,9 +112,35 @@ def test_the_app_project_is_a_valid_flower_app(tmp_path):
                                                        "out-dir": "/x/server", "timeout": 60.0}
 
 
-def test_a_plan_refuses_secure_aggregation_and_a_remote_plan_is_not_started(tiny_config, tmp_path):
-    with pytest.raises(ConfigError, match="does not run on the Flower driver yet"):
-        prepare_loopback(with_sections(tiny_config, secure={"protocol": "masking"}), tmp_path / "a", insecure=True)
+def test_a_secure_plan_gives_the_server_public_keys_and_each_site_only_its_own(tiny_config, tmp_path):
+    plan = prepare_loopback(with_sections(tiny_config, secure={"protocol": "masking"}), tmp_path / "a", insecure=True)
+    run_config = (plan.app / "pyproject.toml").read_text()
+    assert f'keys = "{plan.root / "keys" / "server"}"' in run_config
+    public = json.loads((plan.root / "keys" / "server" / "public.json").read_text())
+    assert sorted(public["identities"]) == ["img-a", "img-b", "tab", "txt"]
+    assert sorted(p.name for p in (plan.root / "keys" / "server").iterdir()) == ["public.json"]  # no secret
+    for node_id, argv in plan.supernodes.items():
+        node_config = argv[argv.index("--node-config") + 1]
+        assert f"keys='{plan.root / 'keys' / 'sites' / node_id}'" in node_config
+        identity = plan.root / "keys" / "sites" / node_id / "identity.key"
+        assert identity.stat().st_mode & 0o077 == 0  # the secret is readable by its owner only
+
+
+def test_deploy_keys_writes_every_party_s_folder_and_never_over_old_keys(tiny_config, tmp_path, capsys):
+    config_file = tmp_path / "config.json"
+    config_file.write_text(json.dumps(tiny_config.to_dict()))
+    assert main(["deploy", "keys", "--config", str(config_file), "--secure", "ckks", "--out", str(tmp_path / "k")]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["protocol"] == "ckks" and result["sites"] == ["img-a", "img-b", "txt", "tab"]
+    assert (tmp_path / "k" / "server" / "public.context").is_file()
+    assert (tmp_path / "k" / "sites" / "tab" / "secret.context").is_file()
+    assert main(["deploy", "keys", "--config", str(config_file), "--secure", "ckks", "--out", str(tmp_path / "k")]) == 2
+    assert "never written over" in capsys.readouterr().err
+    assert main(["deploy", "keys", "--config", str(config_file), "--secure", "none", "--out", str(tmp_path / "n")]) == 2
+    assert "needs no keys" in capsys.readouterr().err
+
+
+def test_a_remote_plan_is_not_started(tiny_config, tmp_path):
     with pytest.raises(ConfigError, match="--certs"):
         prepare_loopback(tiny_config, tmp_path / "b", superlink="10.0.0.7:9093")
     plan = prepare_loopback(tiny_config, tmp_path / "c", superlink="10.0.0.7:9093", insecure=True)

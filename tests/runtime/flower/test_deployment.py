@@ -1,9 +1,11 @@
 """Real Flower deployments on 127.0.0.1: a SuperLink, one SuperNode per site and ``flwr run`` as separate processes
 (flwr 1.41's deployment engine), started and stopped by ``geofed deploy``'s launcher.
 
-Marked ``deployment`` (``python -m pytest -m deployment``): each run costs about a minute here, most of it Flower's
-own machinery (a fresh ClientApp process per message, importing torch; the SuperNodes poll every 3 s). Every test
-is bounded (the launcher's timeout) and checks that nothing it started is left running.
+Each run costs about a minute here, most of it Flower's own machinery (a fresh ClientApp process per message,
+importing torch; the SuperNodes poll every 3 s). So one deployment runs in the default suite (CI): secure
+aggregation by pairwise masking, the product's default; the others are marked ``deployment``
+(``python -m pytest -m deployment``). Every test is bounded (the launcher's timeout) and checks that nothing it
+started is left running.
 """
 
 from __future__ import annotations
@@ -20,10 +22,8 @@ from geofed_secure.config import NodeSpec, needed_modalities
 from geofed_secure.runtime import Simulator, Transcript
 from geofed_secure.runtime.flower.certs import make_certificates
 from geofed_secure.runtime.flower.launch import DeploymentError, prepare_loopback, run_loopback
-from geofed_secure.runtime.flower.site import STATE_FILE
+from geofed_secure.runtime.flower.site import SESSION_FILE, STATE_FILE
 from geofed_secure.runtime.flower.sitedata import save_modalities
-
-pytestmark = pytest.mark.deployment
 
 # The simulator's process runs torch on one thread (tests/conftest.py); the sites' ClientApp processes must too for
 # bit-identical floats: a different intra-op thread count sums in another order (differences ~1e-7).
@@ -54,6 +54,7 @@ def no_leftovers():
     assert not left, f"processes left running: {[p.pid for p in left]}"
 
 
+@pytest.mark.deployment
 def test_a_loopback_deployment_gives_the_simulators_weights_bit_for_bit(tiny_config, tiny_modalities, tmp_path,
                                                                          no_leftovers):
     config = with_sections(tiny_config, federation={"rounds": 2}, nodes=SITES)
@@ -77,6 +78,7 @@ def test_a_loopback_deployment_gives_the_simulators_weights_bit_for_bit(tiny_con
     assert not leftovers(plan.flwr_home)
 
 
+@pytest.mark.deployment
 def test_a_tls_deployment_with_certificates_made_by_geofed(tiny_config, tiny_modalities, tmp_path, no_leftovers):
     config = with_sections(tiny_config, federation={"rounds": 1}, nodes=SITES)
     save_modalities(tmp_path / "data", {m: tiny_modalities[m] for m in needed_modalities(config)})
@@ -90,6 +92,7 @@ def test_a_tls_deployment_with_certificates_made_by_geofed(tiny_config, tiny_mod
     assert all("--root-certificates" in argv for argv in plan.supernodes.values())
 
 
+@pytest.mark.deployment
 def test_a_failed_run_names_its_logs_and_stops_every_process(tiny_config, tiny_modalities, tmp_path, no_leftovers):
     config = with_sections(tiny_config, federation={"rounds": 1}, nodes=SITES)
     save_modalities(tmp_path / "data", {"image": tiny_modalities["image"]})  # the text modality is missing
@@ -98,4 +101,28 @@ def test_a_failed_run_names_its_logs_and_stops_every_process(tiny_config, tiny_m
     no_leftovers(plan.flwr_home)
     with pytest.raises(DeploymentError, match=r"the run failed: DataError: .*text.safetensors is missing.*run\.log"):
         run_loopback(plan, timeout=240, env=ONE_THREAD)
+    assert not leftovers(plan.flwr_home)
+
+
+def test_a_masked_loopback_deployment_gives_the_clear_model(tiny_config, tiny_modalities, tmp_path, no_leftovers):
+    """Default suite: three SuperNodes run secagg-v1 through the SuperLink (keys made for the deployment, TLS off for
+    speed); the ServerApp sees only masked vectors and ends with the simulator's clear model up to quantisation."""
+    nodes = (*SITES, NodeSpec(id="tab", modality="tabular"))  # secure aggregation needs at least three nodes
+    config = with_sections(tiny_config, federation={"rounds": 2}, nodes=nodes,
+                           secure={"protocol": "masking", "rounds_per_epoch": 2})
+    modalities = {m: tiny_modalities[m] for m in needed_modalities(config)}
+    save_modalities(tmp_path / "data", modalities)
+    reference = Simulator(with_sections(config, secure={"protocol": "none"}), modalities, tmp_path / "clear").run()
+    plan = prepare_loopback(config, tmp_path / "deployment", data=str(tmp_path / "data"), insecure=True,
+                            message_timeout=120)
+    no_leftovers(plan.flwr_home)
+    result = run_loopback(plan, timeout=400, env=ONE_THREAD)
+    final = safetensors.numpy.load_file(result.final)
+    for key, value in reference.global_state.items():
+        np.testing.assert_allclose(final[key], value, rtol=0, atol=1e-6, err_msg=key)
+    transcript = Transcript.load(result.out_dir / "transcript")
+    from_nodes = {type(m).__name__ for rec, m in transcript.messages() if rec.sender != "server"}
+    assert from_nodes == {"KeyAdvertisement", "ShareBundle", "MaskedInput", "UnmaskResponse"}
+    for node in nodes:  # each site's protocol session lived on its own disk between messages
+        assert (plan.root / "sites" / node.id / SESSION_FILE).is_file()
     assert not leftovers(plan.flwr_home)
