@@ -91,8 +91,9 @@ def _build_parser() -> argparse.ArgumentParser:
     audit = sub.add_parser("audit", help="attack the federation from one threat model's view and report what leaks",
                            epilog=EXIT_CODES, formatter_class=formatter, parents=[_output_options(subcommand=True)])
     audit.add_argument("--threat-model", type=Path, required=True, dest="threat_model", help="threat model TOML (threat_models/)")
-    audit.add_argument("--plan", type=Path, help="audit plan TOML (default: the built-in plan, spelled out in audits/plan.toml); "
-                       "its run / reference_run keys also audit a finished geofed run folder's recorded transcript")
+    audit.add_argument("--plan", type=Path, help="audit plan TOML, or a preset: quick (minutes, low power), standard (the "
+                       "default, audits/plan.toml), high-power (the reference reports); its run / reference_run keys also "
+                       "audit a finished geofed run folder's recorded transcript")
     audit.add_argument("--out", type=Path, required=True, help="folder for report.json, report.md and the plots")
     audit.add_argument("--cache-dir", dest="cache_dir", help="feature and experiment cache (default $GEOFED_CACHE or ~/.cache/geofed-secure)")
     audit.add_argument("--seed", type=int, help="override the plan's seed")

@@ -5,6 +5,11 @@ trains the target node and the other demo nodes once, and every threat model's r
 experiment through its own view (:mod:`geofed_secure.audit.protections`). ``audits/plan.toml`` spells out every
 key with its default (a test keeps the two equal).
 
+Named presets (``geofed audit --plan quick``), each spelled out in ``audits/plan-<name>.toml`` (a test keeps them
+equal): ``quick`` (CI and first looks: 4 runs, no DP and one budget, in clear and masked; a few minutes),
+``standard`` (the default plan, ``audits/plan.toml``) and ``high-power`` (32 runs per level, 1,000 bootstrap
+resamples: the plan of the reference reports). :mod:`.progress` estimates each plan's time before it runs.
+
 A plan may also name a finished ``geofed run`` folder (``run``, optionally ``reference_run``, its plaintext twin):
 the audit then inventories that run's recorded transcript from the threat model's view and scores round-1 Gram
 inversion against it (:mod:`geofed_secure.audit.recorded_run`), in the same report. A plan with no protection and
@@ -118,8 +123,19 @@ def plan_from_dict(data: dict[str, Any], *, source: str | None = None) -> AuditP
         raise ConfigError(exc.field, str(exc).split(": ", 1)[1], source=source) from None
 
 
+PRESETS: dict[str, dict[str, Any]] = {
+    "quick": {"runs": 4, "protections": ["none", "masking"], "epsilons": [1.0], "extraction_anchors": [25, 100],
+              "extraction_draws": 1, "bootstrap": 100},
+    "standard": {},
+    "high-power": {"runs": 32, "bootstrap": 1000},
+}
+
+
 def load_plan(path: str | Path | None) -> AuditPlan:
-    """The plan in ``path`` (TOML), or the default plan when None; errors name the key and the file."""
+    """The plan in ``path`` (TOML), a preset by name (:data:`PRESETS`: quick, standard, high-power) when no such file
+    exists, or the default plan (``standard``) when None; errors name the key and the file."""
     if path is None:
         return AuditPlan()
+    if str(path) in PRESETS and not Path(path).exists():
+        return plan_from_dict(PRESETS[str(path)], source=f"preset {path}")
     return plan_from_dict(read_toml(path, option="--plan"), source=str(path))

@@ -42,6 +42,7 @@ from geofed_secure.audit.experiment import Experiment, TrainedLevel, level_name,
 from geofed_secure.audit.metrics import AttackResult, Interval, membership_grid_result
 from geofed_secure.audit.plan import AuditPlan
 from geofed_secure.audit.power import canary_max_certifiable_epsilon, min_detectable_difference
+from geofed_secure.audit.progress import EtaProgress
 from geofed_secure.audit.protections import AGGREGATE, check_target, observed, observed_public, protocol_sums, release_view
 from geofed_secure.audit.recorded_run import audit_recorded_run, check_recorded_nodes
 from geofed_secure.audit.threat_model import ThreatModel
@@ -295,7 +296,10 @@ def run_audit(threat_model: ThreatModel, plan: AuditPlan, out_dir: str | Path, *
     if plan.levels:
         progress(f"audit plan {plan.digest()[:12]}: target {plan.target}, {plan.runs} runs per privacy level, "
                  f"schemes {list(plan.schemes)}, protections {list(plan.protections)}, epsilons {list(plan.epsilons)}")
-        exp = experiment or run_experiment(plan, progress=progress)
+        eta = EtaProgress(plan, len(run_config(plan).nodes) - 1, progress)
+        if experiment is None:
+            progress(eta.opening())
+        exp = experiment or run_experiment(plan, progress=eta)
         results, views = _experiment_results(exp, threat_model, plan, progress)
         summary = _experiment_summary(exp, plan)
     if recorded is not None:

@@ -241,8 +241,15 @@ def test_shipped_plan_spells_out_the_defaults():
     assert load_plan("audits/plan.toml") == AuditPlan() == load_plan(None)
     memorising = load_plan("audits/plan-memorising.toml")
     assert memorising.local_steps == 4 * AuditPlan().local_steps and memorising.digest() != AuditPlan().digest()
-    high_power = load_plan("audits/plan-high-power.toml")
+    high_power = load_plan("audits/plan-memorising-high-power.toml")
     assert high_power.runs == 32 and high_power.levels == (None,)
+
+
+@pytest.mark.parametrize("name, path", [("quick", "audits/plan-quick.toml"), ("standard", "audits/plan.toml"),
+                                        ("high-power", "audits/plan-high-power.toml")])
+def test_presets_are_spelled_out_in_audits(name, path):
+    assert load_plan(name) == load_plan(path)
+    assert (load_plan(name) == AuditPlan()) == (name == "standard")
 
 
 @pytest.mark.parametrize("data, field", [
@@ -392,12 +399,14 @@ def test_under_ckks_a_colluding_node_key_decrypts_another_nodes_upload_from_the_
     assert release_view(tm, "ckks", "update") == INDIVIDUAL
 
 
-def test_geofed_audit_with_a_plan_writes_the_report(tiny_audit_experiment, tmp_path, monkeypatch, capsys):
+def test_geofed_audit_with_a_plan_writes_the_report(tiny_audit_experiment, tiny_config, tmp_path, monkeypatch, capsys):
     from geofed_secure.audit import suite
     from geofed_secure.cli import main
 
     _, exp = tiny_audit_experiment
     seen = {}
+    demo_config = suite.run_config  # the early checks see the tiny federation too
+    monkeypatch.setattr(suite, "run_config", lambda plan, epsilon=None, base=None: demo_config(plan, epsilon, base=tiny_config))
 
     def cached(p, progress):  # the tiny federation's experiment stands in for the demo's
         seen["plan"] = p
