@@ -20,6 +20,7 @@ it to NFS locks). Within one process the lock nests: the CLI takes it before loa
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import shutil
@@ -28,8 +29,9 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-from geofed_secure.errors import OutputFolderError, OutputFolderLocked
+from geofed_secure.errors import CheckpointError, OutputFolderError, OutputFolderLocked
 
 try:
     import fcntl
@@ -127,3 +129,28 @@ def claim_for_new_run(folder: str | os.PathLike, *, overwrite: bool, entries: Se
                 path.unlink()
         except OSError as exc:
             raise OutputFolderError(f"cannot remove {path} (--overwrite): {exc.strerror or exc}") from None
+
+
+def resume_comparable(config: Any) -> Any:
+    """A configuration (``RunConfig.to_dict()``) without what may change on resume: the number of rounds, and where
+    the feature cache lives (features are keyed by encoder and data digest, so the cache's location changes no result)."""
+    plain = json.loads(json.dumps(config))
+    for section, key in (("federation", "rounds"), ("data", "cache_dir")):
+        if isinstance(plain, dict) and isinstance(plain.get(section), dict):
+            plain[section].pop(key, None)
+    return plain
+
+
+def check_resumable(folder: Path, config: dict[str, Any]) -> None:
+    """Refuse to resume the run in ``folder`` with another configuration (CheckpointError naming what is wrong)."""
+    path = folder / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing; cannot check that the resumed run has the same configuration")
+    try:
+        saved = json.loads(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is unreadable ({type(exc).__name__}); cannot check that the resumed run "
+                              "has the same configuration") from None
+    if resume_comparable(saved) != resume_comparable(config):
+        raise CheckpointError(f"{folder} was started with a different configuration (only federation.rounds and "
+                              "data.cache_dir may change on resume)")

@@ -37,9 +37,9 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 from geofed_secure.config import RunConfig
-from geofed_secure.errors import ConfigError, GeofedError, MessageError
+from geofed_secure.errors import CheckpointError, ConfigError, GeofedError, MessageError
 from geofed_secure.runtime.flower.site import Site, SiteState
-from geofed_secure.runtime.outdir import claim_for_new_run, output_folder
+from geofed_secure.runtime.outdir import check_resumable, claim_for_new_run, output_folder
 from geofed_secure.runtime.round import Answer, FederatedRound, NodeAnswer, Reporter, SilentReporter
 from geofed_secure.runtime.secure import SecureInputLayout
 from geofed_secure.runtime.secure.keys import server_aggregator
@@ -141,9 +141,12 @@ class FlowerLink:
         return answers
 
 
-def discover(grid: Grid, config: RunConfig, *, timeout: float = DEFAULT_TIMEOUT_S, poll: float = 1.0) -> dict[str, int]:
+def discover(grid: Grid, config: RunConfig, *, timeout: float = DEFAULT_TIMEOUT_S, poll: float = 1.0
+             ) -> tuple[dict[str, int], dict[str, int]]:
     """Map each configured node id to its SuperNode: wait until enough SuperNodes are connected, ask each which node
-    it is. Raises ConfigError when a SuperNode claims an unknown or already claimed node, or a node is missing."""
+    it is and the last round its node trained in (its own disk's answer; 0 for a new site). Returns (Flower node id,
+    last round) per node id. Raises ConfigError when a SuperNode claims an unknown or already claimed node, or a node
+    is missing."""
     wanted = {n.id for n in config.nodes}
     deadline = time.monotonic() + timeout
     while len(list(grid.get_node_ids())) < len(wanted):
@@ -154,6 +157,7 @@ def discover(grid: Grid, config: RunConfig, *, timeout: float = DEFAULT_TIMEOUT_
     queries = [grid.create_message(pack(federation=config.federation.id), QUERY, nid, "discovery")
                for nid in grid.get_node_ids()]
     found: dict[str, int] = {}
+    last_rounds: dict[str, int] = {}
     for reply in grid.send_and_receive(queries, timeout=timeout):
         if reply.has_error():
             continue
@@ -164,22 +168,31 @@ def discover(grid: Grid, config: RunConfig, *, timeout: float = DEFAULT_TIMEOUT_
         if claimed in found:
             raise ConfigError("node-id", f"two SuperNodes both say they are node {claimed!r}")
         found[claimed] = reply.metadata.src_node_id
+        last = _value(reply, "last_round", int)
+        last_rounds[claimed] = int(last) if isinstance(last, int) else 0
     missing = sorted(wanted - set(found))
     if missing:
         raise ConfigError("nodes", f"no SuperNode answered for node(s) {', '.join(missing)}")
-    return found
+    return found, last_rounds
 
 
 def run_federation(grid: Grid, config: RunConfig, *, anchor_digest: str, initial_state: Mapping[str, np.ndarray],
                    out_dir: str | Path, timeout: float = DEFAULT_TIMEOUT_S, reporter: Reporter | None = None,
-                   n_anchors: int = 0, keys_dir: str | Path | None = None) -> dict[str, np.ndarray]:
+                   n_anchors: int = 0, keys_dir: str | Path | None = None, resume: bool = False) -> dict[str, np.ndarray]:
     """The ServerApp's work: discovery, then ``config.federation.rounds`` rounds of the shared round, a transcript
     and a server checkpoint per round in ``out_dir``; returns the final global state (also written to
     ``out_dir/final/global_adapters.safetensors``). ``out_dir`` is locked while the run writes it; a folder that
     already holds a run is refused (OutputFolderError), as ``geofed run`` refuses it without --resume/--overwrite.
 
     Secure aggregation (``config.secure.protocol`` masking or ckks) needs ``keys_dir`` (the server's key folder,
-    :mod:`geofed_secure.runtime.secure.keys`) and ``n_anchors`` (the public anchor count, for the upload layout)."""
+    :mod:`geofed_secure.runtime.secure.keys`) and ``n_anchors`` (the public anchor count, for the upload layout).
+
+    ``resume``: continue the run in ``out_dir`` from its last verified checkpoint (a ServerApp that stopped or crashed;
+    the same configuration, more rounds allowed). The sites kept their nodes; a site whose node already trained in a
+    round the server never checkpointed (the ServerApp died after the broadcast) must not train under that round
+    number again, so the run skips those round numbers: they are recorded as abandoned in the history, and the next
+    round broadcasts the checkpointed global state. The transcript keeps every message of the abandoned round that
+    reached it (the server saw them). A new secure-aggregation session starts (a new key epoch)."""
     from geofed_secure.server.checkpoint import CheckpointStore  # torch: imported by the ServerApp only, not by sites
 
     secure = None
@@ -195,19 +208,36 @@ def run_federation(grid: Grid, config: RunConfig, *, anchor_digest: str, initial
     out = Path(out_dir)
     # the folder is locked while the ServerApp writes it and a finished or crashed run in it is never replaced
     with output_folder(out, owner="geofed Flower ServerApp"):
-        claim_for_new_run(out, overwrite=False)
-        (out / "config.json").write_text(json.dumps(config.to_dict(), indent=1, sort_keys=True))
-        flower_ids = discover(grid, config, timeout=timeout)
+        checkpoints = CheckpointStore(out)
         node_ids = tuple(n.id for n in config.nodes)
         server = Server(federation_id=config.federation.id, anchor_digest=anchor_digest, node_ids=node_ids,
                         global_state=dict(initial_state))
+        history: list[dict[str, object]] = []
+        if resume:
+            check_resumable(out, config.to_dict())
+            ckpt = checkpoints.load_latest()
+            if ckpt.meta.get("anchor_digest") != anchor_digest:
+                raise CheckpointError("the anchor set changed since the checkpoint was written")
+            server.load_state_dict(ckpt.server, round_=ckpt.round)
+            history = list(ckpt.meta["history"])
+            # what crossed the wire after the checkpoint was seen by the server: kept (that round is not run again)
+            transcript = Transcript.load(out / "transcript", attach=True)
+            reporter.log(f"resumed from the checkpoint of round {ckpt.round}")
+        else:
+            claim_for_new_run(out, overwrite=False)
+            transcript = Transcript(out / "transcript")
+        (out / "config.json").write_text(json.dumps(config.to_dict(), indent=1, sort_keys=True))
+        flower_ids, last_rounds = discover(grid, config, timeout=timeout)
+        ahead = max(last_rounds.values(), default=0)
+        if ahead > server.round:  # sites trained rounds no checkpoint holds: never reuse those round numbers
+            for skipped in range(server.round + 1, ahead + 1):
+                history.append({"round": skipped, "abandoned": "the ServerApp stopped before this round's checkpoint"})
+                reporter.log(f"round {skipped}: abandoned (sites trained in it, no checkpoint holds it); not run again")
+            server.load_state_dict(server.state_dict(), round_=ahead)
         link = FlowerLink(grid, flower_ids, timeout=timeout, reporter=reporter)
         federated_round = FederatedRound(server, link, secure=secure, n_anchors=n_anchors, clip=config.secure.clip,
                                          reporter=reporter, fault_hook=lambda stage, round_, node_id: None, node_logs={})
-        transcript = Transcript(out / "transcript")
-        checkpoints = CheckpointStore(out)
-        history = []
-        for round_ in range(1, config.federation.rounds + 1):
+        for round_ in range(server.round + 1, config.federation.rounds + 1):
             reporter.round_started(round_, config.federation.rounds)
             outcome = federated_round.run(round_, transcript, node_ids)
             history.append({"round": round_, "uploaded": outcome.uploaded,
@@ -237,7 +267,11 @@ def make_client_app(site_for: SiteFactory, state_for: StateFactory | None = None
         node_id = context.node_config.get("node-id")
         if not isinstance(node_id, str) or not node_id:
             raise ConfigError("node-id", "start the SuperNode with --node-config \"node-id='<this site's node id>'\"")
-        return Message(pack(node_id=node_id), reply_to=message)
+        try:
+            last_round = state_of(context).last_round()
+        except ConfigError:  # not a node of this federation: the server refuses the claim itself, by name
+            last_round = 0
+        return Message(pack(node_id=node_id, last_round=last_round), reply_to=message)
 
     def reply(answer: NodeAnswer, message: Message) -> Message:
         return Message(pack(answer=answer.kind.value, wire=answer.blob, stage=answer.stage), reply_to=message)

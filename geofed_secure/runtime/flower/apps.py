@@ -12,7 +12,9 @@ Run configuration (one per run, sent by the SuperLink to every party):
 - ``data``: the data source, ``"demo"`` or a folder of encoded modalities (:mod:`.sitedata`);
 - ``out-dir``: where the ServerApp writes ``transcript/``, ``checkpoints/``, ``final/`` and ``run.json``;
 - ``timeout``: seconds the ServerApp waits for SuperNodes to connect and for each round's replies;
-- ``keys`` (secure aggregation): the server's key folder (``<keys>/server`` from ``geofed deploy keys``).
+- ``keys`` (secure aggregation): the server's key folder (``<keys>/server`` from ``geofed deploy keys``);
+- ``resume`` (``true``/``false``): continue the run in ``out-dir`` from its last checkpoint
+  (:func:`~geofed_secure.runtime.flower.app.run_federation`), e.g. ``flwr run <app> --run-config resume=true``.
 
 Node configuration (one per SuperNode, chosen by the site's operator):
 
@@ -144,7 +146,8 @@ def serve(grid: Grid, context: Context) -> None:
         reporter.log(f"federation {config.federation.id}: {len(config.nodes)} nodes, {config.federation.rounds} rounds, "
                      f"waiting for SuperNodes (timeout {timeout:g} s)")
         run_federation(grid, config, anchor_digest=manifest.digest, initial_state=initial, out_dir=out,
-                       timeout=timeout, reporter=reporter, n_anchors=anchor_count(source, config), keys_dir=keys)
+                       timeout=timeout, reporter=reporter, n_anchors=anchor_count(source, config), keys_dir=keys,
+                       resume=context.run_config.get("resume", False) is True)
         status.update(status="completed", rounds=config.federation.rounds,
                       final=str(out / "final" / "global_adapters.safetensors"))
     except Exception as exc:

@@ -26,6 +26,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import safetensors
+
 import geofed_secure
 from geofed_secure.config import RunConfig
 from geofed_secure.errors import CheckpointError, ConfigError
@@ -43,6 +45,7 @@ if TYPE_CHECKING:  # the node's training stack is imported only by a message tha
 STATE_FILE = "node.safetensors"
 LOG_FILE = "log.jsonl"
 SESSION_FILE = "secure-session.pkl"
+LAST_ROUND = "meta/last_round"  # the node state's round counter (Node.state_dict)
 SESSION_FORMAT = "geofed-secure-session-v1"
 
 
@@ -86,6 +89,17 @@ class SiteState:
     @property
     def node_id(self) -> str:
         return self.spec.id
+
+    def last_round(self) -> int:
+        """The last round this site's node trained in, read from its state file without loading the node (0: none)."""
+        path = self.state_dir / STATE_FILE
+        if not path.is_file():
+            return 0
+        try:
+            with safetensors.safe_open(str(path), framework="numpy") as fh:
+                return int(fh.get_tensor(LAST_ROUND)[0])
+        except Exception as exc:  # SafetensorError is an Exception; a missing key a KeyError or similar
+            raise CheckpointError(f"{path} is unreadable ({type(exc).__name__}); the site cannot resume its node") from exc
 
     def _session_header(self) -> dict[str, Any]:
         return {"format": SESSION_FORMAT, "version": geofed_secure.__version__, "node_id": self.node_id,

@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 from conftest import with_sections
 
-from geofed_secure.errors import ConfigError, GeofedError
+from geofed_secure.errors import CheckpointError, ConfigError, GeofedError, OutputFolderError
 from geofed_secure.runtime import Simulator, Transcript, backbone_factory, build_federation
 from geofed_secure.runtime.flower.app import QUERY, SECAGG, make_client_app, run_federation
 from geofed_secure.runtime.flower.local import InProcessGrid, server_identity
 from geofed_secure.runtime.flower.site import SESSION_FILE, STATE_FILE, Site
+from geofed_secure.runtime.round import SilentReporter
 from geofed_secure.runtime.secure.keys import write_keys
 from geofed_secure.runtime.simulator import server_model_and_initial_state
 from geofed_secure.server.checkpoint import CheckpointStore
@@ -38,7 +39,7 @@ class CountingGrid(InProcessGrid):
         return super().send_and_receive(messages, timeout=timeout)
 
 
-def flower_run(config, modalities, tmp_path, *, drop=None, node_configs=None, grid_out=None):
+def flower_run(config, modalities, tmp_path, *, drop=None, node_configs=None, grid_out=None, resume=False, reporter=None):
     federation = build_federation(config, modalities)
     make_backbone = backbone_factory(config)
     secure = config.secure.protocol != "none"
@@ -47,7 +48,7 @@ def flower_run(config, modalities, tmp_path, *, drop=None, node_configs=None, gr
 
     def site_for(context):
         node_id = context.node_config["node-id"]
-        return Site(config, node_id, federation.nodes[node_id], anchor_digest=federation.anchor_digest,
+        return Site(config, node_id, federation.nodes.get(node_id), anchor_digest=federation.anchor_digest,
                     state_dir=tmp_path / "sites" / node_id, make_backbone=make_backbone,
                     keys_dir=tmp_path / "keys" / "sites" / node_id if secure else None)
 
@@ -61,7 +62,7 @@ def flower_run(config, modalities, tmp_path, *, drop=None, node_configs=None, gr
     with server_identity():
         return run_federation(grid, config, anchor_digest=federation.anchor_digest, initial_state=initial,
                               out_dir=tmp_path / "server", n_anchors=n_anchors,
-                              keys_dir=tmp_path / "keys" / "server" if secure else None)
+                              keys_dir=tmp_path / "keys" / "server" if secure else None, resume=resume, reporter=reporter)
 
 
 def test_flower_driver_gives_the_simulators_weights_bit_for_bit(tiny_config, tiny_modalities, tmp_path):
@@ -192,3 +193,47 @@ def test_the_server_app_never_writes_over_a_run_already_in_its_folder(tiny_confi
     with pytest.raises(OutputFolderError, match="already holds a run"):
         flower_run(config, tiny_modalities, tmp_path)
     assert (tmp_path / "server" / "transcript" / "messages.bin").read_bytes() == before
+
+
+class ServerCrash(Exception):
+    """The ServerApp's process dies (a BaseException would escape pytest too; any exception ends run_federation)."""
+
+
+class CrashAfterAnswers(SilentReporter):
+    """Kills the ServerApp in round ``round_`` once every node answered (they trained), before the checkpoint."""
+
+    def __init__(self, round_):
+        self.round_, self.answered = round_, 0
+
+    def node_done(self, round_, node_id, info):
+        self.answered += round_ == self.round_
+        if self.answered == len(FLOWER_IDS):
+            raise ServerCrash(f"ServerApp killed in round {round_}")
+
+
+def test_a_restarted_server_app_resumes_from_its_checkpoint_and_never_reuses_a_trained_round(tiny_config,
+                                                                                             tiny_modalities, tmp_path):
+    config = with_sections(tiny_config, federation={"rounds": 3}, secure={"protocol": "masking"})
+    with pytest.raises(ServerCrash):
+        flower_run(config, tiny_modalities, tmp_path, reporter=CrashAfterAnswers(2))
+    assert CheckpointStore(tmp_path / "server").latest_round() == 1  # round 2 died before its checkpoint
+    with pytest.raises(OutputFolderError, match="already holds a run"):  # never silently over the crashed run
+        flower_run(config, tiny_modalities, tmp_path)
+    final = flower_run(config, tiny_modalities, tmp_path, resume=True)
+    history = CheckpointStore(tmp_path / "server").load_latest().meta["history"]
+    # the sites trained in round 2 (their DP noise and keys for it are spent): round 2 is not run again
+    assert [(h["round"], "abandoned" in h) for h in history] == [(1, False), (2, True), (3, False)]
+    assert history[-1]["failures"] == {}  # every site's session survived the crash (a new key epoch in round 3)
+    transcript = Transcript.load(tmp_path / "server" / "transcript")
+    assert {r.round for r in transcript.records} == {1, 2, 3}  # the crashed round's records before the crash stay
+    assert np.isfinite(np.concatenate([v.ravel() for v in final.values()])).all()
+    with pytest.raises(CheckpointError, match="different configuration"):
+        flower_run(with_sections(config, training={"lr": 1e-2}), tiny_modalities, tmp_path, resume=True)
+
+
+def test_a_supernode_that_comes_back_rejoins_the_masked_sum(tiny_config, tiny_modalities, tmp_path):
+    config = with_sections(tiny_config, federation={"rounds": 3}, secure={"protocol": "masking"})
+    gone_in_round_2 = lambda m: m.metadata.group_id == "2" and m.metadata.dst_node_id == 404
+    flower_run(config, tiny_modalities, tmp_path, drop=gone_in_round_2)
+    history = CheckpointStore(tmp_path / "server").load_latest().meta["history"]
+    assert [h["failures"] for h in history] == [{}, {"tab": "dropped"}, {}]
