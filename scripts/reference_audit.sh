@@ -8,12 +8,17 @@
 #     The reports committed there were written by the earlier `geofed audit --run DIR --reference-run DIR` front end
 #     (same inventory and Gram inversion numbers, an older report layout); this regenerates them in the current one.
 # Usage: bash scripts/reference_audit.sh [RUNS_DIR]
+# PLAN=quick|standard|high-power|FILE (default audits/plan.toml) and DEST (default audits/reference) choose the plan of
+# part 1 and where its reports go, e.g. PLAN=quick DEST=audits/reference/quick (issue 17); SKIP_RUNS=1 skips part 2.
 set -euo pipefail
 runs=${1:-runs/audit-reference}
+plan=${PLAN:-audits/plan.toml}
+dest=${DEST:-audits/reference}
 for tm in threat_models/*.toml; do
   name=$(basename "$tm" .toml)
-  geofed audit --threat-model "$tm" --plan audits/plan.toml --out "audits/reference/$name" --overwrite
+  geofed audit --threat-model "$tm" --plan "$plan" --out "$dest/$name" --overwrite
 done
+[ -n "${SKIP_RUNS:-}" ] && exit 0
 mkdir -p "$runs"
 [ -f "$runs/masking/summary.json" ] || geofed run --out "$runs/masking"
 [ -f "$runs/none/summary.json" ] || geofed run --secure none --out "$runs/none"

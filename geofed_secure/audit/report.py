@@ -388,6 +388,9 @@ def write_plots(results: Sequence[AttackResult], report: dict[str, Any], out_dir
             xs, ys, lo, hi = map(np.array, zip(*pts))
             ax.errorbar(xs, ys, yerr=[ys - lo, hi - ys], marker="o", capsize=3, label=name)
         ax.axhline(0.5, color="k", ls="--", lw=0.8)
+        grid = np.geomspace(min(finite), max(finite), 50)
+        delta = (report.get("experiment") or {}).get("delta", 1e-5)
+        ax.plot(grid, [dp_max_auc(e, delta) for e in grid], color="0.5", ls=":", label="largest AUC DP allows")
         ax.set(xscale="log", xlabel="epsilon (rightmost point: no DP)", ylabel="membership AUC (95% CI)",
                title="Leakage vs epsilon (uploads in clear)")
         ax.legend(fontsize=7)
