@@ -3,9 +3,9 @@
 The experiment (:mod:`.experiment`) trains, in order: every other demo node twice (its upload and the adversary's
 simulation of it), then per privacy level ``runs`` runs of the target and one canary run; the attacks follow. Each
 unit's cost is counted in training steps (``rounds x local_steps``), a DP step weighing :data:`DP_STEP_COST` plain
-ones (per-sample clipping). Before anything runs the estimate uses :data:`SECONDS_PER_STEP`, calibrated on the
-default plan (7 min 13 s on a quiet 2-core machine, issue 17); once a unit has finished it uses the pace measured
-on this machine, so a shared machine gets a truthful estimate.
+ones (per-sample clipping), another node's step :data:`OTHER_STEP_COST`. Before anything runs the estimate uses
+:data:`SECONDS_PER_STEP`, calibrated on the default plan (7 min 13 s on a quiet 2-core machine); once a unit has
+finished it uses the pace measured on this machine, so a shared machine gets a truthful estimate.
 """
 
 from __future__ import annotations
@@ -17,10 +17,14 @@ from dataclasses import dataclass, field
 
 from geofed_secure.audit.plan import AuditPlan
 
-SECONDS_PER_STEP = 0.15  # one plain training step of a demo node, quiet 2-core machine (default plan: 433 s in all)
-DP_STEP_COST = 2.0  # a DP-SGD step (ghost clipping: two backward passes) in plain steps
-FIXED_SECONDS = 40.0  # loading the cached demo features and building the federation
-ATTACK_SHARE = 0.15  # the attacks after training, as a share of the training time
+# Calibrated on the default plan's audit on a quiet 2-core machine (docs/evidence.md, "Audit: cost"): 433 s in all,
+# 363 s training (other nodes 69 s for 8 x 32 steps, 12 runs without DP 66 s, 12 at epsilon 8 108 s, 12 at epsilon 1
+# 98 s, three canary runs 20 s), the rest loading the cached features and the attacks.
+SECONDS_PER_STEP = 0.17  # one training step of the target (66 s / 384 steps)
+DP_STEP_COST = 1.55  # a DP-SGD step in plain steps ((108 + 98) / 2 / 66)
+OTHER_STEP_COST = 1.6  # a step of another demo node (the text and DNA nodes are dearer: 69 s / 256 steps / 0.17)
+FIXED_SECONDS = 25.0  # loading the cached demo features and building the federation
+ATTACK_SECONDS = 45.0  # the attacks of the default plan (5 cells, 12 runs, 200 resamples, 4 B x 3 draws)
 
 _OTHER = re.compile(r"other node \S+ trained")
 _RUN = re.compile(r"(no-dp|dp-eps\S+): run \d+/\d+ trained")
@@ -33,21 +37,30 @@ def _steps(plan: AuditPlan, dp: bool) -> float:
 
 
 def training_units(plan: AuditPlan, other_nodes: int) -> dict[str, float]:
-    """Plain-step equivalents of each kind of unit the experiment trains (per unit), and their total."""
+    """Target-step equivalents of each kind of unit the experiment trains (per unit), and their total."""
     levels = plan.levels
-    units = {"other": 2 * _steps(plan, False)}
+    units = {"other": 2 * plan.rounds * plan.local_steps * OTHER_STEP_COST}
     units |= {f"run:{lvl}": _steps(plan, lvl is not None) for lvl in levels}
     units["total"] = other_nodes * units["other"] + sum(plan.runs * units[f"run:{lvl}"] for lvl in levels)
     units["total"] += sum(units[f"run:{lvl}"] for lvl in levels) if plan.canaries else 0.0
     return units
 
 
+def attack_seconds(plan: AuditPlan) -> float:
+    """The attacks after training, scaled from the default plan's by cells x runs x resamples (the bootstraps) and
+    cells x B x draws (the extraction sweep), half each."""
+    cells = len(plan.protections) + len(plan.epsilons)
+    bootstrap = cells * plan.runs * plan.bootstrap / (5 * 12 * 200)
+    extraction = cells * len(plan.extraction_anchors) * plan.extraction_draws / (5 * 4 * 3)
+    return ATTACK_SECONDS * (bootstrap + extraction) / 2
+
+
 def estimate_seconds(plan: AuditPlan, other_nodes: int, *, seconds_per_step: float = SECONDS_PER_STEP) -> float:
     """A-priori wall time of the plan's audit (training it, not loading it from the cache) on a quiet machine."""
     if not plan.levels:
         return 0.0
-    train = training_units(plan, other_nodes)["total"] * seconds_per_step
-    return FIXED_SECONDS + train * (1 + ATTACK_SHARE)
+    scale = seconds_per_step / SECONDS_PER_STEP
+    return FIXED_SECONDS + training_units(plan, other_nodes)["total"] * seconds_per_step + attack_seconds(plan) * scale
 
 
 def _minutes(seconds: float) -> str:
@@ -88,7 +101,7 @@ class EtaProgress:
             pace = (now - at) / (self.done - units)
         else:  # only the first unit: its time less the fixed loading cost, at most half of it
             pace = max(now - self.started - FIXED_SECONDS, (now - self.started) / 2) / self.done
-        return (self.total - self.done) * pace + self.total * pace * ATTACK_SHARE
+        return (self.total - self.done) * pace + attack_seconds(self.plan) * pace / SECONDS_PER_STEP
 
     def __call__(self, line: str) -> None:
         if _CACHED.search(line):
