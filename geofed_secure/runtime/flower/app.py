@@ -265,12 +265,13 @@ def make_client_app(site_for: SiteFactory, state_for: StateFactory | None = None
     @app.query()
     def identify(message: Message, context: Context) -> Message:
         node_id = context.node_config.get("node-id")
-        if not isinstance(node_id, str) or not node_id:
-            raise ConfigError("node-id", "start the SuperNode with --node-config \"node-id='<this site's node id>'\"")
         try:
-            last_round = state_of(context).last_round()
+            state = state_of(context)
+            node_id, last_round = state.node_id, state.last_round()
         except ConfigError:  # not a node of this federation: the server refuses the claim itself, by name
             last_round = 0
+        if not isinstance(node_id, str) or not node_id:
+            raise ConfigError("node-id", "start the SuperNode with --node-config \"node-id='<this site's node id>'\"")
         return Message(pack(node_id=node_id, last_round=last_round), reply_to=message)
 
     def reply(answer: NodeAnswer, message: Message) -> Message:

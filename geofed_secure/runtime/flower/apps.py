@@ -73,12 +73,25 @@ def setting(context: Context, key: str, *, default: str | None = None, node_only
 
 
 def _site_settings(context: Context) -> tuple[RunConfig, str, str, str | None]:
+    """(configuration, node id, state directory, key folder) of this SuperNode's site. A virtual SuperNode of
+    Flower's simulation engine has only ``partition-id``: it is the configuration's node of that index, with its
+    folders under the run configuration's ``sites-dir`` and ``site-keys`` (one machine: development only)."""
+    config = load_run_config(setting(context, "config"))
+    secure = config.secure.protocol != "none"
+    partition = context.node_config.get("partition-id")
+    if "node-id" not in context.node_config and isinstance(partition, int):
+        if not 0 <= partition < len(config.nodes):
+            raise ConfigError("num-supernodes", f"virtual SuperNode {partition}: the configuration has "
+                                                f"{len(config.nodes)} nodes (set options.num-supernodes to that)")
+        node_id = config.nodes[partition].id
+        state_dir = str(Path(setting(context, "sites-dir")) / node_id)
+        keys = str(Path(setting(context, "site-keys")) / node_id) if secure else None
+        return config, node_id, state_dir, keys
     node_id = setting(context, "node-id", node_only=True)
     state_dir = setting(context, "state-dir", node_only=True)
-    config = load_run_config(setting(context, "config"))
     if node_id not in {n.id for n in config.nodes}:
         raise ConfigError("node-id", f"{node_id!r} is not a node of federation {config.federation.id!r}")
-    keys = setting(context, "keys", node_only=True) if config.secure.protocol != "none" else None
+    keys = setting(context, "keys", node_only=True) if secure else None
     return config, node_id, state_dir, keys
 
 

@@ -5,6 +5,8 @@
   SuperNode per configured node as separate processes on 127.0.0.1 with TLS (certificates made on the spot, or
   ``--certs DIR``), ``--insecure`` for tests only; submits the run, waits for it, prints where the results are and
   stops every process it started (also on Ctrl-C and on failure).
+- ``--simulation``: Flower's simulation engine instead (one SuperLink in simulation mode, one virtual SuperNode per
+  node on Ray; one machine, development only);
 - ``--dry-run``: write the plan (configuration, Flower app project, Flower configuration, certificates) and print
   the commands, start nothing; ``--superlink HOST:PORT --certs DIR``: the same for an existing SuperLink, with the
   commands each machine runs.
@@ -53,6 +55,8 @@ def configure(deploy: argparse.ArgumentParser) -> None:
     deploy.add_argument("--data", default="demo", help="data source: 'demo' (default) or a folder of encoded modalities")
     deploy.add_argument("--out", type=Path, help="deployment folder (default deployments/<federation id>-<time>)")
     deploy.add_argument("--insecure", action="store_true", help="no TLS (tests only)")
+    deploy.add_argument("--simulation", action="store_true",
+                        help="Flower's simulation engine: virtual SuperNodes on this machine (Ray; no TLS, nothing leaves it)")
     deploy.add_argument("--certs", type=Path, metavar="DIR", help="certificate set from geofed deploy certs (default: a new one)")
     deploy.add_argument("--timeout", type=float, default=3600.0, help="bound on the whole run, seconds (default 3600)")
     deploy.add_argument("--message-timeout", type=float, default=600.0, dest="message_timeout",
@@ -129,9 +133,12 @@ def cmd_deploy(args: argparse.Namespace, echo: Echo) -> dict[str, Any]:
     if args.insecure and certs is not None:
         raise ConfigError("--insecure", "--insecure and --certs contradict each other")
     plan = prepare_loopback(config, out, data=args.data, insecure=args.insecure, certs=certs,
-                            message_timeout=args.message_timeout, superlink=args.superlink, keys=args.keys)
+                            message_timeout=args.message_timeout, superlink=args.superlink, keys=args.keys,
+                            simulation=args.simulation)
+    engine = "simulation engine (virtual SuperNodes)" if args.simulation else (
+        "insecure (tests only)" if args.insecure else "TLS")
     echo(f"geofed deploy: {len(config.nodes)} sites, {config.federation.rounds} rounds, secure aggregation "
-         f"{config.secure.protocol}, {'insecure (tests only)' if args.insecure else 'TLS'}, folder {plan.root}")
+         f"{config.secure.protocol}, {engine}, folder {plan.root}")
     if args.dry_run or args.superlink is not None:
         env = " ".join(f"{k}={shlex.quote(v)}" for k, v in plan.env.items())
         if args.superlink is None:

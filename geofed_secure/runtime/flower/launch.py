@@ -85,15 +85,16 @@ def write_app_project(folder: str | Path, run_config: Mapping[str, str | float |
     return path
 
 
-def write_flower_config(flwr_home: str | Path, address: str, *, ca: Path | None) -> Path:
+def write_flower_config(flwr_home: str | Path, address: str, *, ca: Path | None, virtual_supernodes: int = 0) -> Path:
     """``FLWR_HOME/config.toml`` with one SuperLink connection, :data:`CONNECTION`, the default: TLS trusting ``ca``,
-    or plain HTTP when ``ca`` is None."""
+    or plain HTTP when ``ca`` is None; ``virtual_supernodes`` > 0: a simulation SuperLink with that many."""
     home = Path(flwr_home)
     home.mkdir(parents=True, exist_ok=True)
     security = f"root-certificates = {json.dumps(str(ca))}" if ca is not None else "insecure = true"
+    options = f"options.num-supernodes = {virtual_supernodes}\n" if virtual_supernodes else ""
     path = home / "config.toml"
     path.write_text(f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
-                    f'address = "{address}"\n{security}\n')
+                    f'address = "{address}"\n{security}\n{options}')
     return path
 
 
@@ -114,11 +115,13 @@ def flower_executable(name: str) -> str:
     return found
 
 
-def superlink_argv(port: int, *, certs: Certificates | None, host: str = "127.0.0.1") -> list[str]:
-    """The SuperLink: Fleet, Control and Runtime APIs on one HTTP(S) port; nothing installed at run time."""
+def superlink_argv(port: int, *, certs: Certificates | None, host: str = "127.0.0.1", simulation: bool = False) -> list[str]:
+    """The SuperLink: Fleet, Control and Runtime APIs on one HTTP(S) port; nothing installed at run time.
+    ``simulation``: Flower's simulation engine (virtual SuperNodes on Ray, in a subprocess of the SuperLink)."""
     tls = (["--insecure"] if certs is None else
            ["--ssl-certfile", str(certs.server_cert), "--ssl-keyfile", str(certs.server_key), "--ssl-ca-certfile", str(certs.ca)])
-    return [flower_executable("flower-superlink"), *tls, "--host", host, "--port", str(port),
+    engine = ["--simulation", "--isolation", "subprocess"] if simulation else []
+    return [flower_executable("flower-superlink"), *tls, *engine, "--host", host, "--port", str(port),
             "--disable-runtime-dependency-installation"]
 
 
@@ -288,7 +291,7 @@ def _port_of(address: str) -> int:
 
 def prepare_loopback(config: RunConfig, root: str | Path, *, data: str = "demo", insecure: bool = False,
                      certs: Certificates | None = None, message_timeout: float = 600.0,
-                     superlink: str | None = None, keys: Path | None = None) -> LoopbackPlan:
+                     superlink: str | None = None, keys: Path | None = None, simulation: bool = False) -> LoopbackPlan:
     """Write the configuration, the Flower app project and the Flower configuration under ``root`` and pick free
     ports: the plan :func:`run_loopback` runs. TLS is on unless ``insecure`` (tests only): with ``certs`` (a set valid
     for 127.0.0.1) or a fresh set in ``root/certs``.
@@ -297,7 +300,14 @@ def prepare_loopback(config: RunConfig, root: str | Path, *, data: str = "demo",
     ``insecure``); the plan is then only written and printed, not run.
 
     Secure aggregation: ``keys`` (a folder from ``geofed deploy keys``) or fresh keys in ``root/keys``; the ServerApp
-    gets ``keys/server`` (run configuration), each site ``keys/sites/<node id>`` (its own node configuration)."""
+    gets ``keys/server`` (run configuration), each site ``keys/sites/<node id>`` (its own node configuration).
+
+    ``simulation``: Flower's simulation engine instead: one SuperLink in simulation mode runs one virtual SuperNode
+    per node (Ray), with no TLS (nothing leaves the machine). Virtual SuperNodes get only Flower's ``partition-id``
+    as node configuration, so the sites' state and key folders come from the run configuration (``sites-dir``,
+    ``site-keys``): one machine, one operator, for development only."""
+    if simulation and superlink is not None:
+        raise ConfigError("--simulation", "the simulation engine runs on this machine; it takes no --superlink")
     base = Path(root).resolve()
     if (base / "server" / RUN_STATUS).exists():
         raise DeploymentError(f"{base} already holds a deployment's run; choose another folder")
@@ -306,6 +316,7 @@ def prepare_loopback(config: RunConfig, root: str | Path, *, data: str = "demo",
         data = str(Path(data).resolve())
     config_path = base / "config.json"
     config_path.write_text(json.dumps(config.to_dict(), indent=1, sort_keys=True))
+    insecure = insecure or simulation
     if not insecure and certs is None:
         if superlink is not None:
             raise ConfigError("--certs", f"name the certificate set the SuperLink at {superlink} uses (or --insecure)")
@@ -322,14 +333,20 @@ def prepare_loopback(config: RunConfig, root: str | Path, *, data: str = "demo",
         keys = keys.resolve() if keys is not None else write_keys(config, base / "keys")
         run_config["keys"] = str(keys / "server")
         site_keys = {n.id: {"keys": str(keys / "sites" / n.id)} for n in config.nodes}
+        if simulation:
+            run_config["site-keys"] = str(keys / "sites")
+    if simulation:
+        run_config["sites-dir"] = str(base / "sites")
     write_app_project(app, run_config)
     flwr_home = base / "flwr-home"
-    write_flower_config(flwr_home, address, ca=ca)
-    supernodes = {n.id: supernode_argv(site_node_config(n.id, base / "sites" / n.id, **site_keys[n.id]),
-                                       superlink=address, runtime_port=free_port(), ca=ca) for n in config.nodes}
+    write_flower_config(flwr_home, address, ca=ca, virtual_supernodes=len(config.nodes) if simulation else 0)
+    supernodes = {} if simulation else {
+        n.id: supernode_argv(site_node_config(n.id, base / "sites" / n.id, **site_keys[n.id]), superlink=address,
+                             runtime_port=free_port(), ca=ca) for n in config.nodes}
     return LoopbackPlan(root=base, config=config, insecure=insecure, port=port, address=address, app=app, flwr_home=flwr_home,
                         out_dir=out_dir, logs=base / "logs",
-                        superlink=superlink_argv(port, certs=None if insecure else certs), supernodes=supernodes,
+                        superlink=superlink_argv(port, certs=None if insecure else certs, simulation=simulation),
+                        supernodes=supernodes,
                         submit=[flower_executable("flwr"), "run", str(app), CONNECTION, "--stream"])
 
 

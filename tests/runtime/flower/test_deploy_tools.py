@@ -192,3 +192,14 @@ def test_stopping_ends_a_process_and_the_processes_it_started_in_their_own_sessi
     processes.stop(grace=3)
     assert started.process.poll() is not None
     assert not psutil.pid_exists(child) or psutil.Process(child).status() == psutil.STATUS_ZOMBIE
+
+
+def test_a_simulation_plan_has_virtual_supernodes_and_no_site_processes(tiny_config, tmp_path):
+    config = with_sections(tiny_config, secure={"protocol": "ckks"})
+    plan = prepare_loopback(config, tmp_path / "sim", simulation=True)
+    assert plan.supernodes == {} and plan.insecure and "--simulation" in plan.superlink
+    assert "options.num-supernodes = 4" in (plan.flwr_home / "config.toml").read_text()
+    run_config = (plan.app / "pyproject.toml").read_text()
+    assert f'sites-dir = "{plan.root / "sites"}"' in run_config and f'site-keys = "{plan.root / "keys" / "sites"}"' in run_config
+    with pytest.raises(ConfigError, match="takes no --superlink"):
+        prepare_loopback(config, tmp_path / "x", simulation=True, superlink="10.0.0.7:9093")

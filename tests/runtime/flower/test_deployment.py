@@ -126,3 +126,25 @@ def test_a_masked_loopback_deployment_gives_the_clear_model(tiny_config, tiny_mo
     for node in nodes:  # each site's protocol session lived on its own disk between messages
         assert (plan.root / "sites" / node.id / SESSION_FILE).is_file()
     assert not leftovers(plan.flwr_home)
+
+
+@pytest.mark.deployment
+def test_flowers_simulation_engine_runs_the_same_federation(tiny_config, tiny_modalities, tmp_path, no_leftovers):
+    """flwr's simulation engine: one SuperLink in simulation mode, one virtual SuperNode per node (Ray); masking."""
+    nodes = (*SITES, NodeSpec(id="tab", modality="tabular"))
+    config = with_sections(tiny_config, federation={"rounds": 2}, nodes=nodes,
+                           secure={"protocol": "masking", "rounds_per_epoch": 2})
+    modalities = {m: tiny_modalities[m] for m in needed_modalities(config)}
+    save_modalities(tmp_path / "data", modalities)
+    reference = Simulator(with_sections(config, secure={"protocol": "none"}), modalities, tmp_path / "clear").run()
+    plan = prepare_loopback(config, tmp_path / "simulation", data=str(tmp_path / "data"), simulation=True,
+                            message_timeout=120)
+    assert plan.supernodes == {} and "--simulation" in plan.superlink
+    no_leftovers(plan.flwr_home)
+    result = run_loopback(plan, timeout=400, env=ONE_THREAD)
+    final = safetensors.numpy.load_file(result.final)
+    for key, value in reference.global_state.items():
+        np.testing.assert_allclose(final[key], value, rtol=0, atol=1e-6, err_msg=key)
+    for node in nodes:  # the virtual SuperNodes kept each node's state in its own folder
+        assert (plan.root / "sites" / node.id / SESSION_FILE).is_file()
+    assert not leftovers(plan.flwr_home)
