@@ -46,6 +46,9 @@ class TrainingSection:
     batch_size: int = 32
     lr: float = 2e-3
     lambda_geo: float = 1.0
+    anchor_batch: int = 64  # anchors per step in the geometric loss (a random subset; 0 = all B)
+    gram_scale_floor: float = 0.05  # collapse guard: relu(1 - ||HGH||_F / (B floor))^2 joins the geometric loss; 0 = off
+    collapse_scale: float = 0.01  # a node whose anchor Gram scale ||HGH||_F / B falls below this refuses its upload
     max_inverse_uncertainty: float = 100.0  # clip of 1/u in the precision weight (eq. 6)
     lap_samples: int = 256  # private samples used for the precision weight
     contrastive_temperature: float = 0.1  # bridge nodes only
@@ -53,7 +56,7 @@ class TrainingSection:
 
 @dataclass(frozen=True, kw_only=True)
 class DataSection:
-    anchors_per_class: int = 5  # B = 10 * anchors_per_class public anchors
+    anchors_per_class: int = 20  # B = 10 * anchors_per_class public anchors (5: nodes collapsed, see docs/alignment.md)
     eval_per_class: int = 10
     max_pool: int = 2000  # private samples encoded per modality
     test_fraction: float = 0.2
@@ -272,6 +275,12 @@ def validate(cfg: RunConfig) -> None:
     _positive(cfg.training.contrastive_temperature, "training.contrastive_temperature")
     if not (math.isfinite(cfg.training.lambda_geo) and cfg.training.lambda_geo >= 0):
         raise ConfigError("training.lambda_geo", f"must be >= 0, got {cfg.training.lambda_geo}")
+    if cfg.training.anchor_batch < 0 or 0 < cfg.training.anchor_batch < 4:
+        raise ConfigError("training.anchor_batch", f"must be 0 (all anchors) or >= 4, got {cfg.training.anchor_batch}")
+    for name in ("gram_scale_floor", "collapse_scale"):
+        value = getattr(cfg.training, name)
+        if not (math.isfinite(value) and 0 <= value < 1):
+            raise ConfigError(f"training.{name}", f"must be in [0, 1) (a share of the largest cosine-Gram scale), got {value}")
     if not (math.isfinite(cfg.training.max_inverse_uncertainty) and cfg.training.max_inverse_uncertainty >= 1):
         raise ConfigError("training.max_inverse_uncertainty", "must be a finite number >= 1 (1/u is at least 1; the clip "
                           f"bounds it), got {cfg.training.max_inverse_uncertainty}")

@@ -20,7 +20,7 @@ import torch
 from geofed_secure.alignment.gram import NORM_EPS, _check_finite, _to_numpy64
 from geofed_secure.errors import ConfigError, DataError
 
-__all__ = ["clipped_inverse", "lap_uncertainty", "normalise_weights", "precision_weight"]
+__all__ = ["centred_lap_uncertainty", "clipped_inverse", "lap_uncertainty", "normalise_weights", "precision_weight"]
 
 
 def lap_uncertainty(z: torch.Tensor, anchor_z: torch.Tensor) -> torch.Tensor:
@@ -60,6 +60,27 @@ def lap_uncertainty(z: torch.Tensor, anchor_z: torch.Tensor) -> torch.Tensor:
     an = torch.nn.functional.normalize(anchor_z, p=2.0, dim=1, eps=NORM_EPS)
     best = (zn @ an.transpose(0, 1)).max(dim=1).values
     return torch.clamp((1.0 - best) / 2.0, 0.0, 1.0)
+
+
+def centred_lap_uncertainty(z: torch.Tensor, anchor_z: torch.Tensor) -> torch.Tensor:
+    """LAP uncertainty (eq. 6) on embeddings centred by the mean anchor embedding (the correction of issue 16).
+
+    On raw cosines an anisotropic or collapsed node (every embedding pointing the same way) has every sample close
+    to some anchor, so eq. 6 gives it the LARGEST weight (measured: 0.78 vs 0.25-0.30 for healthy nodes). After
+    subtracting the anchor mean, what remains is the node's class structure: a sample near an anchor of that
+    structure keeps a low uncertainty, one whose residual is off the anchors' structure gets a high one. Same
+    shapes, range and errors as :func:`lap_uncertainty`.
+
+    >>> anchors = torch.tensor([[10.0, 1.0, 0.0], [10.0, -1.0, 0.0]])
+    >>> sample = torch.tensor([[10.0, 0.0, 1.0]])  # off the anchors' structure, but every cosine is about 1
+    >>> round(lap_uncertainty(sample, anchors).item(), 3), round(centred_lap_uncertainty(sample, anchors).item(), 3)
+    (0.005, 0.5)
+    """
+    if (not isinstance(z, torch.Tensor) or not isinstance(anchor_z, torch.Tensor) or z.ndim != 2 or anchor_z.ndim != 2
+            or z.shape[1] != anchor_z.shape[1] or anchor_z.shape[0] < 1):
+        return lap_uncertainty(z, anchor_z)  # raises the same typed error for the same bad input
+    centre = anchor_z.mean(dim=0, keepdim=True)
+    return lap_uncertainty(z - centre.to(z.dtype), anchor_z - centre)
 
 
 def precision_weight(uncertainty: Any, *, max_inverse: float = 100.0) -> float:

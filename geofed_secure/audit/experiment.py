@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from geofed_secure.alignment.gram import gram_from_upper
+from geofed_secure.alignment.geometry import centred_gram_from_upper
 from geofed_secure.audit.attacks.extraction import unit_rows
 from geofed_secure.audit.attacks.prototypes import class_prototypes
 from geofed_secure.audit.canary_run import run_canary_audit
@@ -187,7 +187,7 @@ def run_experiment(plan: AuditPlan, *, progress: Callable[[str], None] = lambda 
     others = OtherNodes(node_ids=tuple(truth), truth=truth, estimate=estimate, public_truth=public_truth,
                         public_estimate=public_estimate)
     consensus_upper = np.mean([truth[k]["gram"] for k in truth], axis=0)
-    consensus = gram_from_upper(torch.from_numpy(consensus_upper), n_anchors).float()
+    consensus = centred_gram_from_upper(torch.from_numpy(consensus_upper), n_anchors).float()  # uploads are centred Grams
     seconds["other_nodes"] = time.perf_counter() - t0
 
     # The public initial model: what every adversary can run itself.

@@ -4,8 +4,9 @@ Transport-agnostic (STYLE.md, h11): :meth:`Node.handle_broadcast` takes a :class
 a :class:`NodeUpdate`; drivers (the in-process simulator, later Flower) move the messages.
 
 What this node reveals per round (plaintext transport): its B matrices multiplied by its precision weight,
-its magnitude m times the weight only when ``magnitude = "averaged"``, the upper triangle of its anchor Gram
-matrix, and its precision weight p_k. Its data, encoder tokens, adapter W_m, head and (by default) m stay here.
+its magnitude m times the weight only when ``magnitude = "averaged"``, the strict upper triangle of its centred
+anchor Gram normalised to unit Frobenius norm (``H G H / ||H G H||_F``; the diagonal follows from the row sums), and
+its precision weight p_k. Its data, encoder tokens, adapter W_m, head and (by default) m stay here.
 With secure aggregation (a later protocol layer) the server sees only sums of these fields.
 """
 
@@ -20,8 +21,15 @@ import torch
 import torch.nn.functional as F
 
 from geofed_secure.alignment.cka import cka_loss
-from geofed_secure.alignment.gram import cosine_gram, gram_from_upper, gram_upper
-from geofed_secure.alignment.lap import lap_uncertainty, precision_weight
+from geofed_secure.alignment.geometry import (
+    centred_gram_from_upper,
+    effective_rank,
+    gram_scale,
+    normalised_centred_gram,
+    scale_floor_penalty,
+)
+from geofed_secure.alignment.gram import cosine_gram, gram_upper
+from geofed_secure.alignment.lap import centred_lap_uncertainty, precision_weight
 from geofed_secure.config import NodeSpec, RunConfig
 from geofed_secure.data.anchors import verify_anchor_digest
 from geofed_secure.data.features import TokenFeatures
@@ -60,6 +68,12 @@ class LocalRoundStats:
     task_loss: float
     geo_loss: float | None
     precision_weight: float
+    gram_scale: float = float("nan")  # ||H G H||_F / B of the node's anchor Gram after the round (collapse: -> 0)
+    effective_rank: float = float("nan")  # of that centred Gram (collapse: -> 1 or 0)
+
+
+class NodeCollapsed(TrainingError):
+    """The node's anchor embeddings collapsed (Gram scale below ``training.collapse_scale``): it refuses to upload."""
 
 
 def info_nce(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -99,6 +113,10 @@ class Node:
         self.data = data
         self.last_round = 0
         self.last_stats: LocalRoundStats | None = None
+        # The normalised centred anchor Gram this node uploaded in round last_round (subtracted from the next
+        # broadcast sum: leave-one-out consensus); None before its first upload.
+        self.last_gram: torch.Tensor | None = None
+        self._anchor_rng = numpy_rng(config.federation.seed, "anchor-batches", self.randomness_id, 0)
         # Progress inside a local round, for the operator's console: called with (step, steps) after every step.
         self.step_hook: Callable[[int, int], None] | None = None
         peft_model = geodora.apply_geodora(
@@ -160,16 +178,38 @@ class Node:
         geodora.load_shared_state(self.model.backbone, {k: torch.from_numpy(np.array(v)) for k, v in broadcast.global_state.items()})
         consensus = None
         if broadcast.consensus_gram is not None:
-            consensus = gram_from_upper(torch.from_numpy(np.array(broadcast.consensus_gram)), n_anchors)
+            consensus = self.leave_one_out(broadcast.round, np.array(broadcast.consensus_gram))
         snapshot = self.state_dict()
         try:
             payload = self.local_round(broadcast.round, consensus=consensus)
+            self._refuse_if_collapsed(broadcast.round)
         except Exception:
             # A failed round leaves the node as it was, except its privacy ledger: steps taken stay spent.
             self.load_state_dict(snapshot, privacy=False)
             raise
         return NodeUpdate(federation_id=broadcast.federation_id, round=broadcast.round, node_id=self.node_id,
                           anchor_digest=self.anchor_digest, payload=payload)
+
+    def leave_one_out(self, round_: int, consensus_sum: np.ndarray) -> torch.Tensor | None:
+        """The consensus this node trains against: the broadcast SUM of normalised centred Grams minus its own.
+
+        The server sums what the contributors of the previous round uploaded; a node that uploaded in that round
+        subtracts its own upload, so it is never scored against itself. Limitation: a node that uploaded but was
+        left out of the sum after that (dropped at a later secure-aggregation stage) cannot tell and subtracts it
+        anyway. Returns None when nothing of the other nodes remains (e.g. it was the only contributor).
+        """
+        n_anchors = len(self._anchors)
+        total = centred_gram_from_upper(torch.from_numpy(consensus_sum.astype(np.float64)), n_anchors)
+        if self.last_gram is not None and self.last_round == round_ - 1:
+            total = total - self.last_gram.to(total.dtype)
+        return total if float(torch.linalg.matrix_norm(total)) > 1e-6 else None
+
+    def _refuse_if_collapsed(self, round_: int) -> None:
+        stats, floor = self.last_stats, self.config.training.collapse_scale
+        if stats is not None and stats.gram_scale < floor:
+            raise NodeCollapsed(f"{self.node_id}: anchor embeddings collapsed in round {round_} (Gram scale "
+                                f"{stats.gram_scale:.2e} < training.collapse_scale = {floor:g}, effective rank "
+                                f"{stats.effective_rank:.2f}); the upload is refused and the round undone")
 
     def shared_keys(self) -> list[str]:
         """Names of the tensors the server averages: every B, and every m when magnitudes are averaged."""
@@ -196,6 +236,7 @@ class Node:
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.Adam(trainable, lr=cfg.lr)
         consensus = consensus if cfg.lambda_geo > 0 else None
+        self._anchor_rng = numpy_rng(seed, "anchor-batches", self.randomness_id, round_)
         if self.privacy is None:
             task_losses, geo_losses = self._train_steps(round_, optimizer, trainable, rng, consensus)
         else:
@@ -204,8 +245,10 @@ class Node:
         with torch.no_grad():
             anchor_z = self.embed(self._anchors)
             weight = self._precision_weight(round_, rng, anchor_z)
-            gram = gram_upper(cosine_gram(anchor_z))
-        payload = {GRAM_FIELD: gram.numpy().astype(np.float32), WEIGHT_FIELD: np.array([weight], np.float32)}
+            cosines = cosine_gram(anchor_z.double())
+            # every node uploads its centred Gram at unit norm, so every modality counts the same in the sum
+            gram = normalised_centred_gram(cosines)
+        payload = {GRAM_FIELD: gram_upper(gram).numpy().astype(np.float32), WEIGHT_FIELD: np.array([weight], np.float32)}
         shared = geodora.get_lora_b(model.backbone)
         if self.config.model.magnitude == "averaged":
             shared |= geodora.get_magnitudes(model.backbone)
@@ -214,10 +257,11 @@ class Node:
                 raise TrainingError(f"{self.node_id}: parameter {key} became non-finite in round {round_}")
             payload[WEIGHTED_PREFIX + key] = (np.float32(weight) * value.numpy()).astype(np.float32)
         self.last_round = round_
+        self.last_gram = gram.to(torch.float32)  # as uploaded
         self.last_stats = LocalRoundStats(
             task_loss=float(np.mean(task_losses)) if task_losses else float("nan"),
             geo_loss=float(np.mean(geo_losses)) if geo_losses else None,
-            precision_weight=float(weight),
+            precision_weight=float(weight), gram_scale=gram_scale(cosines), effective_rank=effective_rank(cosines),
         )
         return payload
 
@@ -299,12 +343,12 @@ class Node:
         cfg, train = self.config.training, self.data.train
         if self.privacy is None:
             lap_index = rng.choice(len(train), size=min(cfg.lap_samples, len(train)), replace=False)
-            return precision_weight(lap_uncertainty(self.embed(train.subset(lap_index)), anchor_z),
+            return precision_weight(centred_lap_uncertainty(self.embed(train.subset(lap_index)), anchor_z),
                                     max_inverse=cfg.max_inverse_uncertainty)
         randomness, rate = self.dp_randomness, self.privacy.plan.lap_sample_rate
         assert randomness is not None
         lap_index = np.flatnonzero(randomness.sampling_rng("weight", self.randomness_id, round_).random(len(train)) < rate)
-        u = lap_uncertainty(self.embed(train.subset(lap_index)), anchor_z).numpy() if len(lap_index) else np.zeros(0)
+        u = centred_lap_uncertainty(self.embed(train.subset(lap_index)), anchor_z).numpy() if len(lap_index) else np.zeros(0)
         weight = private_precision_weight(
             u, expected_count=rate * len(train), max_inverse=cfg.max_inverse_uncertainty,
             noise_multiplier=self.privacy.weight_noise_multiplier, secure_mode=randomness.robust_sampler,
@@ -313,14 +357,26 @@ class Node:
         return weight
 
     def geometric_gradients(self, consensus: torch.Tensor) -> tuple[float, dict[int, torch.Tensor]]:
-        """1 - CKA(G_k, G_bar) on the public anchors and its gradient, keyed by ``id(param)``.
+        """1 - CKA(G_k, G_bar) on the public anchors, plus the collapse guard, and its gradient, keyed by ``id(param)``.
+
+        Centred CKA cannot see the scale of the centred Gram, so a node can lower it by collapsing; the guard
+        :func:`~geofed_secure.alignment.geometry.scale_floor_penalty` (``training.gram_scale_floor``) adds
+        ``relu(1 - scale / floor)^2``, zero while the anchor geometry keeps its size. Each step uses a random subset
+        of ``training.anchor_batch`` anchors (and the matching block of the consensus): the CKA of a random block is
+        a stochastic estimate of the full one at a fraction of the cost of embedding every anchor every step.
 
         The loss acts on the DIRECTION only: magnitudes are excluded from the differentiation, which is exactly
         ``m.detach()`` in the anchor pass. It is a separate gradient so that DP-SGD can add it after clipping and
         noise (it depends only on public anchors and current parameters).
         """
         params = [p for p in self.model.parameters() if p.requires_grad and id(p) not in self._magnitudes]
-        loss = cka_loss(cosine_gram(self.model.embed(*self._tensors(self._anchors))), consensus)
+        cfg, n_anchors = self.config.training, len(self._anchors)
+        index = np.arange(n_anchors)
+        if 0 < cfg.anchor_batch < n_anchors:
+            index = np.sort(self._anchor_rng.choice(n_anchors, size=cfg.anchor_batch, replace=False))
+        gram = cosine_gram(self.model.embed(*self._tensors(self._anchors, index)))
+        block = consensus[torch.from_numpy(index)][:, torch.from_numpy(index)]
+        loss = cka_loss(gram, block) + scale_floor_penalty(gram, cfg.gram_scale_floor)
         grads = torch.autograd.grad(loss, params, allow_unused=True)
         return float(loss.detach()), {id(p): g for p, g in zip(params, grads) if g is not None}
 
@@ -368,6 +424,8 @@ class Node:
         shared = geodora.get_lora_b(self.model.backbone) | geodora.get_magnitudes(self.model.backbone)
         state |= {f"shared/{k}": v for k, v in shared.items()}
         state["meta/last_round"] = torch.tensor([self.last_round], dtype=torch.int64)
+        if self.last_gram is not None:
+            state["meta/last_gram"] = self.last_gram.clone()
         if self.privacy is not None:
             state |= self.privacy.state_dict()
         if self.dp_randomness is not None and self.dp_randomness.source == "node-secret":  # this node's own storage only
@@ -379,6 +437,8 @@ class Node:
         self.model.load_local_state({k[6:]: v for k, v in state.items() if k.startswith("local/")})
         geodora.load_shared_state(self.model.backbone, {k[7:]: v for k, v in state.items() if k.startswith("shared/")})
         self.last_round = int(state["meta/last_round"][0])
+        last_gram = state.get("meta/last_gram")
+        self.last_gram = None if last_gram is None else last_gram.clone()
         if privacy and self.privacy is not None:
             self.privacy.load_state_dict(state)
         if privacy and self.dp_randomness is not None and self.dp_randomness.source == "node-secret":

@@ -48,7 +48,7 @@ from geofed_secure.privacy.noise import DOES_NOT_HOLD_AGAINST, HOLDS_AGAINST, NO
 from geofed_secure.runtime.evaluation import Evaluation, evaluate
 from geofed_secure.runtime.federation import FederationData, build_federation
 from geofed_secure.runtime.nodelog import NodeLog
-from geofed_secure.runtime.outdir import check_resumable, claim_for_new_run, output_folder
+from geofed_secure.runtime.outdir import claim_for_new_run, output_folder
 from geofed_secure.runtime.round import (
     NODE_LOG,
     Answer,
@@ -250,10 +250,12 @@ class Simulator:
                 outcome = local_only_round(round_, sides, reporter=self.reporter, fault_hook=self.fault_hook)
                 evaluation = evaluate(self.nodes, self._eval_anchors(), None, eval_samples=self.config.data.eval_samples)
             self.weights = outcome.weights
+            collapsed = self._collapse_warnings(round_, evaluation)
             seconds = time.perf_counter() - t0
             # under secure aggregation a node's training statistics are its own: they are in its log, not here
             stats = {} if self.secure is not None else outcome.stats
             record = _round_record(round_, evaluation, outcome.uploaded, outcome.failures, self.weights, stats, seconds)
+            record["collapsed_nodes"] = collapsed
             if self.secure is not None:
                 record["clipped_coordinates"] = outcome.clipped_total
             self.history.append(record)
@@ -272,6 +274,17 @@ class Simulator:
         return RunResult(out_dir=self.out_dir, summary=summary, global_state=dict(self.server.global_state),
                          transcript=transcript if self.federated else None, nodes=self.nodes)
 
+    def _collapse_warnings(self, round_: int, evaluation: Evaluation) -> list[str]:
+        """Nodes whose training-anchor Gram scale is below ``training.collapse_scale`` (harness view), each warned."""
+        floor = self.config.training.collapse_scale
+        collapsed = sorted(k for k, m in evaluation.nodes.items() if m.gram_scale < floor)
+        for node_id in collapsed:
+            m = evaluation.nodes[node_id]
+            self.reporter.log(f"WARNING round {round_}: node {node_id} has COLLAPSED: its anchor embeddings all point "
+                              f"one way (Gram scale {m.gram_scale:.2e} < training.collapse_scale {floor:g}, effective "
+                              f"rank {m.effective_rank:.2f}); it refuses to upload while collapsed")
+        return collapsed
+
     def _eval_anchors(self):
         return {m: d.eval_anchors for m, d in self.federation.modalities.items()}
 
@@ -282,7 +295,16 @@ class Simulator:
 
     def _restore(self, config_path: Path) -> int:
         ckpt = self.checkpoints.load_latest()
-        check_resumable(config_path.parent, self.config.to_dict())
+        if not config_path.is_file():
+            raise CheckpointError(f"{config_path} is missing; cannot check that the resumed run has the same configuration")
+        try:
+            saved = json.loads(config_path.read_bytes())
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"{config_path} is unreadable ({type(exc).__name__}); cannot check that the resumed run "
+                                  "has the same configuration") from None
+        if _resume_comparable(saved) != _resume_comparable(self.config.to_dict()):
+            raise CheckpointError(f"{self.out_dir} was started with a different configuration (only federation.rounds and "
+                                  "data.cache_dir may change on resume)")
         if ckpt.meta.get("anchor_digest") != self.federation.anchor_digest:
             raise CheckpointError("the anchor set changed since the checkpoint was written")
         self.server.load_state_dict(ckpt.server, round_=ckpt.round)
@@ -373,6 +395,16 @@ class Simulator:
         }
 
 
+def _resume_comparable(config: Any) -> Any:
+    """A configuration without what may change on resume: the number of rounds, and where the feature cache lives
+    (features are keyed by encoder and data digest, so the cache's location changes no result)."""
+    plain = json.loads(json.dumps(config))
+    for section, key in (("federation", "rounds"), ("data", "cache_dir")):
+        if isinstance(plain, dict) and isinstance(plain.get(section), dict):
+            plain[section].pop(key, None)
+    return plain
+
+
 def _round_record(round_: int, ev: Evaluation, uploaded: Mapping[str, int], failures: Mapping[str, FailureCode],
                   weights: Mapping[str, float], stats: Mapping[str, LocalRoundStats], seconds: float) -> dict[str, Any]:
     """One round of ``summary.json``: ``stats`` only for nodes that trained this round, and empty under secure
@@ -383,6 +415,8 @@ def _round_record(round_: int, ev: Evaluation, uploaded: Mapping[str, int], fail
         "metrics": ev.summary(),
         "nodes": {
             k: {"cka_to_consensus": m.cka_to_consensus, "debiased_cka": m.debiased_cka, "task_accuracy": m.task_accuracy,
+                "heldout_cka": m.heldout_cka, "train_anchor_cka": m.train_anchor_cka, "centroid_cka": m.centroid_cka,
+                "gram_scale": m.gram_scale, "effective_rank": m.effective_rank,
                 "bytes_uploaded": uploaded.get(k, 0), "weight": weights.get(k),
                 "task_loss": stats[k].task_loss if k in stats else None,
                 "geo_loss": stats[k].geo_loss if k in stats else None,
@@ -394,6 +428,8 @@ def _round_record(round_: int, ev: Evaluation, uploaded: Mapping[str, int], fail
 
 def _round_line(record: Mapping[str, Any]) -> str:
     m = record["metrics"]
-    top1 = m["cross_modal_top1"]
-    return (f"round {record['round']}: cross-modal top-1 {top1 if top1 is None else f'{top1:.3f}'}, "
-            f"CKA {m['cka_to_consensus']:.3f}, task acc {m['task_accuracy']:.3f} ({record['seconds']:.1f} s)")
+    centred = m.get("centred_top1")
+    return (f"round {record['round']}: held-out anchor CKA {m['heldout_cka']:.3f} (training anchors "
+            f"{m['train_anchor_cka']:.3f}), centred cross-modal top-1 {centred if centred is None else f'{centred:.3f}'} "
+            f"(own-anchor baseline {m['own_anchor_top1']:.3f}), task acc {m['task_accuracy']:.3f}, "
+            f"min Gram scale {m['min_gram_scale']:.3f} ({record['seconds']:.1f} s)")

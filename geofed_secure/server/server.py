@@ -4,8 +4,11 @@ The server needs only SUMS of the node uploads: sum_k p_k B_k, sum_k p_k m_k (av
 sum_k G_k and sum_k p_k. :func:`aggregate` works on those sums, so the same code runs unchanged when
 secure aggregation reveals only the sums (later protocol layer).
 
-Aggregation follows DESIGN.md section 2: precision-weighted mean of B (and m), THEN one merge; the Gram
-consensus is the plain mean over contributors (eq. 2). Updates are validated before use: wrong federation
+Aggregation follows DESIGN.md section 2: precision-weighted mean of B (and m), THEN one merge. The Gram
+consensus is the SUM of the contributors' uploads, each a node's centred anchor Gram at unit norm (issue 16:
+normalised on the node, so every modality counts and the server still needs only the sum); CKA does not see the
+scale, and a node subtracts its own upload from the sum to train against the others (leave-one-out).
+Updates are validated before use: wrong federation
 or round (replay), unknown or duplicate sender, anchor digest, payload names and shapes.
 
 A node missing from a round is recorded with a typed :class:`~geofed_secure.errors.FailureCode` only (a
@@ -49,20 +52,24 @@ class RoundResult:
 
 
 def aggregate(sums: Mapping[str, np.ndarray], n_contributors: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """From summed payload fields to (new global state, consensus Gram upper triangle).
+    """From summed payload fields to (new global state, consensus: the summed Gram upper triangle, not divided).
+
+    ``n_contributors`` is checked only (the consensus is a sum: a node needs it to take out its own upload).
 
     >>> s = {"weighted/x.lora_B": np.array([3.0], np.float32), "precision_weight": np.array([2.0], np.float32),
     ...      "gram_upper": np.array([1.0], np.float32)}
     >>> state, gram = aggregate(s, 2)
     >>> float(state["x.lora_B"][0]), float(gram[0])
-    (1.5, 0.5)
+    (1.5, 1.0)
     """
+    if n_contributors < 1:
+        raise RoundFailed("no contributors to aggregate")
     total_weight = float(np.float64(sums[WEIGHT_FIELD][0]))
     if not total_weight > 0:
         raise RoundFailed("sum of precision weights is not positive")
     state = {key[len(WEIGHTED_PREFIX):]: (np.asarray(value, np.float64) / total_weight).astype(np.float32)
              for key, value in sums.items() if key.startswith(WEIGHTED_PREFIX)}
-    consensus = (sums[GRAM_FIELD].astype(np.float64) / n_contributors).astype(np.float32)
+    consensus = sums[GRAM_FIELD].astype(np.float32)
     return state, consensus
 
 

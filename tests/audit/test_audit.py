@@ -158,8 +158,12 @@ def test_gram_inversion_recovers_embeddings_up_to_rotation():
     assert procrustes_error(invert_gram(gram), zn) < 1e-10  # B <= d: the Gram determines Z up to rotation
     errors = [procrustes_error(invert_gram(gram, rank), zn) for rank in (40, 20, 5)]
     assert errors == sorted(errors) and errors[0] > 0.1  # truncated ranks lose information, monotonically
-    upper = gram[np.triu_indices(50, 1)]
-    assert procrustes_error(invert_gram_upper(upper, 50), zn) < 1e-6  # from the wire format
+    # the wire format (issue 16): the centred Gram H G H at unit norm, strict upper triangle; it reveals the centred
+    # embeddings H Z up to rotation (rescaled to trace B, the trace of a cosine Gram)
+    h = np.eye(50) - np.ones((50, 50)) / 50
+    centred = h @ gram @ h
+    upper = (centred / np.linalg.norm(centred))[np.triu_indices(50, 1)]
+    assert procrustes_error(invert_gram_upper(upper, 50), h @ zn * np.sqrt(50 / np.trace(centred))) < 1e-6
 
 
 def test_gram_inversion_of_low_dimensional_embeddings_and_bad_input():

@@ -5,13 +5,16 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 from conftest import with_sections
 
 from geofed_secure.config import NodeSpec
-from geofed_secure.node.node import info_nce
+from geofed_secure.node.node import NodeCollapsed, info_nce
 from geofed_secure.runtime.federation import build_federation
+from geofed_secure.runtime.round import SilentReporter
 from geofed_secure.runtime.simulator import Simulator
+from geofed_secure.wire.round import NodeUpdate
 
 
 def test_degraded_anchor_node_gets_visibly_lower_weight(tiny_config, tiny_modalities, tmp_path):
@@ -73,3 +76,57 @@ def test_dirichlet_split_gives_non_iid_nodes(tiny_config, tiny_modalities):
     assert 0.5 * np.abs(ha - hb).sum() > 0.3  # total variation distance between the two label mixes
     pool = set(range(len(tiny_modalities["image"].pool)))
     assert len(a) + len(b) + len(fed.nodes["img-a"].test) + len(fed.nodes["img-b"].test) == len(pool)
+
+
+def test_upload_is_unit_norm_centred_gram_and_node_trains_against_the_others(tiny_config, tiny_modalities, tmp_path):
+    config = with_sections(tiny_config, federation={"rounds": 1})
+    result = Simulator(config, tiny_modalities, tmp_path).run()
+    b = len(tiny_modalities["image"].anchors)
+    uploads = {}
+    assert result.transcript is not None
+    for _, message in result.transcript.messages(round_=1):
+        if isinstance(message, NodeUpdate):
+            upper = np.asarray(message.payload["gram_upper"], np.float64)
+            full = np.zeros((b, b))
+            full[np.triu_indices(b, 1)] = upper
+            full = full + full.T
+            full[np.diag_indices(b)] = -full.sum(axis=1)  # rows of a centred matrix sum to 0
+            uploads[message.node_id] = full
+    assert set(uploads) == {n.id for n in config.nodes}
+    for node_id, full in uploads.items():
+        assert abs(np.linalg.norm(full) - 1.0) < 1e-5, node_id  # every node counts the same in the sum
+        z = result.nodes[node_id].embed(result.nodes[node_id].anchors).double().numpy()
+        zn = z / np.linalg.norm(z, axis=1, keepdims=True)
+        h = np.eye(b) - np.ones((b, b)) / b
+        centred = h @ zn @ zn.T @ h
+        assert np.allclose(full, centred / np.linalg.norm(centred), atol=1e-5), node_id
+    total = sum(uploads.values())
+    consensus_sum = total[np.triu_indices(b, 1)]
+    for node_id, node in result.nodes.items():
+        loo = node.leave_one_out(2, consensus_sum)  # the next round's target: everyone else's uploads
+        assert loo is not None
+        assert np.allclose(loo.numpy(), total - uploads[node_id], atol=1e-5), node_id
+        assert node.leave_one_out(3, consensus_sum) is not None  # it did not upload in round 2: nothing to take out
+        assert np.allclose(node.leave_one_out(3, consensus_sum).numpy(), total, atol=1e-5)
+
+
+def test_collapsed_node_refuses_its_upload_and_the_round_summary_warns(tiny_config, tiny_modalities, tmp_path):
+    strict = with_sections(tiny_config, federation={"rounds": 1}, training={"collapse_scale": 0.99})
+    sim = Simulator(strict, tiny_modalities, tmp_path / "node")
+    node = sim.nodes["txt"]
+    before = {k: v.clone() for k, v in node.state_dict().items()}
+    with pytest.raises(NodeCollapsed, match="collapsed"):
+        node.handle_broadcast(sim.server.begin_round()["txt"])
+    assert node.last_round == 0 and all(torch.equal(before[k], v) for k, v in node.state_dict().items())
+    local = with_sections(tiny_config, federation={"rounds": 2, "mode": "local-only"}, training={"collapse_scale": 0.99})
+    lines: list[str] = []
+    reporter = SilentReporter()
+    reporter.log = lines.append  # type: ignore[method-assign]
+    result = Simulator(local, tiny_modalities, tmp_path / "run", reporter=reporter).run()
+    for record in result.summary["rounds"]:
+        assert record["collapsed_nodes"] == sorted(n.id for n in local.nodes)
+        for node_id, metrics in record["nodes"].items():
+            assert metrics["gram_scale"] < 0.99 and metrics["effective_rank"] >= 0, node_id
+    assert sum("COLLAPSED" in line for line in lines) == 2 * len(local.nodes)
+    healthy = Simulator(with_sections(tiny_config, federation={"rounds": 1}), tiny_modalities, tmp_path / "ok").run()
+    assert healthy.summary["rounds"][0]["collapsed_nodes"] == []

@@ -23,7 +23,7 @@ def upload(node_id, b, weight, gram, round_=1, digest=DIGEST):
                                "precision_weight": np.array([weight], np.float32)})
 
 
-def test_precision_weighted_mean_and_plain_gram_consensus():
+def test_precision_weighted_mean_and_summed_gram_consensus():
     rng = np.random.default_rng(0)
     server = make_server()
     server.begin_round()
@@ -35,7 +35,8 @@ def test_precision_weighted_mean_and_plain_gram_consensus():
     result = server.finish_round()
     expected_b = sum(ws[k] * bs[k] for k in "abc") / sum(ws.values())  # independent: weighted mean by hand
     assert np.allclose(server.global_state["m.lora_B"], expected_b, atol=1e-5)
-    assert np.allclose(server.consensus, np.mean([grams[k] for k in "abc"], axis=0), atol=1e-6)
+    # the consensus is the SUM of the (node-normalised) uploads: each node takes its own out of it (leave-one-out)
+    assert np.allclose(server.consensus, grams["a"] + grams["b"] + grams["c"], atol=1e-6)
     assert result.weights == pytest.approx({"a": 0.1, "b": 0.3, "c": 0.6})
     assert result.contributors == ("a", "b", "c") and server.round == 1
 

@@ -6,13 +6,18 @@ embedding matrix with that Gram equals X up to an orthogonal map (Procrustes). S
 node's anchor embeddings exactly up to rotation, the more so the larger B; that is what makes functional
 extraction of the node's encoder possible on the anchors (DESIGN.md section 4). The error reported is the
 relative Frobenius distance after the best orthogonal alignment.
+
+Since issue 16 a node uploads its CENTRED Gram ``H G H`` at unit Frobenius norm (its strict upper triangle; the
+diagonal follows from the zero row sums). That is the Gram of the centred embeddings ``H Z_n``, so the same
+inversion recovers them up to rotation; :func:`invert_gram_upper` rescales it to trace B, the trace of a cosine Gram,
+so estimates and references keep the scale they had.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from geofed_secure.alignment.gram import gram_from_upper
+from geofed_secure.alignment.geometry import centred_gram_from_upper
 from geofed_secure.errors import DataError
 
 
@@ -32,10 +37,13 @@ def invert_gram(gram: np.ndarray, rank: int | None = None) -> np.ndarray:
 
 
 def invert_gram_upper(upper: np.ndarray, n_anchors: int, rank: int | None = None) -> np.ndarray:
-    """As :func:`invert_gram`, from the strict upper triangle that travels on the wire (unit diagonal: cosines)."""
+    """As :func:`invert_gram`, from the strict upper triangle that travels on the wire (a centred Gram, rescaled to
+    trace B)."""
     import torch
 
-    return invert_gram(gram_from_upper(torch.as_tensor(np.asarray(upper, np.float64)), n_anchors).numpy(), rank)
+    centred = centred_gram_from_upper(torch.as_tensor(np.asarray(upper, np.float64)), n_anchors).numpy()
+    trace = float(np.trace(centred))
+    return invert_gram(centred * (n_anchors / trace) if trace > 0 else centred, rank)
 
 
 def procrustes_error(estimate: np.ndarray, truth: np.ndarray) -> float:
