@@ -48,7 +48,7 @@ from geofed_secure.privacy.noise import DOES_NOT_HOLD_AGAINST, HOLDS_AGAINST, NO
 from geofed_secure.runtime.evaluation import Evaluation, evaluate
 from geofed_secure.runtime.federation import FederationData, build_federation
 from geofed_secure.runtime.nodelog import NodeLog
-from geofed_secure.runtime.outdir import claim_for_new_run, output_folder
+from geofed_secure.runtime.outdir import check_resumable, claim_for_new_run, output_folder
 from geofed_secure.runtime.round import (
     NODE_LOG,
     Answer,
@@ -295,16 +295,7 @@ class Simulator:
 
     def _restore(self, config_path: Path) -> int:
         ckpt = self.checkpoints.load_latest()
-        if not config_path.is_file():
-            raise CheckpointError(f"{config_path} is missing; cannot check that the resumed run has the same configuration")
-        try:
-            saved = json.loads(config_path.read_bytes())
-        except (OSError, ValueError) as exc:
-            raise CheckpointError(f"{config_path} is unreadable ({type(exc).__name__}); cannot check that the resumed run "
-                                  "has the same configuration") from None
-        if _resume_comparable(saved) != _resume_comparable(self.config.to_dict()):
-            raise CheckpointError(f"{self.out_dir} was started with a different configuration (only federation.rounds and "
-                                  "data.cache_dir may change on resume)")
+        check_resumable(config_path.parent, self.config.to_dict())
         if ckpt.meta.get("anchor_digest") != self.federation.anchor_digest:
             raise CheckpointError("the anchor set changed since the checkpoint was written")
         self.server.load_state_dict(ckpt.server, round_=ckpt.round)
@@ -393,16 +384,6 @@ class Simulator:
             "final": final,
             "config": self.config.to_dict(),
         }
-
-
-def _resume_comparable(config: Any) -> Any:
-    """A configuration without what may change on resume: the number of rounds, and where the feature cache lives
-    (features are keyed by encoder and data digest, so the cache's location changes no result)."""
-    plain = json.loads(json.dumps(config))
-    for section, key in (("federation", "rounds"), ("data", "cache_dir")):
-        if isinstance(plain, dict) and isinstance(plain.get(section), dict):
-            plain[section].pop(key, None)
-    return plain
 
 
 def _round_record(round_: int, ev: Evaluation, uploaded: Mapping[str, int], failures: Mapping[str, FailureCode],
