@@ -85,15 +85,40 @@ class FlowerLink:
     counts as dropped."""
 
     def __init__(self, grid: Grid, flower_ids: Mapping[str, int], *, timeout: float = DEFAULT_TIMEOUT_S,
-                 reporter: Reporter | None = None) -> None:
+                 reporter: Reporter | None = None, config: RunConfig | None = None) -> None:
         self.grid = grid
         self.flower_ids = dict(flower_ids)
         self.timeout = timeout
         self.reporter = reporter or SilentReporter()
+        self.config = config  # for re-discovery of SuperNodes that come back (None: the mapping never changes)
+        self.silent: set[str] = set()  # nodes that answered nothing in the last round trip
+
+    def rediscover(self, round_: int) -> None:
+        """A SuperNode that restarts comes back under a new Flower node id: before each round, ask every connected
+        SuperNode the link does not know which node it is. Its claim replaces the node's old SuperNode only when that
+        one is gone (no longer connected, or silent in the last round trip); any other claim is ignored and logged.
+        Who may connect at all is Flower's business: in production run the SuperLink with TLS and SuperNode
+        authentication, so that only the sites' own SuperNodes can claim a node."""
+        if self.config is None:
+            return
+        connected = set(self.grid.get_node_ids())
+        unknown = sorted(connected - set(self.flower_ids.values()))
+        if not unknown:
+            return
+        for flower_id, (claimed, _) in _claims(self.grid, self.config, unknown, self.timeout).items():
+            old = self.flower_ids.get(claimed)
+            if old is None or (old in connected and claimed not in self.silent):
+                self.reporter.log(f"round {round_}: ignored SuperNode {flower_id}, which claims node {claimed!r} "
+                                  + ("(not a node of this federation)" if old is None else "while its SuperNode is active"))
+                continue
+            self.flower_ids[claimed] = flower_id
+            self.silent.discard(claimed)
+            self.reporter.log(f"round {round_}: node {claimed} is back (SuperNode {flower_id})")
 
     def exchange(self, round_: int, broadcasts: Mapping[str, RoundBroadcast], transcript: Transcript, *,
                  secure_layout: SecureInputLayout | None, secure_open: Mapping[str, bytes] | None = None
                  ) -> dict[str, NodeAnswer]:
+        self.rediscover(round_)
         messages = []
         for node_id, broadcast in broadcasts.items():
             blob = encode_message(broadcast)
@@ -128,7 +153,9 @@ class FlowerLink:
                        else f"Flower error {reply.error.code}: {reply.error.reason}")
                 self.reporter.log(f"round {round_}: {node_id}: {why}")
                 answers[node_id] = NodeAnswer(Answer.NOTHING)
+                self.silent.add(node_id)
                 continue
+            self.silent.discard(node_id)
             try:
                 kind = Answer(unpack_str(reply, "answer"))
                 blob = unpack_bytes(reply, "wire")
@@ -141,12 +168,24 @@ class FlowerLink:
         return answers
 
 
+def _claims(grid: Grid, config: RunConfig, flower_ids: list[int], timeout: float) -> dict[int, tuple[str, int]]:
+    """Ask each SuperNode which node it is and the last round its node trained in (its own disk's answer; 0 for a
+    new site): Flower node id -> (claimed node id, last round). A SuperNode that does not answer is left out."""
+    queries = [grid.create_message(pack(federation=config.federation.id), QUERY, nid, "discovery") for nid in flower_ids]
+    claims: dict[int, tuple[str, int]] = {}
+    for reply in grid.send_and_receive(queries, timeout=timeout):
+        if reply.has_error():
+            continue
+        last = _value(reply, "last_round", int)
+        claims[reply.metadata.src_node_id] = (unpack_str(reply, "node_id"), int(last) if isinstance(last, int) else 0)
+    return claims
+
+
 def discover(grid: Grid, config: RunConfig, *, timeout: float = DEFAULT_TIMEOUT_S, poll: float = 1.0
              ) -> tuple[dict[str, int], dict[str, int]]:
     """Map each configured node id to its SuperNode: wait until enough SuperNodes are connected, ask each which node
-    it is and the last round its node trained in (its own disk's answer; 0 for a new site). Returns (Flower node id,
-    last round) per node id. Raises ConfigError when a SuperNode claims an unknown or already claimed node, or a node
-    is missing."""
+    it is and the last round its node trained in. Returns (Flower node id, last round) per node id. Raises
+    ConfigError when a SuperNode claims an unknown or already claimed node, or a node is missing."""
     wanted = {n.id for n in config.nodes}
     deadline = time.monotonic() + timeout
     while len(list(grid.get_node_ids())) < len(wanted):
@@ -154,22 +193,15 @@ def discover(grid: Grid, config: RunConfig, *, timeout: float = DEFAULT_TIMEOUT_
             raise ConfigError("nodes", f"only {len(list(grid.get_node_ids()))} of {len(wanted)} SuperNodes connected "
                                        f"within {timeout:g} s")
         time.sleep(poll)
-    queries = [grid.create_message(pack(federation=config.federation.id), QUERY, nid, "discovery")
-               for nid in grid.get_node_ids()]
     found: dict[str, int] = {}
     last_rounds: dict[str, int] = {}
-    for reply in grid.send_and_receive(queries, timeout=timeout):
-        if reply.has_error():
-            continue
-        claimed = unpack_str(reply, "node_id")
+    for flower_id, (claimed, last) in _claims(grid, config, list(grid.get_node_ids()), timeout).items():
         if claimed not in wanted:
             raise ConfigError("node-id", f"a SuperNode says it is node {claimed!r}, which federation "
                                          f"{config.federation.id!r} does not have")
         if claimed in found:
             raise ConfigError("node-id", f"two SuperNodes both say they are node {claimed!r}")
-        found[claimed] = reply.metadata.src_node_id
-        last = _value(reply, "last_round", int)
-        last_rounds[claimed] = int(last) if isinstance(last, int) else 0
+        found[claimed], last_rounds[claimed] = flower_id, last
     missing = sorted(wanted - set(found))
     if missing:
         raise ConfigError("nodes", f"no SuperNode answered for node(s) {', '.join(missing)}")
@@ -234,7 +266,7 @@ def run_federation(grid: Grid, config: RunConfig, *, anchor_digest: str, initial
                 history.append({"round": skipped, "abandoned": "the ServerApp stopped before this round's checkpoint"})
                 reporter.log(f"round {skipped}: abandoned (sites trained in it, no checkpoint holds it); not run again")
             server.load_state_dict(server.state_dict(), round_=ahead)
-        link = FlowerLink(grid, flower_ids, timeout=timeout, reporter=reporter)
+        link = FlowerLink(grid, flower_ids, timeout=timeout, reporter=reporter, config=config)
         federated_round = FederatedRound(server, link, secure=secure, n_anchors=n_anchors, clip=config.secure.clip,
                                          reporter=reporter, fault_hook=lambda stage, round_, node_id: None, node_logs={})
         for round_ in range(server.round + 1, config.federation.rounds + 1):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import with_sections
 
-from geofed_secure.errors import CheckpointError, ConfigError, GeofedError, OutputFolderError
+from geofed_secure.errors import CheckpointError, ConfigError, GeofedError, OutputFolderError, ProtocolAborted
 from geofed_secure.runtime import Simulator, Transcript, backbone_factory, build_federation
 from geofed_secure.runtime.flower.app import QUERY, SECAGG, make_client_app, run_federation
 from geofed_secure.runtime.flower.local import InProcessGrid, server_identity
@@ -32,14 +32,17 @@ class CountingGrid(InProcessGrid):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.trips = Counter()
+        self.sent = Counter()  # (message type, destination Flower id) -> messages
 
     def send_and_receive(self, messages, *, timeout=None):
         messages = list(messages)
         self.trips[messages[0].metadata.group_id] += 1
+        self.sent.update((m.metadata.message_type, m.metadata.dst_node_id) for m in messages)
         return super().send_and_receive(messages, timeout=timeout)
 
 
-def flower_run(config, modalities, tmp_path, *, drop=None, node_configs=None, grid_out=None, resume=False, reporter=None):
+def flower_run(config, modalities, tmp_path, *, drop=None, node_configs=None, grid_out=None, resume=False, reporter=None,
+               grid_class=None):
     federation = build_federation(config, modalities)
     make_backbone = backbone_factory(config)
     secure = config.secure.protocol != "none"
@@ -54,7 +57,7 @@ def flower_run(config, modalities, tmp_path, *, drop=None, node_configs=None, gr
 
     app = make_client_app(site_for)
     configs = node_configs or {n.id: {"node-id": n.id} for n in config.nodes}
-    grid = CountingGrid({FLOWER_IDS[k]: (app, c) for k, c in configs.items()}, drop=drop)
+    grid = (grid_class or CountingGrid)({FLOWER_IDS[k]: (app, c) for k, c in configs.items()}, drop=drop)
     if grid_out is not None:
         grid_out.append(grid)
     _, initial = server_model_and_initial_state(config, make_backbone)
@@ -231,9 +234,90 @@ def test_a_restarted_server_app_resumes_from_its_checkpoint_and_never_reuses_a_t
         flower_run(with_sections(config, training={"lr": 1e-2}), tiny_modalities, tmp_path, resume=True)
 
 
+class RestartingGrid(CountingGrid):
+    """tab's SuperNode (Flower id 404) dies in round 2 and comes back for round 3 as a new SuperNode (id 405), with
+    the same site (node config, state directory): what a restarted flower-supernode process looks like."""
+
+    def __init__(self, sites, **kwargs):
+        super().__init__({**sites, 405: sites[404]}, **kwargs)
+        self.restarted = False
+
+    def get_node_ids(self):
+        ids = [i for i in self.sites if i != 405]
+        return [405 if i == 404 else i for i in ids] if self.restarted else ids
+
+    def send_and_receive(self, messages, *, timeout=None):
+        messages = list(messages)
+        if messages and messages[0].metadata.group_id == "2":
+            self.restarted = True  # from now on 404 is gone: its messages are lost, 405 is connected
+            messages = [m for m in messages if m.metadata.dst_node_id != 404]
+        return super().send_and_receive(messages, timeout=timeout)
+
+
 def test_a_supernode_that_comes_back_rejoins_the_masked_sum(tiny_config, tiny_modalities, tmp_path):
     config = with_sections(tiny_config, federation={"rounds": 3}, secure={"protocol": "masking"})
-    gone_in_round_2 = lambda m: m.metadata.group_id == "2" and m.metadata.dst_node_id == 404
-    flower_run(config, tiny_modalities, tmp_path, drop=gone_in_round_2)
+    grids = []
+    flower_run(config, tiny_modalities, tmp_path, grid_out=grids, grid_class=RestartingGrid)
     history = CheckpointStore(tmp_path / "server").load_latest().meta["history"]
-    assert [h["failures"] for h in history] == [{}, {"tab": "dropped"}, {}]
+    assert [h["failures"] for h in history] == [{}, {"tab": "dropped"}, {}]  # back in round 3, same keys and node
+    assert grids[0].restarted
+
+
+class Impostor(CountingGrid):
+    """From round 2 on a second SuperNode (405) also claims tab while tab's own (404) keeps answering."""
+
+    def __init__(self, sites, **kwargs):
+        super().__init__({**sites, 405: sites[404]}, **kwargs)
+        self.later = False
+
+    def get_node_ids(self):
+        return list(self.sites) if self.later else [i for i in self.sites if i != 405]
+
+    def send_and_receive(self, messages, *, timeout=None):
+        messages = list(messages)
+        self.later = self.later or messages[0].metadata.group_id == "1"
+        return super().send_and_receive(messages, timeout=timeout)
+
+
+def test_a_supernode_claiming_an_active_node_is_ignored(tiny_config, tiny_modalities, tmp_path):
+    config = with_sections(tiny_config, federation={"rounds": 3})
+    grids = []
+    flower_run(config, tiny_modalities, tmp_path, grid_out=grids, grid_class=Impostor)
+    history = CheckpointStore(tmp_path / "server").load_latest().meta["history"]
+    assert [h["failures"] for h in history] == [{}, {}, {}] and all("tab" in h["uploaded"] for h in history)
+    sent = grids[0].sent  # the impostor was asked who it is, and never sent a round's broadcast
+    assert sent[(QUERY, 405)] >= 1 and sent[("train", 405)] == 0 and sent[("train", 404)] == 3
+
+
+class LoseNth:
+    """Loses the ``nth`` (1-based) secure-aggregation message of round ``round_`` to each of ``nodes`` (Flower ids)."""
+
+    def __init__(self, nth, nodes, round_="1"):
+        self.nth, self.nodes, self.round_, self.seen = nth, set(nodes), round_, Counter()
+
+    def __call__(self, message):
+        node = message.metadata.dst_node_id
+        if message.metadata.message_type != SECAGG or message.metadata.group_id != self.round_ or node not in self.nodes:
+            return False
+        self.seen[node] += 1
+        return self.seen[node] == self.nth
+
+
+@pytest.mark.parametrize("nth, stage, contributes", [(1, "share_keys", False), (2, "masked_input", False),
+                                                     (3, "unmask", True)])
+def test_a_site_lost_at_each_key_setup_stage(tiny_config, tiny_modalities, tmp_path, nth, stage, contributes):
+    """Round 1 sets keys up: tab's roster (it never shares keys), its share delivery (its shares went out, its
+    masked input never comes: the others sign the view without it) or its unmask request is lost; the round
+    completes with the three others, tab in the sum only when its masked input arrived."""
+    config = with_sections(tiny_config, federation={"rounds": 1}, secure={"protocol": "masking"})
+    flower_run(config, tiny_modalities, tmp_path, drop=LoseNth(nth, {404}))
+    history = CheckpointStore(tmp_path / "server").load_latest().meta["history"]
+    assert history[0]["failures"] == ({} if contributes else {"tab": "dropped"}), stage
+
+
+def test_too_many_sites_lost_abandon_the_round_and_keep_the_last_checkpoint(tiny_config, tiny_modalities, tmp_path):
+    config = with_sections(tiny_config, federation={"rounds": 2}, secure={"protocol": "masking"})
+    two_gone = lambda m: m.metadata.message_type == "train" and m.metadata.group_id == "2" and m.metadata.dst_node_id in (303, 404)
+    with pytest.raises(ProtocolAborted, match="floor|threshold|survivors"):
+        flower_run(config, tiny_modalities, tmp_path, drop=two_gone)
+    assert CheckpointStore(tmp_path / "server").latest_round() == 1
