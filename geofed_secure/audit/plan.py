@@ -49,6 +49,7 @@ class AuditPlan:
     extraction_anchors: tuple[int, ...] = (10, 25, 50, 100)  # B for the extraction / inversion sweep (of 150 public)
     extraction_draws: int = 3  # random anchor draws per B and run
     canaries: int = 100  # one-run canary audit per privacy level (0 = skip)
+    seed_attack_candidates: int = 0  # white-box cell at the smallest epsilon: a server holding the noise seed (0 = skip)
     bootstrap: int = 200  # bootstrap resamples for confidence intervals
     cache_dir: str = ""  # "" -> $GEOFED_CACHE or ~/.cache/geofed-secure (features and experiment results)
     run: str = ""  # a finished geofed run folder to inventory from the threat model's view ("" = none)
@@ -63,7 +64,7 @@ class AuditPlan:
         for key in ("rounds", "local_steps", "batch_size", "extraction_draws"):
             if getattr(self, key) < 1:
                 raise fail(key, f"must be >= 1, got {getattr(self, key)}")
-        for key in ("canaries", "bootstrap"):
+        for key in ("canaries", "bootstrap", "seed_attack_candidates"):
             if getattr(self, key) < 0:
                 raise fail(key, f"must be >= 0, got {getattr(self, key)}")
         if not (self.lr > 0 and math.isfinite(self.lr)) or not (self.lambda_geo >= 0 and math.isfinite(self.lambda_geo)):
@@ -75,6 +76,8 @@ class AuditPlan:
                 raise fail(key, f"must be distinct values of {allowed}, got {list(values)}")
         if not self.protections and not self.epsilons and not self.run:
             raise fail("protections", "the plan audits nothing: give at least one protection, one epsilon or a run")
+        if self.seed_attack_candidates and (self.seed_attack_candidates < 2 or not self.epsilons):
+            raise fail("seed_attack_candidates", f"must be 0, or >= 2 with at least one epsilon, got {self.seed_attack_candidates}")
         if self.reference_run and not self.run:
             raise fail("reference_run", "applies only with run (the recorded run it is the plaintext twin of)")
         if any(not (e > 0 and math.isfinite(e)) for e in self.epsilons) or len(set(self.epsilons)) != len(self.epsilons):
@@ -90,7 +93,8 @@ class AuditPlan:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def digest(self, *, exclude: tuple[str, ...] = ("cache_dir", "bootstrap", "run", "reference_run")) -> str:
+    def digest(self, *, exclude: tuple[str, ...] = ("cache_dir", "bootstrap", "run", "reference_run",
+                                                    "seed_attack_candidates")) -> str:
         """SHA-256 of what determines the experiment's training runs (cache key; a recorded run trains nothing)."""
         data = {k: v for k, v in self.to_dict().items() if k not in exclude}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
@@ -127,7 +131,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "quick": {"runs": 4, "protections": ["none", "masking"], "epsilons": [1.0], "extraction_anchors": [25, 100],
               "extraction_draws": 1, "bootstrap": 100},
     "standard": {},
-    "high-power": {"runs": 32, "bootstrap": 1000},
+    "high-power": {"runs": 32, "bootstrap": 1000, "seed_attack_candidates": 12},
 }
 
 

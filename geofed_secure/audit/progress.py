@@ -30,6 +30,7 @@ _OTHER = re.compile(r"other node \S+ trained")
 _RUN = re.compile(r"(no-dp|dp-eps\S+): run \d+/\d+ trained")
 _CANARY = re.compile(r"(no-dp|dp-eps\S+): canary audit")
 _CACHED = re.compile(r"experiment loaded from the cache")
+_SEED = re.compile(r"seed attack \(")
 
 
 def _steps(plan: AuditPlan, dp: bool) -> float:
@@ -43,6 +44,9 @@ def training_units(plan: AuditPlan, other_nodes: int) -> dict[str, float]:
     units |= {f"run:{lvl}": _steps(plan, lvl is not None) for lvl in levels}
     units["total"] = other_nodes * units["other"] + sum(plan.runs * units[f"run:{lvl}"] for lvl in levels)
     units["total"] += sum(units[f"run:{lvl}"] for lvl in levels) if plan.canaries else 0.0
+    # the white-box seed cell: per candidate, three DP trainings, once with shared-seed noise and once as deployed
+    units["seed"] = 3 * _steps(plan, True)
+    units["total"] += 2 * plan.seed_attack_candidates * units["seed"]
     return units
 
 
@@ -109,6 +113,8 @@ class EtaProgress:
         unit = 0.0
         if _OTHER.search(line):
             unit = self.units["other"]
+        elif _SEED.search(line):
+            unit = self.units["seed"]
         elif (match := _RUN.search(line) or _CANARY.search(line)) is not None:
             level = None if match.group(1) == "no-dp" else float(match.group(1)[len("dp-eps"):])
             unit = self.units.get(f"run:{level}", 0.0)

@@ -168,6 +168,14 @@ def verdict(report: dict[str, Any]) -> list[str]:
                          f"{md['accountant_epsilon']:.2f} ({size}): " + (
                              "the audit had the power to refute the accountant and did not." if most > md["accountant_epsilon"]
                              else "this audit is too small to refute the accountant's epsilon: it tests nothing about it."))
+    for row in _find(report, "seed_attack_whitebox"):
+        md = row["metadata"]
+        lines.append(f"[{md['protection']}, white box, {md['randomness']} noise] A server that holds the noise seed and "
+                     f"every record but the candidate: {row['metrics']['correct_guesses']['value']:.0f}/{row['trials']} "
+                     f"candidates identified ({md['exact_matches']} releases regenerated bit for bit), empirical epsilon "
+                     f"lower bound {row['metrics']['epsilon_lower_bound']['value']:.2f} vs accountant "
+                     f"{md['accountant_epsilon']:.2f} (this size certifies at most {row['power']['max_certifiable_epsilon']:.2f})"
+                     + (": the DP claim does NOT hold against this server." if md["failed"] else "."))
     for cell, kinds in report["views"].items():
         hidden = [r for r, k in kinds.items() if k == "hidden"]
         if hidden:

@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +46,9 @@ from geofed_secure.audit.power import canary_max_certifiable_epsilon, min_detect
 from geofed_secure.audit.progress import EtaProgress
 from geofed_secure.audit.protections import AGGREGATE, check_target, observed, observed_public, protocol_sums, release_view
 from geofed_secure.audit.recorded_run import audit_recorded_run, check_recorded_nodes
+from geofed_secure.audit.seed_attack import run_seed_attack
 from geofed_secure.audit.threat_model import ThreatModel
-from geofed_secure.config import did_you_mean
+from geofed_secure.config import RunConfig, did_you_mean
 from geofed_secure.errors import ConfigError
 from geofed_secure.node import N_CLASSES
 from geofed_secure.seeding import numpy_rng
@@ -250,6 +252,42 @@ def _experiment_summary(exp: Experiment, plan: AuditPlan) -> dict[str, Any]:
                        for k, v in exp.levels.items()}}
 
 
+def seed_cells(plan: AuditPlan, progress: Callable[[str], None], *, base_config: RunConfig | None = None,
+               modalities: Mapping[str, Any] | None = None) -> list[AttackResult]:
+    """The white-box cell (:mod:`.seed_attack`) at the plan's smallest epsilon: the same attack on the node trained
+    with the unsafe ``shared_seed_noise`` (a server holding the seed) and as deployed (node-secret noise)."""
+    from geofed_secure.demo import load_demo_modalities
+    from geofed_secure.runtime import backbone_factory, build_federation
+
+    epsilon = min(plan.epsilons)
+    results = []
+    for shared in (True, False):
+        config = run_config(plan, epsilon, base=base_config)
+        config = config.replace(privacy=replace(config.privacy, shared_seed_noise=shared))
+        mods = dict(modalities) if modalities is not None else load_demo_modalities(config)
+        fed = build_federation(config, mods)
+        spec = next(n for n in config.nodes if n.id == plan.target)
+        data = fed.nodes[plan.target]
+        attack = run_seed_attack(config, spec, data, data.test, anchor_digest=fed.anchor_digest,
+                                 backbone_factory=backbone_factory(config), seed=plan.seed,
+                                 candidates=min(plan.seed_attack_candidates, len(data.test)), progress=progress)
+        bound = attack.epsilon_lower_bound
+        results.append(AttackResult(
+            attack="seed_attack_whitebox", threat_model=REFERENCE, target=plan.target, trials=attack.candidates,
+            seed=plan.seed,
+            metrics={"epsilon_lower_bound": Interval(value=bound, low=bound, high=bound, confidence=attack.confidence),
+                     "correct_guesses": Interval(value=attack.correct, low=attack.correct, high=attack.correct,
+                                                 confidence=1.0)},
+            power={"max_certifiable_epsilon": attack.max_certifiable_epsilon},
+            metadata={"protection": level_name(epsilon), "epsilon": epsilon, "release": "update",
+                      "randomness": attack.randomness, "exact_matches": attack.exact_matches,
+                      "accountant_epsilon": attack.accountant_epsilon,
+                      "failed": bool(bound > attack.accountant_epsilon),
+                      "note": "an adversary that knows every record but the candidate and regenerates the node's DP "
+                              "noise from the seed it holds, for both worlds"}))
+    return results
+
+
 def check_audit(threat_model: ThreatModel, plan: AuditPlan) -> None:
     """What can be checked before anything trains or is read: the plan's target and the threat model's nodes exist in
     the federation the plan trains (the demo's) and in the recorded run it names, the target is not the adversary's
@@ -302,6 +340,8 @@ def run_audit(threat_model: ThreatModel, plan: AuditPlan, out_dir: str | Path, *
         exp = experiment or run_experiment(plan, progress=eta)
         results, views = _experiment_results(exp, threat_model, plan, progress)
         summary = _experiment_summary(exp, plan)
+        if plan.seed_attack_candidates:
+            results += seed_cells(plan, progress)
     if recorded is not None:
         results += recorded.results
     from geofed_secure.audit.report import verdict, write_markdown, write_plots
