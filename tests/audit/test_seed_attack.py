@@ -7,7 +7,8 @@ import pytest
 from conftest import with_sections
 
 
-def _seed_attack(tiny_config, tiny_modalities, tiny_backbone_dir, *, shared_seed_noise: bool, candidates: int):
+def _seed_attack(tiny_config, tiny_modalities, tiny_backbone_dir, *, shared_seed_noise: bool, candidates: int,
+                 epsilon: float = 1.0):
     from conftest import synthetic_modality
 
     from geofed_secure.audit.seed_attack import run_seed_attack
@@ -16,7 +17,7 @@ def _seed_attack(tiny_config, tiny_modalities, tiny_backbone_dir, *, shared_seed
 
     config = with_sections(tiny_config, federation={"rounds": 1, "mode": "local-only"},
                            training={"local_steps": 3, "lr": 0.01, "lambda_geo": 0.0},
-                           privacy={"accountant": "rdp", "epsilon": 1.0, "shared_seed_noise": shared_seed_noise})
+                           privacy={"accountant": "rdp", "epsilon": epsilon, "shared_seed_noise": shared_seed_noise})
     fed = build_federation(config, tiny_modalities)
     held_out = synthetic_modality("image", dim=12, tokens=4, seed=1, n_pool=400).pool.subset(np.arange(240, 400))
     spec = config.nodes[0]
@@ -25,11 +26,12 @@ def _seed_attack(tiny_config, tiny_modalities, tiny_backbone_dir, *, shared_seed
 
 
 def test_a_server_holding_the_shared_seed_identifies_every_candidate(tiny_config, tiny_modalities, tiny_backbone_dir):
-    attack = _seed_attack(tiny_config, tiny_modalities, tiny_backbone_dir, shared_seed_noise=True, candidates=12)
-    assert attack.randomness == "shared-seed" and attack.correct == attack.exact_matches == 12
-    # 12 of 12 right refutes every epsilon up to what 12 candidates can certify (1.26), above the accountant's 1
-    assert attack.epsilon_lower_bound == pytest.approx(attack.max_certifiable_epsilon) and attack.epsilon_lower_bound > 1.0
-    assert attack.accountant_epsilon <= 1.0
+    attack = _seed_attack(tiny_config, tiny_modalities, tiny_backbone_dir, shared_seed_noise=True, candidates=8,
+                          epsilon=0.5)
+    assert attack.randomness == "shared-seed" and attack.correct == attack.exact_matches == 8
+    # 8 of 8 right refutes every epsilon up to what 8 candidates can certify (0.79), above the accountant's 0.5
+    assert attack.epsilon_lower_bound == pytest.approx(attack.max_certifiable_epsilon) and attack.epsilon_lower_bound > 0.5
+    assert attack.accountant_epsilon <= 0.5 and attack.epsilon_lower_bound > attack.accountant_epsilon
 
 
 def test_with_the_node_secret_the_same_attack_regenerates_nothing(tiny_config, tiny_modalities, tiny_backbone_dir):
