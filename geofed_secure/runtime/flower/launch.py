@@ -49,6 +49,7 @@ SERVER_APP = "geofed_secure.runtime.flower.apps:server_app"
 CLIENT_APP = "geofed_secure.runtime.flower.apps:client_app"
 CONNECTION = "geofed"  # the SuperLink connection's name in FLWR_HOME/config.toml
 QUIET_FLOWER = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
+SUPERNODE = "supernode {}"  # a started SuperNode's name, by node id
 RUN_STATUS = "run.json"  # as apps.RUN_STATUS (apps imports Flower's app machinery; this module stays light)
 
 
@@ -263,6 +264,10 @@ class LoopbackPlan:
     submit: list[str]
 
     @property
+    def supernode_names(self) -> tuple[str, ...]:
+        return tuple(SUPERNODE.format(node_id) for node_id in self.supernodes)
+
+    @property
     def env(self) -> dict[str, str]:
         """What every process of the deployment gets on top of the caller's environment."""
         return {**QUIET_FLOWER, "FLWR_HOME": str(self.flwr_home)}
@@ -372,14 +377,22 @@ def run_loopback(plan: LoopbackPlan, *, timeout: float = 3600.0, env: Mapping[st
         started = processes.start("superlink", plan.superlink, logs / "superlink.log")
         echo(f"SuperLink on 127.0.0.1:{plan.port} ({'insecure: tests only' if plan.insecure else 'TLS'}); log {started.log}")
         for node_id, argv in plan.supernodes.items():
-            started = processes.start(f"supernode {node_id}", argv, logs / f"supernode-{node_id}.log")
+            started = processes.start(SUPERNODE.format(node_id), argv, logs / f"supernode-{node_id}.log")
             echo(f"SuperNode {node_id}: state {plan.root / 'sites' / node_id}; log {started.log}")
         wait_for_port(plan.port, processes, timeout=min(120.0, timeout))
         timings["superlink_ready_s"] = time.monotonic() - t0
         run = processes.start("flwr run", plan.submit, logs / "run.log", cwd=plan.root)
         echo(f"run submitted ({shell_join(['flwr', *plan.submit[1:]])}); its log (the ServerApp's output): {run.log}")
+        lost: set[str] = set()
         while run.process.poll() is None:
-            _check_alive(processes, except_=("flwr run",))
+            # the SuperLink is the deployment; a SuperNode that dies is a site gone: the ServerApp decides whether the
+            # round completes without it (it may come back, restarted by its operator)
+            _check_alive(processes, except_=("flwr run", *(s for s in plan.supernode_names)))
+            for gone in processes.exited():
+                if gone.name in plan.supernode_names and gone.name not in lost:
+                    lost.add(gone.name)
+                    echo(f"{gone.name} exited with code {gone.process.returncode} during the run; the run goes on "
+                         f"without it (its log: {gone.log})")
             if time.monotonic() > deadline:
                 _stop_run(run.log, processes.env)
                 raise DeploymentError(f"the run did not finish within {timeout:g} s; logs in {logs}")
