@@ -10,6 +10,11 @@ started is left running.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import threading
+import time
 from collections import Counter
 
 import numpy as np
@@ -24,6 +29,7 @@ from geofed_secure.runtime.flower.certs import make_certificates
 from geofed_secure.runtime.flower.launch import DeploymentError, prepare_loopback, run_loopback
 from geofed_secure.runtime.flower.site import SESSION_FILE, STATE_FILE
 from geofed_secure.runtime.flower.sitedata import save_modalities
+from geofed_secure.server.checkpoint import CheckpointStore
 
 # The simulator's process runs torch on one thread (tests/conftest.py); the sites' ClientApp processes must too for
 # bit-identical floats: a different intra-op thread count sums in another order (differences ~1e-7).
@@ -147,4 +153,81 @@ def test_flowers_simulation_engine_runs_the_same_federation(tiny_config, tiny_mo
         np.testing.assert_allclose(final[key], value, rtol=0, atol=1e-6, err_msg=key)
     for node in nodes:  # the virtual SuperNodes kept each node's state in its own folder
         assert (plan.root / "sites" / node.id / SESSION_FILE).is_file()
+    assert not leftovers(plan.flwr_home)
+
+
+def _site_processes(plan, node_id):
+    """The SuperNode of ``node_id`` and the processes serving it (its SuperExec and apps, on its Runtime API port)."""
+    argv = plan.supernodes[node_id]
+    port = argv[argv.index("--port") + 1]
+    found = []
+    for process in leftovers(plan.flwr_home):
+        try:
+            cmdline = " ".join(process.cmdline())
+        except psutil.Error:
+            continue
+        if ("flower-supernode" in cmdline and f"node-id='{node_id}'" in cmdline) or f":{port}" in cmdline:
+            found.append(process)
+    return found
+
+
+def _kill_tree(process):
+    for p in [*process.children(recursive=True), process]:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+
+
+@pytest.mark.deployment
+def test_a_supernode_killed_mid_round_then_restarted(tiny_config, tiny_modalities, tmp_path, no_leftovers):
+    """Real processes: tab's SuperNode and everything serving it are killed (SIGKILL) once round 2 has begun; round 2
+    completes without it after the message timeout (the others sign the view without it); the SuperNode is then
+    started again with the same node configuration and state directory, and tab is back in the sum by the last round
+    (round 3 may start before the new SuperNode has registered)."""
+    nodes = (*SITES, NodeSpec(id="img-b", modality="image"), NodeSpec(id="tab", modality="tabular"))
+    config = with_sections(tiny_config, federation={"rounds": 4}, nodes=nodes, secure={"protocol": "masking"})
+    save_modalities(tmp_path / "data", {m: tiny_modalities[m] for m in needed_modalities(config)})
+    # the message timeout bounds each round trip, training included (four ClientApp processes on two cores)
+    plan = prepare_loopback(config, tmp_path / "deployment", data=str(tmp_path / "data"), insecure=True,
+                            message_timeout=90)
+    no_leftovers(plan.flwr_home)
+    results, errors = [], []
+
+    def run():
+        try:
+            results.append(run_loopback(plan, timeout=600, env=ONE_THREAD))
+        except Exception as exc:  # noqa: BLE001 (any failure is reported below, in the test's own thread)
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    index = plan.out_dir / "transcript" / "index.jsonl"
+    restarted = None
+    try:
+        deadline = time.monotonic() + 500
+        while not (index.is_file() and any(json.loads(line)["round"] == 2 for line in index.read_text().splitlines())):
+            assert time.monotonic() < deadline and thread.is_alive(), f"round 2 never began: {errors}"
+            time.sleep(0.2)
+        victims = _site_processes(plan, "tab")
+        assert victims
+        for victim in victims:
+            _kill_tree(victim)
+        while CheckpointStore(plan.out_dir).latest_round() != 2:
+            assert time.monotonic() < deadline and thread.is_alive(), f"round 2 did not complete without tab: {errors}"
+            time.sleep(0.2)
+        log = open(plan.logs / "supernode-tab-restarted.log", "wb")  # noqa: SIM115 (closed below)
+        restarted = psutil.Popen(plan.supernodes["tab"], env={**os.environ, **plan.env, **ONE_THREAD}, stdout=log,
+                                 stderr=subprocess.STDOUT, start_new_session=True)
+        thread.join(timeout=400)
+    finally:
+        if restarted is not None:
+            _kill_tree(restarted)
+            restarted.wait(timeout=30)  # reaped: no zombie left behind
+            log.close()
+        thread.join(timeout=60)
+    assert not errors, errors
+    history = CheckpointStore(plan.out_dir).load_latest().meta["history"]
+    failures = [h["failures"] for h in history]
+    assert failures[:2] == [{}, {"tab": "dropped"}] and failures[3] == {}, failures
     assert not leftovers(plan.flwr_home)
