@@ -107,6 +107,7 @@ class CkksAggregator:
         self._decryptors: list[str] = []  # contributors not yet asked to decrypt, in id order
         self._asked: str | None = None
         self._release: AggregateRelease | None = None
+        self._shapes: dict[str, tuple[int, ...]] = {}  # the released sums' public layout
 
     @classmethod
     def in_process(cls, config: RunConfig, anchor_digest: str) -> tuple[CkksAggregator, dict[str, CkksNodeSession]]:
@@ -124,6 +125,7 @@ class CkksAggregator:
         if self.server.aborted:
             self.server = self._new_server()
         self._reset()
+        self._shapes = {k: tuple(v.shape) for k, v in layout.unflatten(np.zeros(layout.length)).items()}
         starts = self.server.start_round(round_, anchor_digest=self.anchor_digest, length=layout.length)
         blob = next(iter(starts.values())).encode()  # one message for the whole cohort
         out = {}
@@ -147,8 +149,10 @@ class CkksAggregator:
         if (node_id == self._asked and isinstance(release, AggregateRelease) and release.node_id == node_id
                 and release.round == round_ and self._aggregate is not None
                 and tuple(release.contributors) == tuple(self._aggregate.contributors)
-                and release.federation_id == self.config.federation.id):
-            self._release = release
+                and release.federation_id == self.config.federation.id
+                and {k: tuple(v.shape) for k, v in release.sums.items()} == self._shapes
+                and all(np.isfinite(v).all() for v in release.sums.values())):
+            self._release = release  # anything else is ignored: the next contributor is asked
 
     def next_stage(self, round_: int, transcript: Transcript) -> dict[str, bytes]:
         if self._stage == MASKED_INPUT:
@@ -170,10 +174,7 @@ class CkksAggregator:
         assert release is not None and self._aggregate is not None
         contributors = tuple(release.contributors)
         left_out = {v: FailureCode.DROPPED for v in ready if v not in contributors}
-        sums = {k: np.asarray(v, np.float64) for k, v in release.sums.items()}
-        missing = sorted(set(layout.unflatten(np.zeros(layout.length))) - set(sums))
-        if missing:
-            raise ProtocolAborted(f"the released sum lacks the field(s) {missing[:3]}", party=SERVER, stage=UNMASK)
+        sums = {k: np.asarray(v, np.float64) for k, v in release.sums.items()}  # on the layout: checked on arrival
         bound = ckks.ckks_error_bound(len(contributors), clip=self.config.secure.clip)
         return SecureRound(sums=sums, contributors=contributors, left_out=left_out,
                            dropped_at={v: MASKED_INPUT for v in left_out},
