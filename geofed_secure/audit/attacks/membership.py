@@ -118,7 +118,8 @@ def lira_offline_scores(target_stats: np.ndarray, membership: np.ndarray, *, min
                         min_out: int = 2) -> np.ndarray:
     """Offline LiRA scores [N, P]: log Pr[N(mu_out(x), sd_out(x)) < s_i(x)], mean and standard deviation of the
     candidate's statistic over the other runs that did NOT train on it (per-candidate variance). A candidate with
-    fewer than ``min_out`` OUT shadows scores 0 (log 1: no evidence).
+    fewer than ``min_out`` OUT shadows scores log(1/2), the score of a statistic at the OUT median (no evidence; 0,
+    the top score, would rank it above every candidate with evidence).
 
     >>> m = np.array([[1, 0], [0, 0], [0, 1], [0, 0]], bool)
     >>> s = np.array([[5.0, 0.0], [0.0, 1.0], [1.0, 5.0], [-1.0, -1.0]])
@@ -137,7 +138,7 @@ def lira_offline_scores(target_stats: np.ndarray, membership: np.ndarray, *, min
         mu = (s * out).sum(axis=0) / np.maximum(n_out, 1)
         sd = np.sqrt((((s - mu) * out) ** 2).sum(axis=0) / np.maximum(n_out - 1, 1))
         z = (stats[i] - mu) / np.maximum(sd, min_std)
-        scores[i] = np.where(n_out >= min_out, norm.logcdf(z), 0.0)
+        scores[i] = np.where(n_out >= min_out, norm.logcdf(z), np.log(0.5))
     return scores
 
 
