@@ -23,9 +23,10 @@ Node configuration (one per SuperNode, chosen by the site's operator):
 - ``keys`` (required under secure aggregation): the site's own key folder (``<keys>/sites/<node id>``). Only the
   node configuration is read for it: a site never takes its keys (or the identities it checks) from the run
   configuration, which the server's operator writes;
-- ``config`` and ``data`` (optional): the site's own copy of the configuration and its own data source. On
-  separate machines a site names them (the run configuration's paths are the server's); on one machine they
-  default to the run configuration's.
+- ``config`` and ``data`` (optional): the site's own copy of the configuration and its own data source, best a site
+  folder holding only its own share (``geofed deploy split-data``, :func:`~.sitedata.save_site`). On separate
+  machines a site names them (the run configuration's paths are the server's); on one machine they default to the
+  run configuration's.
 """
 
 from __future__ import annotations
@@ -44,7 +45,15 @@ from geofed_secure.data.anchors import AnchorManifest
 from geofed_secure.errors import ConfigError
 from geofed_secure.runtime.flower.app import DEFAULT_TIMEOUT_S, make_client_app, run_federation
 from geofed_secure.runtime.flower.site import Site, SiteState
-from geofed_secure.runtime.flower.sitedata import DEMO, anchor_count, anchor_digests, load_modalities
+from geofed_secure.runtime.flower.sitedata import (
+    DEMO,
+    anchor_count,
+    anchor_digests,
+    is_site_folder,
+    load_modalities,
+    load_site,
+    site_anchor_digest,
+)
 
 RUN_STATUS = "run.json"  # written by the ServerApp into out-dir when it ends: completed or failed (with the error)
 
@@ -101,16 +110,25 @@ def site_for(context: Context) -> Site:
     from geofed_secure.runtime.simulator import backbone_factory
 
     config, node_id, state_dir, keys = _site_settings(context)
-    federation = build_federation(config, load_modalities(setting(context, "data", default=DEMO), config))
-    return Site(config, node_id, federation.nodes[node_id], anchor_digest=federation.anchor_digest,
-                state_dir=state_dir, make_backbone=backbone_factory(config), keys_dir=keys)
+    source = setting(context, "data", default=DEMO)
+    if is_site_folder(source):  # this node's own share only
+        data, digest = load_site(source, node_id, config.federation.id)
+    else:  # the demo or a modalities folder: the share is cut here from every pool (one machine)
+        federation = build_federation(config, load_modalities(source, config))
+        data, digest = federation.nodes[node_id], federation.anchor_digest
+    return Site(config, node_id, data, anchor_digest=digest, state_dir=state_dir, make_backbone=backbone_factory(config),
+                keys_dir=keys)
 
 
 def state_for(context: Context) -> SiteState:
     """This SuperNode's site without its node (a secure-aggregation step): configuration, state directory, keys and
     the public anchor commitment only; no private data is read."""
     config, node_id, state_dir, keys = _site_settings(context)
-    digest = AnchorManifest(per_modality=anchor_digests(setting(context, "data", default=DEMO), config)).digest
+    source = setting(context, "data", default=DEMO)
+    if is_site_folder(source):
+        digest = site_anchor_digest(source, node_id, config.federation.id)
+    else:
+        digest = AnchorManifest(per_modality=anchor_digests(source, config)).digest
     return SiteState(config, node_id, anchor_digest=digest, state_dir=state_dir, keys_dir=keys)
 
 

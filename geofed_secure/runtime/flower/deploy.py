@@ -13,6 +13,9 @@
 - ``geofed deploy certs --out DIR [--host NAME ...]``: a self-signed CA and SuperLink certificate (:mod:`.certs`).
 - ``geofed deploy keys --out DIR [--config F --secure masking|ckks ...]``: the secure-aggregation keys of every party
   (:mod:`geofed_secure.runtime.secure.keys`); a loopback deployment makes its own unless ``--keys DIR``.
+- ``geofed deploy split-data --data SRC --out DIR [--config F ...]``: each node's own share of ``SRC`` in
+  ``DIR/<node id>/site.safetensors``, the folder to hand that site and only that site (a loopback deployment from a
+  data folder does this itself).
 """
 
 from __future__ import annotations
@@ -64,7 +67,7 @@ def configure(deploy: argparse.ArgumentParser) -> None:
     deploy.add_argument("--dry-run", action="store_true", dest="dry_run", help="write the plan and print the commands only")
     deploy.add_argument("--superlink", metavar="HOST:PORT",
                         help="prepare for an existing SuperLink (implies --dry-run; needs --certs unless --insecure)")
-    actions = deploy.add_subparsers(dest="deploy_action", metavar="{certs,keys}")
+    actions = deploy.add_subparsers(dest="deploy_action", metavar="{certs,keys,split-data}")
     certs = actions.add_parser("certs", help="make a self-signed CA and SuperLink certificate")
     certs.add_argument("--out", type=Path, required=True, dest="certs_out", help="folder for ca.pem, server.pem, server.key")
     certs.add_argument("--host", action="append", dest="hosts", metavar="NAME",
@@ -78,6 +81,12 @@ def configure(deploy: argparse.ArgumentParser) -> None:
     keys.add_argument("--nodes", default=argparse.SUPPRESS, help="node list by modality (e.g. image:2,text)")
     keys.add_argument("--secure", choices=("masking", "ckks", "none"), default=argparse.SUPPRESS,
                       help="the protocol to make keys for (default: the configuration's)")
+    split = actions.add_parser("split-data", help="write each node's own data share to its own folder")
+    split.add_argument("--out", type=Path, required=True, dest="split_out", help="folder for <node id>/site.safetensors")
+    split.add_argument("--data", default=argparse.SUPPRESS, help="data source: 'demo' or a folder of encoded modalities")
+    split.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="TOML run configuration (default: the demo)")
+    split.add_argument("--sites", type=int, metavar="N", default=argparse.SUPPRESS, help="the first N configured nodes only")
+    split.add_argument("--nodes", default=argparse.SUPPRESS, help="node list by modality (e.g. image:2,text)")
 
 
 def resolve_config(args: argparse.Namespace) -> RunConfig:
@@ -122,6 +131,19 @@ def cmd_keys(args: argparse.Namespace, echo: Echo) -> dict[str, Any]:
          f"to the SuperLink machine and {folder / 'sites'}/<node id> to that site only (the site files are secret)")
     return {"command": "deploy keys", "status": "ok", "out": str(folder), "protocol": config.secure.protocol,
             "sites": [n.id for n in config.nodes]}
+
+
+def cmd_split_data(args: argparse.Namespace, echo: Echo) -> dict[str, Any]:
+    from geofed_secure.runtime.flower.sitedata import split_sites
+
+    config = resolve_config(args)
+    if args.split_out.exists() and any(args.split_out.iterdir()):
+        raise ConfigError("--out", f"{args.split_out} is not empty; choose another folder")
+    folders = split_sites(config, args.data, args.split_out)
+    echo(f"wrote each node's own share under {args.split_out}: hand {args.split_out}/<node id> to that site only and set "
+         "its node config data='<that folder>'")
+    return {"command": "deploy split-data", "status": "ok", "out": str(args.split_out),
+            "sites": {k: str(v) for k, v in folders.items()}}
 
 
 def cmd_deploy(args: argparse.Namespace, echo: Echo) -> dict[str, Any]:
@@ -179,7 +201,7 @@ def run_cli(argv: list[str], *, echo: Echo = _stderr, result: Callable[[dict[str
     every process started and returns 130."""
     args = build_parser(prog).parse_args(argv)
     try:
-        commands = {"certs": cmd_certs, "keys": cmd_keys}
+        commands = {"certs": cmd_certs, "keys": cmd_keys, "split-data": cmd_split_data}
         result(commands.get(args.deploy_action, cmd_deploy)(args, echo))
     except KeyboardInterrupt:
         echo("interrupted: every process the deployment started was stopped")

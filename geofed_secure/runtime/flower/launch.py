@@ -43,6 +43,7 @@ from typing import IO, Any
 from geofed_secure.config import RunConfig
 from geofed_secure.errors import ConfigError, GeofedError
 from geofed_secure.runtime.flower.certs import Certificates, make_certificates
+from geofed_secure.runtime.flower.sitedata import split_sites
 from geofed_secure.runtime.secure.keys import write_keys
 
 SERVER_APP = "geofed_secure.runtime.flower.apps:server_app"
@@ -304,6 +305,9 @@ def prepare_loopback(config: RunConfig, root: str | Path, *, data: str = "demo",
     ``superlink`` (``host:port``): prepare for an existing SuperLink instead (its ``certs`` must be given unless
     ``insecure``); the plan is then only written and printed, not run.
 
+    Data: from a folder (``data``), each node's share is cut here and written to ``root/site-data/<node id>``, and each
+    site is given only its own folder; with the demo every site rebuilds the demo's data and keeps its share.
+
     Secure aggregation: ``keys`` (a folder from ``geofed deploy keys``) or fresh keys in ``root/keys``; the ServerApp
     gets ``keys/server`` (run configuration), each site ``keys/sites/<node id>`` (its own node configuration).
 
@@ -345,9 +349,12 @@ def prepare_loopback(config: RunConfig, root: str | Path, *, data: str = "demo",
     write_app_project(app, run_config)
     flwr_home = base / "flwr-home"
     write_flower_config(flwr_home, address, ca=ca, virtual_supernodes=len(config.nodes) if simulation else 0)
+    site_data: dict[str, dict[str, str]] = {n.id: {} for n in config.nodes}
+    if data != "demo" and not simulation and superlink is None:  # each site gets its own share, and only that
+        site_data = {k: {"data": str(v)} for k, v in split_sites(config, data, base / "site-data").items()}
     supernodes = {} if simulation else {
-        n.id: supernode_argv(site_node_config(n.id, base / "sites" / n.id, **site_keys[n.id]), superlink=address,
-                             runtime_port=free_port(), ca=ca) for n in config.nodes}
+        n.id: supernode_argv(site_node_config(n.id, base / "sites" / n.id, **site_keys[n.id], **site_data[n.id]),
+                             superlink=address, runtime_port=free_port(), ca=ca) for n in config.nodes}
     return LoopbackPlan(root=base, config=config, insecure=insecure, port=port, address=address, app=app, flwr_home=flwr_home,
                         out_dir=out_dir, logs=base / "logs",
                         superlink=superlink_argv(port, certs=None if insecure else certs, simulation=simulation),

@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import psutil
 import pytest
+import safetensors.numpy
 from conftest import with_sections
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -203,3 +205,29 @@ def test_a_simulation_plan_has_virtual_supernodes_and_no_site_processes(tiny_con
     assert f'sites-dir = "{plan.root / "sites"}"' in run_config and f'site-keys = "{plan.root / "keys" / "sites"}"' in run_config
     with pytest.raises(ConfigError, match="takes no --superlink"):
         prepare_loopback(config, tmp_path / "x", simulation=True, superlink="10.0.0.7:9093")
+
+
+def test_each_site_is_handed_only_its_own_share(tiny_config, tiny_modalities, tmp_path, capsys):
+    from geofed_secure.runtime.flower.sitedata import load_site, save_modalities
+
+    save_modalities(tmp_path / "data", tiny_modalities)
+    config_file = tmp_path / "config.json"
+    config_file.write_text(json.dumps(tiny_config.to_dict()))
+    assert main(["deploy", "split-data", "--config", str(config_file), "--data", str(tmp_path / "data"),
+                 "--out", str(tmp_path / "split")]) == 0
+    folders = json.loads(capsys.readouterr().out)["sites"]
+    federation = build_federation(tiny_config, tiny_modalities)  # the shares as the simulator cuts them
+    for node_id, folder in folders.items():
+        data, digest = load_site(folder, node_id, tiny_config.federation.id)
+        own = federation.nodes[node_id]
+        assert digest == federation.anchor_digest
+        assert np.array_equal(data.train.tokens, own.train.tokens) and np.array_equal(data.test.labels, own.test.labels)
+        # nothing of another node: every private row in the folder is one of this node's own
+        stored = safetensors.numpy.load_file(Path(folder) / "site.safetensors")
+        assert {k.split(".")[0] for k in stored} == {"train", "test", "anchors"}
+        assert len(stored["train.labels"]) == len(own.train) and len(stored["test.labels"]) == len(own.test)
+    with pytest.raises(DataError, match="not 'img-a'"):  # a site handed another site's folder refuses it
+        load_site(folders["tab"], "img-a", tiny_config.federation.id)
+    plan = prepare_loopback(tiny_config, tmp_path / "deployment", data=str(tmp_path / "data"), insecure=True)
+    for node_id, argv in plan.supernodes.items():
+        assert f"data='{plan.root / 'site-data' / node_id}'" in argv[argv.index("--node-config") + 1]
