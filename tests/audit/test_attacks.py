@@ -254,7 +254,7 @@ def test_presets_are_spelled_out_in_audits(name, path):
 
 @pytest.mark.parametrize("data, field", [
     ({"runs": 2}, "runs"), ({"schemes": ["gram", "pixels"]}, "schemes"), ({"protections": ["tls"]}, "protections"),
-    ({"epsilons": [0.0]}, "epsilons"), ({"epsilons": "8"}, "epsilons"), ({"extraction_anchors": [200]}, "extraction_anchors"),
+    ({"epsilons": [0.0]}, "epsilons"), ({"epsilons": "8"}, "epsilons"), ({"extraction_anchors": [2]}, "extraction_anchors"),
     ({"lr": -1.0}, "lr"), ({"rounds": 0}, "rounds"), ({"runs": True}, "runs"), ({"target": 3}, "target"),
     ({"typo": 1}, "typo"), ({"protections": [], "epsilons": []}, "protections"), ({"reference_run": "runs/x"}, "reference_run"),
     ({"run": 1}, "run"),

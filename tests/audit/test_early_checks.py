@@ -59,6 +59,7 @@ def test_an_unknown_or_target_node_is_refused_before_the_audit_trains(nodes, no_
 
 @pytest.mark.parametrize("plan, field", [
     (AuditPlan(target="clinic-imagse-a"), "target"),
+    (AuditPlan(extraction_anchors=(10, 291)), "extraction_anchors"),  # 300 public samples: 10 must stay held out
     (AuditPlan(extraction_anchors=(10, 140), protections=("none",)), None),
 ])
 def test_the_plan_is_refused_before_the_audit_trains(plan, field, no_training, tmp_path):
