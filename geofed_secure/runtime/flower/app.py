@@ -51,6 +51,29 @@ RECORD = "geofed"  # the ConfigRecord that carries our bytes
 QUERY, TRAIN, SECAGG_ACTION = "query", "train", "secagg"
 SECAGG = f"{TRAIN}.{SECAGG_ACTION}"
 DEFAULT_TIMEOUT_S = 600.0
+REPLY_POLL_S = 0.2  # how often the ServerApp asks the SuperLink for replies (flwr's send_and_receive: every 3 s)
+
+
+def round_trip(grid: Grid, messages: list[Message], *, timeout: float, poll: float = REPLY_POLL_S) -> list[Message]:
+    """Push ``messages`` and pull their replies every ``poll`` seconds until all arrived or ``timeout`` passed.
+
+    flwr 1.41's ``Grid.send_and_receive`` does the same but sleeps 3 s between pulls (hard-coded), so every round
+    trip waits up to 3 s for replies that are already there; a secure round has two. A grid that only delivers whole
+    round trips (the in-process grid) is asked with ``send_and_receive``."""
+    try:
+        pending = set(grid.push_messages(messages))
+    except NotImplementedError:
+        return list(grid.send_and_receive(messages, timeout=timeout))
+    replies: list[Message] = []
+    deadline = time.monotonic() + timeout
+    while pending:
+        arrived = list(grid.pull_messages(pending))
+        replies.extend(arrived)
+        pending.difference_update(m.metadata.reply_to_message_id for m in arrived)
+        if not pending or time.monotonic() >= deadline:
+            break
+        time.sleep(poll)
+    return replies
 
 
 def pack(**values: bytes | str | int) -> RecordDict:
@@ -81,7 +104,7 @@ def unpack_str(message: Message, key: str) -> str:
 
 class FlowerLink:
     """:class:`~geofed_secure.runtime.round.NodeLink` over a Flower ``Grid``: the whole cohort's broadcasts go out in
-    one ``send_and_receive``; a node whose reply does not arrive in ``timeout`` seconds (or arrives as a Flower error)
+    one round trip (:func:`round_trip`); a node whose reply does not arrive in ``timeout`` seconds (or arrives as a Flower error)
     counts as dropped."""
 
     def __init__(self, grid: Grid, flower_ids: Mapping[str, int], *, timeout: float = DEFAULT_TIMEOUT_S,
@@ -144,7 +167,7 @@ class FlowerLink:
 
     def _collect(self, round_: int, messages: list[Message], node_ids: list[str]) -> dict[str, NodeAnswer]:
         """Send ``messages`` in one round trip; each node's answer, or NOTHING when none arrived in time."""
-        replies = {m.metadata.src_node_id: m for m in self.grid.send_and_receive(messages, timeout=self.timeout)}
+        replies = {m.metadata.src_node_id: m for m in round_trip(self.grid, messages, timeout=self.timeout)}
         answers: dict[str, NodeAnswer] = {}
         for node_id in node_ids:
             reply = replies.get(self.flower_ids[node_id])
@@ -173,7 +196,7 @@ def _claims(grid: Grid, config: RunConfig, flower_ids: list[int], timeout: float
     new site): Flower node id -> (claimed node id, last round). A SuperNode that does not answer is left out."""
     queries = [grid.create_message(pack(federation=config.federation.id), QUERY, nid, "discovery") for nid in flower_ids]
     claims: dict[int, tuple[str, int]] = {}
-    for reply in grid.send_and_receive(queries, timeout=timeout):
+    for reply in round_trip(grid, queries, timeout=timeout):
         if reply.has_error():
             continue
         last = _value(reply, "last_round", int)
