@@ -304,7 +304,24 @@ def run_federation(grid: Grid, config: RunConfig, *, anchor_digest: str, initial
                                         f"{len(outcome.failures)} node(s) left out")
         (out / "final").mkdir(exist_ok=True)
         safetensors.numpy.save_file(dict(server.global_state), out / "final" / "global_adapters.safetensors")
+        (out / "summary.json").write_text(json.dumps(server_summary(config, anchor_digest, history), indent=1))
         return dict(server.global_state)
+
+
+def server_summary(config: RunConfig, anchor_digest: str, history: list[dict[str, object]]) -> dict[str, object]:
+    """``summary.json`` of a Flower run: what the SERVER knows (no evaluation: it holds no node's data), in the
+    simulator's layout where the fields mean the same, so ``geofed audit`` (plan ``run = <this folder>``) reads it."""
+    sec = config.secure
+    secure: dict[str, object] = {"protocol": sec.protocol, "server_sees": {
+        "none": "every upload in clear", "masking": "masked vectors and their sum",
+        "ckks": "ciphertexts; the sum after a node decrypts it"}[sec.protocol]}
+    if sec.protocol != "none":
+        secure |= {"clip": sec.clip, "spec": f"protocols/{'secagg' if sec.protocol == 'masking' else 'ckks'}-v1/SPEC.md"}
+    return {"federation_id": config.federation.id, "driver": "flower", "mode": config.federation.mode,
+            "seed": config.federation.seed, "anchor_digest": anchor_digest,
+            "nodes": [{"id": n.id, "modality": n.modality, "paired_modality": n.paired_modality or None}
+                      for n in config.nodes],
+            "secure_aggregation": secure, "rounds": history, "config": config.to_dict()}
 
 
 SiteFactory = Callable[[Context], Site]

@@ -8,6 +8,7 @@ state directory.
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -131,6 +132,14 @@ def test_masking_over_flower_gives_the_clear_model_in_two_round_trips_per_steady
     for node_id in FLOWER_IDS:  # each site kept its keys between messages on its own disk, readable by it only
         session = tmp_path / "sites" / node_id / SESSION_FILE
         assert session.is_file() and session.stat().st_mode & 0o077 == 0
+    # the ServerApp's folder is a recorded run geofed audit reads: the honest-but-curious server holds masked vectors
+    from geofed_secure.audit.recorded_run import audit_recorded_run
+    from geofed_secure.audit.threat_model import load_threat_model
+
+    threat_model = load_threat_model(Path(__file__).resolve().parents[3] / "threat_models" / "hbc-server.toml")
+    audited = audit_recorded_run(threat_model, tmp_path / "server")
+    assert audited.protocol == "masking" and "MaskedInput" in audited.inventory["types"]
+    assert "NodeUpdate" not in audited.inventory["types"]
 
 
 def test_ckks_over_flower_gives_the_clear_model_in_two_round_trips(tiny_config, tiny_modalities, tmp_path,
