@@ -14,6 +14,7 @@ but any one node colluding with the server can decrypt every upload (protocols/c
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,29 +34,39 @@ MASKED_INPUT, UNMASK = "masked_input", "unmask"  # the stage names the masking p
 class CkksNodeSession:
     """ON THE NODE: its ckks-v1 session (the secret context, the last round it uploaded in, the open round).
 
-    It pickles without TenSEAL objects: the secret context's bytes and the node's state are kept, the TenSEAL
-    context is loaded again when the session is."""
+    It pickles without TenSEAL objects: the node's state is kept and the TenSEAL context is loaded again when the
+    session is. A site's session keeps only the PATH of its secret context (``secret_path``, the site's key folder),
+    so the secret key is on the site's disk once; an in-process session keeps the bytes."""
 
     protocol = "ckks"
 
-    def __init__(self, *, node_id: str, federation_id: str, secret_context: bytes, anchor_digest: str, clip: float) -> None:
+    def __init__(self, *, node_id: str, federation_id: str, secret_context: bytes, anchor_digest: str, clip: float,
+                 secret_path: str | None = None) -> None:
         self._args: dict[str, Any] = {"node_id": node_id, "federation_id": federation_id, "secret_context": secret_context,
                                       "anchor_digest": anchor_digest, "clip": clip}
+        self._secret_path = secret_path
         self.node = ckks.CkksNode(**self._args)
         self.layout: SecureInputLayout | None = None  # the open round's layout, to name the decrypted sums
 
     @classmethod
-    def for_site(cls, config: RunConfig, node_id: str, secret_context: bytes, anchor_digest: str) -> CkksNodeSession:
+    def for_site(cls, config: RunConfig, node_id: str, secret_context: bytes, anchor_digest: str,
+                 secret_path: str | None = None) -> CkksNodeSession:
         return cls(node_id=node_id, federation_id=config.federation.id, secret_context=secret_context,
-                   anchor_digest=anchor_digest, clip=config.secure.clip)
+                   anchor_digest=anchor_digest, clip=config.secure.clip, secret_path=secret_path)
 
     _KEPT = ("state", "last_round", "clipped", "_pending")
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"args": self._args, "layout": self.layout, "node": {k: getattr(self.node, k) for k in self._KEPT}}
+        args = dict(self._args)
+        if self._secret_path is not None:
+            del args["secret_context"]  # read again from the key folder: the secret is not copied into the session
+        return {"args": args, "secret_path": self._secret_path, "layout": self.layout,
+                "node": {k: getattr(self.node, k) for k in self._KEPT}}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self._args, self.layout = state["args"], state["layout"]
+        self._args, self.layout, self._secret_path = dict(state["args"]), state["layout"], state["secret_path"]
+        if "secret_context" not in self._args:
+            self._args["secret_context"] = Path(str(self._secret_path)).read_bytes()  # OSError: the site reports it
         self.node = ckks.CkksNode(**self._args)
         for key, value in state["node"].items():
             setattr(self.node, key, value)

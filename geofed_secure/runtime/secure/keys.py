@@ -151,4 +151,5 @@ def node_session(config: RunConfig, node_id: str, anchor_digest: str, folder: st
         if own != identities[node_id]:
             raise ConfigError("keys", f"{where / IDENTITY} is not the identity of node {node_id!r} in {where / PUBLIC}")
         return MaskingNodeSession.for_site(node_id, private, provisioning_for(config, anchor_digest, identities))
-    return CkksNodeSession.for_site(config, node_id, _read(where / SECRET_CONTEXT), anchor_digest)
+    secret = where / SECRET_CONTEXT
+    return CkksNodeSession.for_site(config, node_id, _read(secret), anchor_digest, secret_path=str(secret.resolve()))

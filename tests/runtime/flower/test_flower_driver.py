@@ -153,6 +153,8 @@ def test_ckks_over_flower_gives_the_clear_model_in_two_round_trips(tiny_config, 
     transcript = Transcript.load(tmp_path / "server" / "transcript")
     node_kinds = {type(m).__name__ for rec, m in transcript.messages() if rec.sender != "server"}
     assert node_kinds == {"CkksEncryptedInput", "AggregateRelease"}
+    secret = (tmp_path / "keys" / "sites" / "tab" / "secret.context").read_bytes()
+    assert secret not in (tmp_path / "sites" / "tab" / SESSION_FILE).read_bytes()  # the secret key is on disk once
 
 
 @pytest.mark.parametrize("lost_type, contributes", [("train", False), (SECAGG, True)])
