@@ -259,6 +259,10 @@ class FederatedRound:
                                   "the error stays in its own log)")
             elif answer.kind is Answer.REFUSED:
                 refusals[node_id] = answer
+            elif answer.kind is Answer.UPLOAD and self.secure is not None:  # a clear upload has no place in a secure round
+                self.server.reject(node_id, FailureCode.REJECTED_BY_SERVER)
+                self.reporter.log(f"round {round_}: the server rejected the answer of {node_id} (a clear upload under "
+                                  "secure aggregation: not aggregated; the site's configuration is wrong)")
             elif answer.kind is Answer.SECURE and self.secure is not None:
                 ready.append(node_id)
                 self.secure.receive(round_, node_id, answer.blob, transcript)

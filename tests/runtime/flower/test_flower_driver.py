@@ -332,3 +332,33 @@ def test_too_many_sites_lost_abandon_the_round_and_keep_the_last_checkpoint(tiny
     with pytest.raises(ProtocolAborted, match="floor|threshold|survivors"):
         flower_run(config, tiny_modalities, tmp_path, drop=two_gone)
     assert CheckpointStore(tmp_path / "server").latest_round() == 1
+
+
+def test_a_clear_upload_in_a_secure_round_is_rejected(tiny_config, tiny_modalities, tmp_path):
+    """A site configured without secure aggregation answers a masked round with its update in clear: the server does
+    not aggregate it, and the three others' masked sum goes on. Its bytes did cross the wire: the transcript keeps
+    them, so an audit sees what the misconfigured site leaked."""
+    config = with_sections(tiny_config, federation={"rounds": 1}, secure={"protocol": "masking"})
+    clear = with_sections(config, secure={"protocol": "none"})
+    federation = build_federation(config, tiny_modalities)
+    make_backbone = backbone_factory(config)
+    write_keys(config, tmp_path / "keys")
+
+    def site_for(context):
+        node_id = context.node_config["node-id"]
+        site_config = clear if node_id == "tab" else config
+        return Site(site_config, node_id, federation.nodes[node_id], anchor_digest=federation.anchor_digest,
+                    state_dir=tmp_path / "sites" / node_id, make_backbone=make_backbone,
+                    keys_dir=None if node_id == "tab" else tmp_path / "keys" / "sites" / node_id)
+
+    app = make_client_app(site_for)
+    grid = CountingGrid({FLOWER_IDS[k]: (app, {"node-id": k}) for k in FLOWER_IDS})
+    _, initial = server_model_and_initial_state(config, make_backbone)
+    with server_identity():
+        run_federation(grid, config, anchor_digest=federation.anchor_digest, initial_state=initial,
+                       out_dir=tmp_path / "server", n_anchors=len(federation.nodes["tab"].anchors),
+                       keys_dir=tmp_path / "keys" / "server")
+    history = CheckpointStore(tmp_path / "server").load_latest().meta["history"]
+    assert history[0]["failures"] == {"tab": "rejected_by_server"}
+    transcript = Transcript.load(tmp_path / "server" / "transcript")
+    assert any(rec.sender == "tab" and rec.type == "NodeUpdate" for rec in transcript.records)
