@@ -100,7 +100,9 @@ class MaskingAggregator:
         return cls(fed.provisioning, server=fed.server), {v: MaskingNodeSession(n) for v, n in fed.nodes.items()}
 
     def _out(self, round_: int, receiver: str, message: Message, transcript: Transcript, cache: dict[int, bytes]) -> bytes:
-        blob = cache.setdefault(id(message), message.encode())  # a broadcast is one object: encode it once
+        blob = cache.get(id(message))
+        if blob is None:  # a broadcast (the roster, an unmask request) is one object for many receivers: encode it once
+            blob = cache[id(message)] = message.encode()
         transcript.record(round_, SERVER, receiver, blob, message)
         return blob
 
