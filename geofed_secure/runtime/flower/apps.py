@@ -44,7 +44,7 @@ from geofed_secure.config import RunConfig, config_from_dict, load_config
 from geofed_secure.data.anchors import AnchorManifest
 from geofed_secure.errors import ConfigError
 from geofed_secure.runtime.flower.app import DEFAULT_TIMEOUT_S, make_client_app, run_federation
-from geofed_secure.runtime.flower.site import Site, SiteState
+from geofed_secure.runtime.flower.site import Site, SiteState, recorded_anchor_digest
 from geofed_secure.runtime.flower.sitedata import (
     DEMO,
     anchor_count,
@@ -125,7 +125,10 @@ def state_for(context: Context) -> SiteState:
     the public anchor commitment only; no private data is read."""
     config, node_id, state_dir, keys = _site_settings(context)
     source = setting(context, "data", default=DEMO)
-    if is_site_folder(source):
+    known = recorded_anchor_digest(state_dir)
+    if known is not None:  # recorded when the site last trained: no data is loaded for a protocol step
+        digest = known
+    elif is_site_folder(source):
         digest = site_anchor_digest(source, node_id, config.federation.id)
     else:
         digest = AnchorManifest(per_modality=anchor_digests(source, config)).digest

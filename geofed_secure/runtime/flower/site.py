@@ -46,6 +46,7 @@ STATE_FILE = "node.safetensors"
 LOG_FILE = "log.jsonl"
 SESSION_FILE = "secure-session.pkl"
 LAST_ROUND = "meta/last_round"  # the node state's round counter (Node.state_dict)
+ANCHOR_FILE = "anchor-digest.txt"  # the federation's anchor commitment, as the site computed it from its own data
 SESSION_FORMAT = "geofed-secure-session-v1"
 
 
@@ -62,6 +63,13 @@ def _atomic_write(folder: Path, name: str, write: Callable[[str], object]) -> No
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def recorded_anchor_digest(state_dir: str | Path) -> str | None:
+    """The anchor commitment a site recorded when it last trained (None before), so that a secure-aggregation step
+    need not load any data to know it."""
+    path = Path(state_dir) / ANCHOR_FILE
+    return path.read_text().strip() if path.is_file() else None
 
 
 class SiteState:
@@ -185,6 +193,8 @@ class Site(SiteState):
         """Handle one round's broadcast: an encoded NodeUpdate (clear uploads), the answer to the round's first
         secure-aggregation message ``secure_open`` (secure uploads), or a FailureNotice (code only)."""
         node = self.load_node()
+        if recorded_anchor_digest(self.state_dir) != self.anchor_digest:
+            _atomic_write(self.state_dir, ANCHOR_FILE, lambda tmp: Path(tmp).write_text(self.anchor_digest))
         session = self.load_session() if self.secure else None
         side = NodeSide(node, self._log(node.last_round), federation_id=self.config.federation.id, secure=session)
         result = side.train(round_, broadcast_blob)

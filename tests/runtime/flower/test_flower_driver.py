@@ -18,7 +18,7 @@ from geofed_secure.errors import CheckpointError, ConfigError, GeofedError, Outp
 from geofed_secure.runtime import Simulator, Transcript, backbone_factory, build_federation
 from geofed_secure.runtime.flower.app import QUERY, SECAGG, make_client_app, run_federation
 from geofed_secure.runtime.flower.local import InProcessGrid, server_identity
-from geofed_secure.runtime.flower.site import SESSION_FILE, STATE_FILE, Site
+from geofed_secure.runtime.flower.site import SESSION_FILE, STATE_FILE, Site, recorded_anchor_digest
 from geofed_secure.runtime.round import SilentReporter
 from geofed_secure.runtime.secure.keys import write_keys
 from geofed_secure.runtime.simulator import server_model_and_initial_state
@@ -129,9 +129,11 @@ def test_masking_over_flower_gives_the_clear_model_in_two_round_trips_per_steady
     transcript = Transcript.load(tmp_path / "server" / "transcript")
     node_kinds = {type(m).__name__ for rec, m in transcript.messages() if rec.sender != "server"}
     assert node_kinds == {"KeyAdvertisement", "ShareBundle", "MaskedInput", "UnmaskResponse"}  # never a NodeUpdate
+    digest = build_federation(config, tiny_modalities).anchor_digest
     for node_id in FLOWER_IDS:  # each site kept its keys between messages on its own disk, readable by it only
         session = tmp_path / "sites" / node_id / SESSION_FILE
         assert session.is_file() and session.stat().st_mode & 0o077 == 0
+        assert recorded_anchor_digest(tmp_path / "sites" / node_id) == digest  # protocol steps load no data for it
     # the ServerApp's folder is a recorded run geofed audit reads: the honest-but-curious server holds masked vectors
     from geofed_secure.audit.recorded_run import audit_recorded_run
     from geofed_secure.audit.threat_model import load_threat_model
