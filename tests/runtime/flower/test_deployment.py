@@ -24,6 +24,7 @@ import safetensors.numpy
 from conftest import with_sections
 
 from geofed_secure.config import NodeSpec, needed_modalities
+from geofed_secure.errors import DataError
 from geofed_secure.runtime import Simulator, Transcript
 from geofed_secure.runtime.flower.certs import make_certificates
 from geofed_secure.runtime.flower.launch import DeploymentError, prepare_loopback, run_loopback
@@ -101,9 +102,13 @@ def test_a_tls_deployment_with_certificates_made_by_geofed(tiny_config, tiny_mod
 @pytest.mark.deployment
 def test_a_failed_run_names_its_logs_and_stops_every_process(tiny_config, tiny_modalities, tmp_path, no_leftovers):
     config = with_sections(tiny_config, federation={"rounds": 1}, nodes=SITES)
-    save_modalities(tmp_path / "data", {"image": tiny_modalities["image"]})  # the text modality is missing
+    save_modalities(tmp_path / "partial", {"image": tiny_modalities["image"]})  # the text modality is missing
+    with pytest.raises(DataError, match="text.safetensors is missing"):  # found while cutting the sites' shares
+        prepare_loopback(config, tmp_path / "early", data=str(tmp_path / "partial"), insecure=True)
+    save_modalities(tmp_path / "data", {m: tiny_modalities[m] for m in needed_modalities(config)})
     plan = prepare_loopback(config, tmp_path / "deployment", data=str(tmp_path / "data"), insecure=True,
                             message_timeout=60)
+    (tmp_path / "data" / "text.safetensors").unlink()  # the ServerApp's copy loses a modality after the plan
     no_leftovers(plan.flwr_home)
     with pytest.raises(DeploymentError, match=r"the run failed: DataError: .*text.safetensors is missing.*run\.log"):
         run_loopback(plan, timeout=240, env=ONE_THREAD)
