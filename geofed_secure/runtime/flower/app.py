@@ -199,8 +199,9 @@ def _claims(grid: Grid, config: RunConfig, flower_ids: list[int], timeout: float
     for reply in round_trip(grid, queries, timeout=timeout):
         if reply.has_error():
             continue
-        last = _value(reply, "last_round", int)
-        claims[reply.metadata.src_node_id] = (unpack_str(reply, "node_id"), int(last) if isinstance(last, int) else 0)
+        last = _value(reply, "last_round", int)  # a MessageError when missing or not an integer
+        assert isinstance(last, int)
+        claims[reply.metadata.src_node_id] = (unpack_str(reply, "node_id"), last)
     return claims
 
 

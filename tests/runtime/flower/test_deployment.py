@@ -115,21 +115,28 @@ def test_a_failed_run_names_its_logs_and_stops_every_process(tiny_config, tiny_m
     assert not leftovers(plan.flwr_home)
 
 
-def test_a_masked_loopback_deployment_gives_the_clear_model(tiny_config, tiny_modalities, tmp_path, no_leftovers):
-    """Default suite: three SuperNodes run secagg-v1 through the SuperLink (keys made for the deployment, TLS off for
-    speed); the ServerApp sees only masked vectors and ends with the simulator's clear model up to quantisation."""
-    nodes = (*SITES, NodeSpec(id="tab", modality="tabular"))  # secure aggregation needs at least three nodes
+def _masked_three_sites(tiny_config, tiny_modalities, tmp_path):
+    """Three nodes (secure aggregation needs at least three) under masking for 2 rounds (a key set-up, then a steady
+    round), their data written to ``tmp_path/data``, and the clear simulator's final state to compare with."""
+    nodes = (*SITES, NodeSpec(id="tab", modality="tabular"))
     config = with_sections(tiny_config, federation={"rounds": 2}, nodes=nodes,
                            secure={"protocol": "masking", "rounds_per_epoch": 2})
     modalities = {m: tiny_modalities[m] for m in needed_modalities(config)}
     save_modalities(tmp_path / "data", modalities)
     reference = Simulator(with_sections(config, secure={"protocol": "none"}), modalities, tmp_path / "clear").run()
+    return nodes, config, reference.global_state
+
+
+def test_a_masked_loopback_deployment_gives_the_clear_model(tiny_config, tiny_modalities, tmp_path, no_leftovers):
+    """Default suite: three SuperNodes run secagg-v1 through the SuperLink (keys made for the deployment, TLS off for
+    speed); the ServerApp sees only masked vectors and ends with the simulator's clear model up to quantisation."""
+    nodes, config, reference = _masked_three_sites(tiny_config, tiny_modalities, tmp_path)
     plan = prepare_loopback(config, tmp_path / "deployment", data=str(tmp_path / "data"), insecure=True,
                             message_timeout=120)
     no_leftovers(plan.flwr_home)
     result = run_loopback(plan, timeout=400, env=ONE_THREAD)
     final = safetensors.numpy.load_file(result.final)
-    for key, value in reference.global_state.items():
+    for key, value in reference.items():
         np.testing.assert_allclose(final[key], value, rtol=0, atol=1e-6, err_msg=key)
     transcript = Transcript.load(result.out_dir / "transcript")
     from_nodes = {type(m).__name__ for rec, m in transcript.messages() if rec.sender != "server"}
@@ -142,19 +149,14 @@ def test_a_masked_loopback_deployment_gives_the_clear_model(tiny_config, tiny_mo
 @pytest.mark.deployment
 def test_flowers_simulation_engine_runs_the_same_federation(tiny_config, tiny_modalities, tmp_path, no_leftovers):
     """flwr's simulation engine: one SuperLink in simulation mode, one virtual SuperNode per node (Ray); masking."""
-    nodes = (*SITES, NodeSpec(id="tab", modality="tabular"))
-    config = with_sections(tiny_config, federation={"rounds": 2}, nodes=nodes,
-                           secure={"protocol": "masking", "rounds_per_epoch": 2})
-    modalities = {m: tiny_modalities[m] for m in needed_modalities(config)}
-    save_modalities(tmp_path / "data", modalities)
-    reference = Simulator(with_sections(config, secure={"protocol": "none"}), modalities, tmp_path / "clear").run()
+    nodes, config, reference = _masked_three_sites(tiny_config, tiny_modalities, tmp_path)
     plan = prepare_loopback(config, tmp_path / "simulation", data=str(tmp_path / "data"), simulation=True,
                             message_timeout=120)
     assert plan.supernodes == {} and "--simulation" in plan.superlink
     no_leftovers(plan.flwr_home)
     result = run_loopback(plan, timeout=400, env=ONE_THREAD)
     final = safetensors.numpy.load_file(result.final)
-    for key, value in reference.global_state.items():
+    for key, value in reference.items():
         np.testing.assert_allclose(final[key], value, rtol=0, atol=1e-6, err_msg=key)
     for node in nodes:  # the virtual SuperNodes kept each node's state in its own folder
         assert (plan.root / "sites" / node.id / SESSION_FILE).is_file()
