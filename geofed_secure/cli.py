@@ -97,6 +97,8 @@ def _build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--out", type=Path, required=True, help="folder for report.json, report.md and the plots")
     audit.add_argument("--cache-dir", dest="cache_dir", help="feature and experiment cache (default $GEOFED_CACHE or ~/.cache/geofed-secure)")
     audit.add_argument("--seed", type=int, help="override the plan's seed")
+    audit.add_argument("--config", help="the federation to audit: a geofed run config TOML (your own nodes, "
+                       "docs/own-federation.md); default: the plan's config key, else the built-in demo")
     audit.add_argument("--overwrite", action="store_true", help="replace the report already in --out")
     # geofed deploy parses its own arguments (geofed deploy --help), so the Flower driver is imported only when it runs
     deploy = sub.add_parser("deploy", help="run the federation on a loopback Flower deployment (SuperLink, SuperNodes); "
@@ -116,7 +118,8 @@ def cmd_audit(args: argparse.Namespace, term: Terminal) -> int:
 
     threat_model = load_threat_model(args.threat_model)
     plan = load_plan(args.plan)
-    overrides = {k: v for k, v in (("cache_dir", args.cache_dir), ("seed", args.seed)) if v is not None}
+    overrides = {k: v for k, v in (("cache_dir", args.cache_dir), ("seed", args.seed), ("config", args.config))
+                 if v is not None}
     plan = dataclasses.replace(plan, **overrides) if overrides else plan
     check_audit(threat_model, plan)  # before anything trains
     started = time.perf_counter()
@@ -165,7 +168,7 @@ def _apply_overrides(config: RunConfig, args: argparse.Namespace) -> RunConfig:
     nodes = nodes_from_spec(args.nodes) if args.nodes is not None else config.nodes
     if args.shuffle_anchors:
         nodes = tuple(dataclasses.replace(n, shuffle_anchors=True) for n in nodes)
-    return RunConfig(federation=fed, model=model, training=training, data=data, secure=secure, privacy=privacy, nodes=nodes)
+    return config.replace(federation=fed, model=model, training=training, data=data, secure=secure, privacy=privacy, nodes=nodes)
 
 
 def _resolve_config(args: argparse.Namespace) -> tuple[RunConfig, Path, bool]:
@@ -233,7 +236,7 @@ def _check_cache_dir(config: RunConfig) -> None:
 
 
 def _run_in(out: Path, config: RunConfig, resume: bool, term: Terminal) -> int:
-    from geofed_secure.demo import load_demo_modalities
+    from geofed_secure.inputs import load_modalities
     from geofed_secure.report import write_plots
     from geofed_secure.runtime import Simulator
 
@@ -246,7 +249,7 @@ def _run_in(out: Path, config: RunConfig, resume: bool, term: Terminal) -> int:
     t0 = time.perf_counter()
     reporter = ConsoleReporter(term, nodes=len(config.nodes), steps=config.training.local_steps)
     with term.live():
-        modalities = load_demo_modalities(config, progress=reporter.features)
+        modalities = load_modalities(config, progress=reporter.features)
         log.info("  data ready in %.1f s: %s", time.perf_counter() - t0, ", ".join(
             f"{m} ({len(d.pool)} private, B={len(d.anchors)}{', synthetic' if d.synthetic else ''})" for m, d in modalities.items()))
         log.info("  building %d nodes (backbone copies, adapters%s)", len(config.nodes),

@@ -96,13 +96,73 @@ class PrivacySection:
         return self.epsilon > 0
 
 
+SOURCE_KINDS = ("image-folder", "table", "jsonl", "fasta", "sequences", "features")
+ENCODER_KINDS = ("builtin", "hf", "callable", "precomputed")
+ENCODER_INPUTS = ("auto", "image", "text")
+TOKEN_LAYOUTS = ("hidden", "pooled", "patch")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SourceSpec:
+    """Where a node's records (or its copy of the public anchors) come from; read by :mod:`geofed_secure.data.readers`.
+
+    kind: "image-folder" (class subfolders, or ``labels_file`` = CSV with ``file`` and ``label_column``), "table"
+    (CSV or Parquet; ``label_column``; ``columns`` = the feature columns, () = every other column; ``text_column``
+    set = the records are that column's strings), "jsonl" (``text_column`` and ``label_column`` fields), "fasta"
+    (``>id label=<value>`` headers, or ``labels_file`` = CSV with ``id`` and ``label_column``), "sequences" (one
+    ``SEQUENCE<TAB>LABEL`` per line), "features" (precomputed tokens: ``.safetensors`` / ``.npz`` with ``tokens``
+    [N, L, d] float32, optional ``mask`` [N, L] bool, and ``labels`` [N] (integers or strings), or ``.npy`` tokens with
+    ``labels_file``). Relative paths are resolved against the config file's folder. ``limit`` > 0 reads at most that
+    many records (in file order).
+    """
+
+    kind: str
+    path: str
+    label_column: str = "label"
+    text_column: str = ""
+    columns: tuple[str, ...] = ()
+    labels_file: str = ""
+    limit: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class EncoderSpec:
+    """A node's frozen encoder ("tokenizer"); built by :func:`geofed_secure.encoders.encoder_from_spec`.
+
+    kind: "builtin" (``name``: one of the demo's encoders "image", "text", "tabular", "dna", or "numeric-columns"),
+    "hf" (``path``: a local Hugging Face checkpoint directory; ``input`` "image" uses AutoImageProcessor, "text"
+    AutoTokenizer, "auto" decides from the files; ``layout``: "hidden" = last hidden states, "pooled" = one token,
+    "patch" = hidden states without the first ([CLS]) token; ``max_length`` tokens for text), "callable"
+    (``factory`` = "package.module:function" returning an encoder), "precomputed" (the records already are tokens).
+    """
+
+    kind: str = "builtin"
+    name: str = ""
+    path: str = ""
+    input: str = "auto"
+    layout: str = "hidden"
+    max_length: int = 64
+    factory: str = ""
+    batch_size: int = 32
+
+
 @dataclass(frozen=True, kw_only=True)
 class NodeSpec:
     id: str
-    modality: str
+    modality: str  # demo nodes: one of MODALITIES; nodes with their own ``data``: any name the operator chooses
     paired_modality: str = ""  # bridge node: locally paired data of a second modality
     anchor_noise: float = 0.0  # deliberate degradation: Gaussian noise (x feature std) on this node's anchors
     shuffle_anchors: bool = False  # null control: anchors in a node-specific random order
+    # Bring your own (docs/own-federation.md): all of data, anchors and encoder, or none of them (a demo node).
+    data: SourceSpec | None = None  # the node's private records
+    anchors: SourceSpec | None = None  # the node's copy of the public anchors of its modality; label = concept
+    eval_anchors: SourceSpec | None = None  # held-out public anchors; absent -> anchors.holdout_per_concept of ``anchors``
+    encoder: EncoderSpec | None = None
+    labels: tuple[str, ...] = ()  # the node's task labels (its head is local); () -> the concepts
+
+    @property
+    def own_data(self) -> bool:
+        return self.data is not None
 
 
 DEMO_NODES = (
@@ -115,6 +175,20 @@ DEMO_NODES = (
 
 
 @dataclass(frozen=True, kw_only=True)
+class AnchorsSection:
+    """The public anchor set of a federation of own nodes (the demo's concepts are the digits 0..9).
+
+    concepts: the concept names; every anchor file's concept column takes values from them, and every modality's
+    anchors follow the same concept sequence (anchor j is the same concept everywhere).
+    holdout_per_concept: for a node without ``eval_anchors``, the last this-many anchors of each concept (in file
+    order) are held out for evaluation instead of training.
+    """
+
+    concepts: tuple[str, ...] = ()
+    holdout_per_concept: int = 2
+
+
+@dataclass(frozen=True, kw_only=True)
 class RunConfig:
     federation: FederationSection = field(default_factory=FederationSection)
     model: ModelSection = field(default_factory=ModelSection)
@@ -122,6 +196,7 @@ class RunConfig:
     data: DataSection = field(default_factory=DataSection)
     secure: SecureSection = field(default_factory=SecureSection)
     privacy: PrivacySection = field(default_factory=PrivacySection)
+    anchors: AnchorsSection = field(default_factory=AnchorsSection)
     nodes: tuple[NodeSpec, ...] = DEMO_NODES
 
     def __post_init__(self) -> None:
@@ -137,13 +212,21 @@ class RunConfig:
         return dataclasses.replace(self, **sections)
 
 
+def label_count(config: RunConfig, node: NodeSpec) -> int:
+    """How many task labels ``node``'s (local) head has: its own label set, else the concepts, else the demo's digits."""
+    if not node.own_data:
+        return 10
+    return len(node.labels or config.anchors.concepts)
+
+
 def needed_modalities(config: RunConfig) -> list[str]:
     """Every modality the configured nodes use (their own, and a bridge node's paired one), sorted."""
     return sorted({n.modality for n in config.nodes} | {n.paired_modality for n in config.nodes if n.paired_modality})
 
 
 _SECTIONS = {"federation": FederationSection, "model": ModelSection, "training": TrainingSection, "data": DataSection,
-             "secure": SecureSection, "privacy": PrivacySection}
+             "secure": SecureSection, "privacy": PrivacySection, "anchors": AnchorsSection}
+_NESTED: dict[type, dict[str, type]] = {NodeSpec: {"data": SourceSpec, "anchors": SourceSpec, "eval_anchors": SourceSpec, "encoder": EncoderSpec}}
 
 
 def did_you_mean(word: object, choices: Iterable[str]) -> str:
@@ -167,6 +250,10 @@ def _coerce(cls: type, table: Mapping[str, Any], where: str, source: str | None)
             raise ConfigError(f"{where}.{key}", "unknown key" + (hint or f"; known keys: {sorted(known)}"), source=source)
         default = known[key].default
         expected = type(default) if default is not dataclasses.MISSING else str
+        nested = _NESTED.get(cls, {}).get(key)
+        if nested is not None:
+            values[key] = _coerce(nested, value, f"{where}.{key}", source)
+            continue
         if expected is tuple:
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise ConfigError(f"{where}.{key}", f"must be a list of strings, got {value!r}", source=source)
@@ -220,7 +307,9 @@ def read_toml(path: str | Path, *, option: str) -> dict[str, Any]:
 
 
 def load_config(path: str | Path) -> RunConfig:
-    return config_from_dict(read_toml(path, option="--config"), source=str(path))
+    """The configuration in a TOML file; relative paths of own nodes' files resolved against the file's folder."""
+    config = config_from_dict(read_toml(path, option="--config"), source=str(path))
+    return resolve_paths(config, Path(path).resolve().parent)
 
 
 SECURE_PROTOCOLS = ("masking", "ckks", "none")
@@ -290,11 +379,21 @@ def validate(cfg: RunConfig) -> None:
     if cfg.data.max_pool < 50 or cfg.data.eval_samples < 10:
         raise ConfigError("data.max_pool", "needs max_pool >= 50 and eval_samples >= 10")
     seen: set[str] = set()
+    own = [n.own_data for n in cfg.nodes]
+    if any(own) and not all(own):
+        demo = cfg.nodes[own.index(False)].id
+        raise ConfigError(f"nodes[{own.index(False)}].data", f"node {demo!r} has no data table while other nodes bring their "
+                          "own: a federation is either the built-in demo or every node's own data; give every node "
+                          "[nodes.data], [nodes.anchors] and [nodes.encoder] (docs/own-federation.md)")
+    if any(own):
+        _validate_own(cfg)
     for i, node in enumerate(cfg.nodes):
         where = f"nodes[{i}]"
-        if node.modality not in MODALITIES:
+        if node.own_data:
+            _check_id(node.modality, f"{where}.modality")
+        elif node.modality not in MODALITIES:
             raise ConfigError(f"{where}.modality", f"unknown modality {node.modality!r}{did_you_mean(node.modality, MODALITIES)}; "
-                              f"known: {MODALITIES}")
+                              f"the demo's are {MODALITIES}; a node with its own data (a [nodes.data] table) may name any")
         if node.paired_modality and (node.paired_modality not in MODALITIES or node.paired_modality == node.modality):
             raise ConfigError(f"{where}.paired_modality", f"must be another known modality, got {node.paired_modality!r}")
         if node.id in seen:
@@ -307,6 +406,88 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("nodes", "a federation needs at least one node")
     _validate_secure(cfg)
     _validate_privacy(cfg)
+
+
+def _choice(value: str, choices: tuple[str, ...], name: str) -> None:
+    if value not in choices:
+        raise ConfigError(name, f"must be one of {choices}, got {value!r}{did_you_mean(value, choices)}")
+
+
+BUILTIN_ENCODERS = ("image", "text", "tabular", "dna", "numeric-columns")
+
+
+def _validate_own(cfg: RunConfig) -> None:
+    """Nodes that bring their own data: the tables every such node needs, concepts, label sets, encoders."""
+    concepts = cfg.anchors.concepts
+    if len(concepts) < 2 or len(set(concepts)) != len(concepts) or not all(concepts):
+        raise ConfigError("anchors.concepts", f"must name at least 2 distinct, non-empty concepts (the public anchor "
+                          f"set's; every anchor file's concept column takes these values), got {list(concepts)}")
+    if not 0 <= cfg.anchors.holdout_per_concept <= 10_000:
+        raise ConfigError("anchors.holdout_per_concept", f"must be in [0, 10000], got {cfg.anchors.holdout_per_concept}")
+    for i, node in enumerate(cfg.nodes):
+        where = f"nodes[{i}]"
+        for part in ("anchors", "encoder"):
+            if getattr(node, part) is None:
+                raise ConfigError(f"{where}.{part}", f"node {node.id!r} brings its own data, so it needs a [nodes.{part}] "
+                                  "table too (docs/own-federation.md)")
+        if node.paired_modality:
+            raise ConfigError(f"{where}.paired_modality", "bridge nodes are built from the demo's modalities only; a node "
+                              "with its own data holds one modality")
+        if node.labels and (len(node.labels) < 2 or len(set(node.labels)) != len(node.labels) or not all(node.labels)):
+            raise ConfigError(f"{where}.labels", f"must name at least 2 distinct, non-empty task labels, got {list(node.labels)}")
+        if node.eval_anchors is None and cfg.anchors.holdout_per_concept == 0:
+            raise ConfigError("anchors.holdout_per_concept", f"is 0 and node {node.id!r} has no eval_anchors: evaluation "
+                              "needs held-out anchors; set holdout_per_concept >= 1 or give [nodes.eval_anchors]")
+        for part in ("data", "anchors", "eval_anchors"):
+            source: SourceSpec | None = getattr(node, part)
+            if source is None:
+                continue
+            _choice(source.kind, SOURCE_KINDS, f"{where}.{part}.kind")
+            if not source.path:
+                raise ConfigError(f"{where}.{part}.path", "is empty; name the file or folder to read")
+            if source.limit < 0:
+                raise ConfigError(f"{where}.{part}.limit", f"must be >= 0 (0 = every record), got {source.limit}")
+        enc = node.encoder
+        assert enc is not None
+        _choice(enc.kind, ENCODER_KINDS, f"{where}.encoder.kind")
+        _choice(enc.input, ENCODER_INPUTS, f"{where}.encoder.input")
+        _choice(enc.layout, TOKEN_LAYOUTS, f"{where}.encoder.layout")
+        needs = {"builtin": ("name", "a built-in encoder: " + ", ".join(BUILTIN_ENCODERS)),
+                 "hf": ("path", "a local Hugging Face checkpoint directory (nothing is downloaded)"),
+                 "callable": ("factory", "'package.module:function' returning an encoder")}.get(enc.kind)
+        if needs and not getattr(enc, needs[0]):
+            raise ConfigError(f"{where}.encoder.{needs[0]}", f"is required for kind {enc.kind!r}: {needs[1]}")
+        if enc.kind == "builtin":
+            _choice(enc.name, BUILTIN_ENCODERS, f"{where}.encoder.name")
+        if enc.kind == "callable" and enc.factory.count(":") != 1:
+            raise ConfigError(f"{where}.encoder.factory", f"must be 'package.module:function', got {enc.factory!r}")
+        precomputed = node.data is not None and node.data.kind == "features"
+        if precomputed != (enc.kind == "precomputed"):
+            raise ConfigError(f"{where}.encoder.kind", "precomputed token features (data kind 'features') go with encoder "
+                              "kind 'precomputed', and only they do")
+        if not 3 <= enc.max_length <= 8192 or not 1 <= enc.batch_size <= 65_536:
+            raise ConfigError(f"{where}.encoder", f"max_length must be in [3, 8192] and batch_size in [1, 65536], got "
+                              f"{enc.max_length} and {enc.batch_size}")
+
+
+def resolve_paths(cfg: RunConfig, base: str | Path) -> RunConfig:
+    """``cfg`` with every relative data, anchor and checkpoint path (own nodes' files, encoders, ``model.backbone``)
+    made absolute against ``base`` (the config file's folder): a config means the same files wherever it runs."""
+    root = Path(base)
+
+    def fix(spec: Any) -> Any:
+        if spec is None:
+            return None
+        changes = {k: str(root / getattr(spec, k)) for k in ("path", "labels_file")
+                   if hasattr(spec, k) and getattr(spec, k) and not Path(getattr(spec, k)).expanduser().is_absolute()}
+        return dataclasses.replace(spec, **changes) if changes else spec
+
+    nodes = tuple(dataclasses.replace(n, data=fix(n.data), anchors=fix(n.anchors), eval_anchors=fix(n.eval_anchors),
+                                      encoder=fix(n.encoder)) if n.own_data else n for n in cfg.nodes)
+    model = cfg.model
+    if model.backbone != ModelSection.backbone and not Path(model.backbone).expanduser().is_absolute():
+        model = dataclasses.replace(model, backbone=str(root / model.backbone))
+    return cfg.replace(nodes=nodes, model=model)
 
 
 ACCOUNTANTS = ("pld", "rdp")

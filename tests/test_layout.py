@@ -23,6 +23,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("privacy",),
     ("data", "encoders"),
     ("demo",),
+    ("inputs",),
     ("node", "server"),
     ("runtime",),
     ("audit",),

@@ -55,14 +55,14 @@ class CanaryAudit:
                 "seed": self.seed, "failed": self.failed}
 
 
-def make_canaries(pool: TokenFeatures, m: int, seed: int) -> tuple[TokenFeatures, np.ndarray]:
+def make_canaries(pool: TokenFeatures, m: int, seed: int, n_classes: int = N_CLASSES) -> tuple[TokenFeatures, np.ndarray]:
     """``m`` records of ``pool`` with a random WRONG label each, and their inclusion mask (Bernoulli(1/2))."""
     if not 2 <= m <= len(pool):
         raise ConfigError("canaries", f"need 2 <= m <= {len(pool)} held-out records, got {m}")
     rng = numpy_rng(seed, "canaries")
     index = rng.choice(len(pool), size=m, replace=False)
     records = pool.subset(index)
-    wrong = (records.labels + rng.integers(1, N_CLASSES, size=m)) % N_CLASSES
+    wrong = (records.labels + rng.integers(1, n_classes, size=m)) % n_classes
     return TokenFeatures(records.tokens, records.mask, wrong.astype(np.int64)), rng.random(m) < 0.5
 
 
@@ -81,7 +81,7 @@ def run_canary_audit(config: RunConfig, spec: NodeSpec, data: NodeData, canary_p
     """Train ``spec``'s node with canaries mixed into ``data.train`` and audit it (see the module docstring)."""
     if not 0 < guess_fraction <= 0.5:
         raise ConfigError("guess_fraction", f"must be in (0, 0.5], got {guess_fraction}")
-    records, included = make_canaries(canary_pool, canaries, seed)
+    records, included = make_canaries(canary_pool, canaries, seed, data.n_classes)
     train = concat_features(data.train, records.subset(np.flatnonzero(included)))
     # The auditor plays the node; its DP secret is fixed by ``seed`` so that the audit repeats.
     node = Node(spec, replace(data, train=train), config, anchor_digest=anchor_digest, backbone_factory=backbone_factory,

@@ -40,11 +40,11 @@ from geofed_secure.audit.attacks.extraction import unit_rows
 from geofed_secure.audit.attacks.prototypes import class_prototypes
 from geofed_secure.audit.canary_run import run_canary_audit
 from geofed_secure.audit.plan import AuditPlan
-from geofed_secure.config import PrivacySection, RunConfig
+from geofed_secure.config import PrivacySection, RunConfig, load_config
 from geofed_secure.data.features import TokenFeatures, concat_features
 from geofed_secure.encoders.cache import FeatureCache
 from geofed_secure.errors import CheckpointError, ConfigError
-from geofed_secure.node import N_CLASSES, Node, NodeData
+from geofed_secure.node import Node, NodeData
 from geofed_secure.privacy.noise import derived_node_secret
 from geofed_secure.seeding import numpy_rng
 from geofed_secure.wire.round import GRAM_FIELD, WEIGHTED_PREFIX
@@ -101,7 +101,8 @@ class Experiment:
 def run_config(plan: AuditPlan, epsilon: float | None = None, base: RunConfig | None = None) -> RunConfig:
     """The configuration the experiment trains with: ``base`` (default: the demo) with the plan's seed, training keys
     and privacy level (node-local rounds; secure aggregation does not apply to node-local training)."""
-    base = base or RunConfig()
+    if base is None:
+        base = load_config(plan.config) if plan.config else RunConfig()
     return base.replace(
         federation=replace(base.federation, seed=plan.seed, rounds=plan.rounds, mode="local-only"),
         training=replace(base.training, local_steps=plan.local_steps, batch_size=plan.batch_size, lr=plan.lr,
@@ -124,10 +125,10 @@ def _logits(node: Node, features: TokenFeatures) -> tuple[np.ndarray, np.ndarray
 
 
 def _releases(payload: Mapping[str, np.ndarray], train_embeddings: np.ndarray, train_labels: np.ndarray,
-              public_embeddings: np.ndarray, n_anchors: int) -> dict[str, np.ndarray]:
+              public_embeddings: np.ndarray, n_anchors: int, n_classes: int) -> dict[str, np.ndarray]:
     update = np.concatenate([payload[k].ravel() for k in sorted(payload) if k.startswith(WEIGHTED_PREFIX)])
     return {"update": update.astype(np.float64), "gram": payload[GRAM_FIELD].astype(np.float64),
-            "prototypes": class_prototypes(train_embeddings, train_labels, N_CLASSES).ravel(),
+            "prototypes": class_prototypes(train_embeddings, train_labels, n_classes).ravel(),
             "raw_embeddings": public_embeddings[:n_anchors].ravel().astype(np.float64)}
 
 
@@ -137,7 +138,7 @@ def run_experiment(plan: AuditPlan, *, progress: Callable[[str], None] = lambda 
 
     ``base_config`` / ``modalities`` replace the demo federation (its nodes, backbone and encoded data), e.g. in tests.
     """
-    from geofed_secure.demo import load_demo_modalities
+    from geofed_secure.inputs import load_modalities
     from geofed_secure.runtime import backbone_factory, build_federation
 
     config = run_config(plan, base=base_config)
@@ -150,8 +151,8 @@ def run_experiment(plan: AuditPlan, *, progress: Callable[[str], None] = lambda 
         return load_experiment(plan, cache)
     started = time.perf_counter()
     seconds: dict[str, float] = {}
-    progress("loading the demo data (cached encoder features)")
-    modalities = dict(modalities) if modalities is not None else load_demo_modalities(config)
+    progress("loading the federation's data (cached encoder features)")
+    modalities = dict(modalities) if modalities is not None else load_modalities(config)
     fed = build_federation(config, modalities)
     spec = specs[plan.target]
     mod = modalities[spec.modality]
@@ -159,6 +160,12 @@ def run_experiment(plan: AuditPlan, *, progress: Callable[[str], None] = lambda 
     pool = concat_features(data.train, data.test)
     public = concat_features(mod.anchors, mod.eval_anchors)
     n_anchors = len(mod.anchors)
+    # RMIA's population: the public evaluation samples, labelled by concept. A target with its own label set has no
+    # task label for them: -1, and RMIA is skipped (suite._model_attacks says so).
+    population_labels = mod.eval_anchors.labels.copy() if data.labels_are_concepts else np.full(len(mod.eval_anchors), -1)
+    if {"gram", "raw_embeddings"} & set(plan.schemes) and any(b > len(public) - 10 for b in plan.extraction_anchors):
+        raise ConfigError("extraction_anchors", f"the target's modality has {len(public)} public samples; every B must "
+                          f"leave >= 10 held out (B <= {len(public) - 10}), got {list(plan.extraction_anchors)}")
     factory = backbone_factory(config)
     seconds["data"] = time.perf_counter() - started
 
@@ -180,7 +187,7 @@ def run_experiment(plan: AuditPlan, *, progress: Callable[[str], None] = lambda 
             payload = _train(node, plan.rounds, None)
             z_train, _ = _logits(node, node_data.train)
             z_public = unit_rows(_logits(node, other_public)[0])
-            rel = _releases(payload, z_train, node_data.train.labels, z_public, n_anchors)
+            rel = _releases(payload, z_train, node_data.train.labels, z_public, n_anchors, node_data.n_classes)
             (truth if which == "truth" else estimate)[node_id] = rel
             (public_truth if which == "truth" else public_estimate)[node_id] = z_public.astype(np.float32)
         progress(f"  other node {node_id} trained (its upload, and the adversary's simulation of it)")
@@ -210,7 +217,8 @@ def run_experiment(plan: AuditPlan, *, progress: Callable[[str], None] = lambda 
         for i in range(plan.runs):
             members = np.flatnonzero(membership[i])
             run_data = NodeData(train=pool.subset(members), test=pool.subset(np.flatnonzero(~membership[i])),
-                                anchors=data.anchors)
+                                anchors=data.anchors, n_classes=data.n_classes,
+                                labels_are_concepts=data.labels_are_concepts)
             # The auditor plays the node: its DP secret (default node-secret mode) is fixed by the plan seed so the
             # experiment repeats; the simulated adversaries never read it.
             node = Node(spec, run_data, level_config, anchor_digest=fed.anchor_digest, backbone_factory=factory,
@@ -220,7 +228,7 @@ def run_experiment(plan: AuditPlan, *, progress: Callable[[str], None] = lambda 
             z_pool, logits_pool = _logits(node, pool)
             z_public, logits_public = _logits(node, public)
             z_public = unit_rows(z_public)
-            rel = _releases(payload, z_pool[members], pool.labels[members], z_public, n_anchors)
+            rel = _releases(payload, z_pool[members], pool.labels[members], z_public, n_anchors, data.n_classes)
             for key in RELEASES:
                 rows[key].append(rel[key])
             rows["pool"].append(logits_pool.astype(np.float32))
@@ -251,7 +259,7 @@ def run_experiment(plan: AuditPlan, *, progress: Callable[[str], None] = lambda 
                                                                  if audit.accountant_epsilon is not None else ""))
     seconds["total"] = time.perf_counter() - started
     experiment = Experiment(plan=plan, target=plan.target, modality=spec.modality, n_anchors=n_anchors,
-                            pool_labels=pool.labels.copy(), population_labels=mod.eval_anchors.labels.copy(),
+                            pool_labels=pool.labels.copy(), population_labels=population_labels,
                             public_labels=public.labels.copy(), e0_pool=e0_pool, e0_public=e0_public, levels=levels,
                             others=others, canaries=canaries, seconds=seconds)
     save_experiment(experiment, cache)

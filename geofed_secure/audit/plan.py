@@ -54,6 +54,7 @@ class AuditPlan:
     cache_dir: str = ""  # "" -> $GEOFED_CACHE or ~/.cache/geofed-secure (features and experiment results)
     run: str = ""  # a finished geofed run folder to inventory from the threat model's view ("" = none)
     reference_run: str = ""  # with run: the same configuration and seed run with --secure none (round-1 ground truth)
+    config: str = ""  # the federation audited: a geofed run config TOML (own nodes, docs/own-federation.md); "" = the demo
 
     def __post_init__(self) -> None:
         def fail(key: str, problem: str) -> ConfigError:
@@ -94,8 +95,9 @@ class AuditPlan:
         return dataclasses.asdict(self)
 
     def digest(self, *, exclude: tuple[str, ...] = ("cache_dir", "bootstrap", "run", "reference_run",
-                                                    "seed_attack_candidates")) -> str:
-        """SHA-256 of what determines the experiment's training runs (cache key; a recorded run trains nothing)."""
+                                                    "seed_attack_candidates", "config")) -> str:
+        """SHA-256 of what determines the experiment's training runs (cache key, with the federation's config digest; a
+        recorded run trains nothing)."""
         data = {k: v for k, v in self.to_dict().items() if k not in exclude}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 

@@ -53,16 +53,21 @@ def check_target(threat_model: ThreatModel, experiment: Experiment) -> None:
         raise ConfigError("adversary.nodes", f"{threat_model.name!r} names nodes the demo federation does not have: {unknown}")
 
 
-def _concat(releases: Mapping[str, np.ndarray]) -> np.ndarray:
-    return np.concatenate([np.asarray(releases[k], np.float64).ravel() for k in RELEASES])
+def _concat(releases: Mapping[str, np.ndarray], sizes: Mapping[str, int]) -> np.ndarray:
+    """The releases one after the other, each zero-padded to ``sizes`` (nodes with their own label sets upload
+    prototypes of different lengths: one row per task label; a missing row sums as zeros)."""
+    parts = []
+    for key in RELEASES:
+        flat = np.asarray(releases[key], np.float64).ravel()
+        parts.append(np.pad(flat, (0, sizes[key] - flat.size)))
+    return np.concatenate(parts)
 
 
-def _split(vector: np.ndarray, like: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+def _split(vector: np.ndarray, like: Mapping[str, np.ndarray], sizes: Mapping[str, int]) -> dict[str, np.ndarray]:
     out, start = {}, 0
     for key in RELEASES:
-        size = np.asarray(like[key]).size
-        out[key] = vector[start:start + size]
-        start += size
+        out[key] = vector[start:start + np.asarray(like[key]).size]
+        start += sizes[key]
     return out
 
 
@@ -74,12 +79,14 @@ def protocol_sums(experiment: Experiment, level: TrainedLevel, protection: str, 
     sums = []
     for i in range(level.membership.shape[0]):
         target = {k: level.releases[k][i] for k in RELEASES}
-        inputs = {experiment.target: _concat(target)} | {n: _concat(others.truth[n]) for n in others.node_ids}
+        everyone = [target, *(others.truth[n] for n in others.node_ids)]
+        sizes = {k: max(np.asarray(r[k]).size for r in everyone) for k in RELEASES}
+        inputs = {experiment.target: _concat(target, sizes)} | {n: _concat(others.truth[n], sizes) for n in others.node_ids}
         if protection == "none":
             total = np.sum(list(inputs.values()), axis=0)
         else:
             total = np.asarray(simulate_aggregation(inputs, protocol=protection, seed=seed * 1000 + i).aggregate, np.float64)
-        sums.append(_split(total, target))
+        sums.append(_split(total, target, sizes))
     return sums
 
 
@@ -100,8 +107,14 @@ def observed(experiment: Experiment, threat_model: ThreatModel, level: TrainedLe
     others = experiment.others
     known = [n for n in others.node_ids if n in threat_model.nodes]
     unknown = [n for n in others.node_ids if n not in threat_model.nodes]
-    offset = sum((others.truth[n][release] for n in known), np.zeros_like(level.releases[release][0], np.float64))
-    offset = offset + sum((others.estimate[n][release] for n in unknown), np.zeros_like(offset))
+    size = np.asarray(level.releases[release][0]).size
+
+    def fit(vector: np.ndarray) -> np.ndarray:  # another label set: the rows that land on the target's (see _concat)
+        flat = np.asarray(vector, np.float64).ravel()[:size]
+        return np.pad(flat, (0, size - flat.size))
+
+    offset = sum((fit(others.truth[n][release]) for n in known), np.zeros(size))
+    offset = offset + sum((fit(others.estimate[n][release]) for n in unknown), np.zeros(size))
     return np.stack([s[release] - offset for s in sums])
 
 

@@ -84,7 +84,7 @@ def _prototype_attacks(exp: Experiment, level: TrainedLevel, obs: np.ndarray, me
     model ``e0`` (what a server can run), and an upper bound that embeds them with the attacked run's own trained
     encoder (an adversary that also extracted or obtained the node's encoder)."""
     plan, n = exp.plan, level.membership.shape[0]
-    shape = (N_CLASSES, exp.e0_pool.shape[1])
+    shape = (-1, exp.e0_pool.shape[1])  # one prototype per task label of the target
     observed_protos = [obs[i].reshape(shape) for i in range(n)]
     shadow_protos = [level.releases["prototypes"][j].reshape(shape) for j in range(n)]
     common: dict[str, Any] = {"tm": tm, "target": exp.target, "seed": plan.seed, "bootstrap": plan.bootstrap}
@@ -171,8 +171,13 @@ def _model_attacks(exp: Experiment, level: TrainedLevel, meta: dict[str, Any]) -
     plan, n = exp.plan, level.membership.shape[0]
     conf = np.stack([mia.logit_confidence(level.pool_logits[i], exp.pool_labels) for i in range(n)])
     prob = np.stack([mia.true_label_probability(level.pool_logits[i], exp.pool_labels) for i in range(n)])
-    pop = np.stack([mia.true_label_probability(level.population_logits[i], exp.population_labels) for i in range(n)])
     common: dict[str, Any] = {"tm": REFERENCE, "target": exp.target, "seed": plan.seed, "bootstrap": plan.bootstrap}
+    rmia = []
+    if (exp.population_labels >= 0).all():  # -1: the target's own label set does not label the public population
+        pop = np.stack([mia.true_label_probability(level.population_logits[i], exp.population_labels) for i in range(n)])
+        rmia.append(_membership(mia.rmia_scores(prob, pop), level, attack="model_rmia",
+                                metadata=meta | {"reference_models": n - 1, "population": pop.shape[1], "gamma": 1.0,
+                                                 "ties": "broken by the position between population ratios"}, **common))
     return [
         _membership(mia.threshold_scores(np.log(np.maximum(prob, 1e-300))), level, attack="model_threshold",
                     metadata=meta | {"shadows": 0, "statistic": "log p(true label) = minus the loss"}, **common),
@@ -181,10 +186,7 @@ def _model_attacks(exp: Experiment, level: TrainedLevel, meta: dict[str, Any]) -
         _membership(mia.lira_offline_scores(conf, level.membership), level, attack="model_lira_offline",
                     metadata=meta | {"shadows": n - 1, "statistic": "logit-scaled confidence",
                                      "note": "offline: OUT shadows only, per-candidate mean and variance"}, **common),
-        _membership(mia.rmia_scores(prob, pop), level, attack="model_rmia",
-                    metadata=meta | {"reference_models": n - 1, "population": pop.shape[1], "gamma": 1.0,
-                                     "ties": "broken by the position between population ratios"}, **common),
-    ]
+    ] + rmia
 
 
 def _experiment_results(exp: Experiment, threat_model: ThreatModel, plan: AuditPlan, progress: Callable[[str], None]
@@ -256,7 +258,7 @@ def seed_cells(plan: AuditPlan, progress: Callable[[str], None], *, base_config:
                modalities: Mapping[str, Any] | None = None) -> list[AttackResult]:
     """The white-box cell (:mod:`.seed_attack`) at the plan's smallest epsilon: the same attack on the node trained
     with the unsafe ``shared_seed_noise`` (a server holding the seed) and as deployed (node-secret noise)."""
-    from geofed_secure.demo import load_demo_modalities
+    from geofed_secure.inputs import load_modalities
     from geofed_secure.runtime import backbone_factory, build_federation
 
     epsilon = min(plan.epsilons)
@@ -264,7 +266,7 @@ def seed_cells(plan: AuditPlan, progress: Callable[[str], None], *, base_config:
     for shared in (True, False):
         config = run_config(plan, epsilon, base=base_config)
         config = config.replace(privacy=replace(config.privacy, shared_seed_noise=shared))
-        mods = dict(modalities) if modalities is not None else load_demo_modalities(config)
+        mods = dict(modalities) if modalities is not None else load_modalities(config)
         fed = build_federation(config, mods)
         spec = next(n for n in config.nodes if n.id == plan.target)
         data = fed.nodes[plan.target]
@@ -298,8 +300,9 @@ def check_audit(threat_model: ThreatModel, plan: AuditPlan) -> None:
         if plan.target not in nodes:
             raise ConfigError("target", f"unknown node {plan.target!r}{did_you_mean(plan.target, nodes)}; the audited "
                               f"federation's nodes: {', '.join(nodes)}")
+        own = any(n.own_data for n in config.nodes)  # own anchors: counted when they are read (run_experiment)
         n_public = N_CLASSES * (config.data.anchors_per_class + config.data.eval_per_class)
-        if {"gram", "raw_embeddings"} & set(plan.schemes) and any(b > n_public - 10 for b in plan.extraction_anchors):
+        if not own and {"gram", "raw_embeddings"} & set(plan.schemes) and any(b > n_public - 10 for b in plan.extraction_anchors):
             raise ConfigError("extraction_anchors", f"the target's modality has {n_public} public samples; every B must "
                               f"leave >= 10 held out (B <= {n_public - 10}), got {list(plan.extraction_anchors)}")
         if plan.target in threat_model.nodes:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from geofed_secure.data.features import TokenFeatures
+from geofed_secure.errors import DataError
 
 __all__ = ["ModalityData", "SplitIndices"]
 
@@ -45,3 +46,15 @@ class ModalityData:
     anchor_digest: str
     indices: SplitIndices | None = field(default=None, compare=False, repr=False)
     description: str = ""
+    # Own nodes' data (geofed_secure.inputs): the pool is the rows of ``owners`` one after the other; ``pool_owner[i]``
+    # is the index in ``owners`` of the node that holds row i. None: a demo pool, cut among nodes by the runtime.
+    owners: tuple[str, ...] = ()
+    pool_owner: np.ndarray | None = field(default=None, compare=False, repr=False)
+
+    def owned_rows(self, node_id: str) -> np.ndarray | None:
+        """The pool rows ``node_id`` holds, or None for a demo pool (which the runtime partitions)."""
+        if self.pool_owner is None:
+            return None
+        if node_id not in self.owners:
+            raise DataError(f"modality {self.modality!r} holds no records of node {node_id!r} (its nodes: {list(self.owners)})")
+        return np.flatnonzero(self.pool_owner == self.owners.index(node_id))

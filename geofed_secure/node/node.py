@@ -55,12 +55,19 @@ class NodeData:
     test: TokenFeatures
     anchors: TokenFeatures  # public anchors of this node's modality, ordered by concept
     paired_train: TokenFeatures | None = None
+    n_classes: int = N_CLASSES  # size of the node's (local) task head; the demo's: the ten digits
+    labels_are_concepts: bool = True  # task labels index the anchor concepts (what cross-modal evaluation needs)
 
     def __post_init__(self) -> None:
         if self.paired_train is not None and len(self.paired_train) != len(self.train):
             raise DataError("paired_train must have one row per train sample (locally paired data)")
         if self.test.dim != self.train.dim or self.anchors.dim != self.train.dim:
             raise DataError(f"train/test/anchor feature widths differ: {self.train.dim}, {self.test.dim}, {self.anchors.dim}")
+        if self.n_classes < 2:
+            raise DataError(f"a node's task needs at least 2 labels, got n_classes = {self.n_classes}")
+        for part in (self.train, self.test):
+            if int(part.labels.min()) < 0 or int(part.labels.max()) >= self.n_classes:
+                raise DataError(f"task labels must lie in [0, {self.n_classes}), got {int(part.labels.min())}..{int(part.labels.max())}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +133,7 @@ class Node:
         )
         paired_dim = data.paired_train.dim if data.paired_train is not None else None
         torch.manual_seed(derive_seed(config.federation.seed, "init", spec.id))
-        self.model = NodeModel(peft_model, in_dim=data.train.dim, n_classes=N_CLASSES, paired_in_dim=paired_dim)
+        self.model = NodeModel(peft_model, in_dim=data.train.dim, n_classes=data.n_classes, paired_in_dim=paired_dim)
         self._anchors = self._prepare_anchors(data.anchors)
         self._magnitudes = set(map(id, geodora.magnitude_parameters(self.model)))
         self.privacy = self._privacy_ledger() if config.privacy.enabled else None

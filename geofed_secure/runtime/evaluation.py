@@ -122,16 +122,19 @@ def evaluate(nodes: Mapping[str, Node], eval_anchors: Mapping[str, TokenFeatures
         rel[node_id] = relative_representation(z_test.numpy(), z_eval.numpy())
         centre = z_eval.mean(0, keepdim=True)
         rel_centred[node_id] = relative_representation((z_test - centre).numpy(), (z_eval - centre).numpy())
-        own[node_id] = _own_anchor_top1(rel_centred[node_id], test.labels, evaluation_anchors.labels)
+        if node.data.labels_are_concepts:  # a node with its own label set has no concept labels to score against
+            own[node_id] = _own_anchor_top1(rel_centred[node_id], test.labels, evaluation_anchors.labels)
     grams = {k: cosine_gram(z) for k, z in anchor_z.items()}
     train_grams = {k: cosine_gram(z) for k, z in train_z.items()}
     held_out = leave_one_out_consensus(grams) if len(nodes) > 1 else grams
     trained = leave_one_out_consensus(train_grams) if len(nodes) > 1 else train_grams
     modality = {k: n.spec.modality for k, n in nodes.items()}
     pairs = [(a, b) for a, b in itertools.permutations(nodes, 2) if modality[a] != modality[b]]
+    labelled = [(a, b) for a, b in pairs if nodes[a].data.labels_are_concepts and nodes[b].data.labels_are_concepts]
     centroid: dict[str, list[float]] = {k: [] for k in nodes}
-    for a, b in pairs:
-        both = [c for c in range(10) if (labels[a] == c).sum() >= 2 and (labels[b] == c).sum() >= 2]
+    n_concepts = 1 + max(int(e.labels.max()) for e in eval_anchors.values())
+    for a, b in labelled:
+        both = [c for c in range(n_concepts) if (labels[a] == c).sum() >= 2 and (labels[b] == c).sum() >= 2]
         if len(both) >= 4:
             centroid[a].append(float(centered_cka(_centroid_gram(test_z[a], labels[a], both),
                                                   _centroid_gram(test_z[b], labels[b], both))))
@@ -143,10 +146,10 @@ def evaluate(nodes: Mapping[str, Node], eval_anchors: Mapping[str, TokenFeatures
                        gram_scale=gram_scale(train_grams[k]), effective_rank=effective_rank(train_grams[k]))
         for k, g in grams.items()
     }
-    top1 = [cross_modal_top1(rel[a], labels[a], rel[b], labels[b]) for a, b in pairs]
-    centred = [cross_modal_top1(rel_centred[a], labels[a], rel_centred[b], labels[b]) for a, b in pairs]
-    knn = [mutual_knn(anchor_z[a].numpy(), anchor_z[b].numpy(), k=10) for a, b in pairs if a < b]
+    top1 = [cross_modal_top1(rel[a], labels[a], rel[b], labels[b]) for a, b in labelled]
+    centred = [cross_modal_top1(rel_centred[a], labels[a], rel_centred[b], labels[b]) for a, b in labelled]
+    knn = [mutual_knn(anchor_z[a].numpy(), anchor_z[b].numpy(), k=min(10, len(anchor_z[a]) - 1)) for a, b in pairs if a < b]
     return Evaluation(nodes=per_node, cross_modal_top1=float(np.mean(top1)) if top1 else None,
                       mutual_knn=float(np.mean(knn)) if knn else None,
                       centred_top1=float(np.mean(centred)) if centred else None,
-                      own_anchor_top1=float(np.mean(list(own.values()))))
+                      own_anchor_top1=float(np.mean(list(own.values()))) if own else None)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from geofed_secure.config import RunConfig, needed_modalities
+from geofed_secure.config import RunConfig, label_count, needed_modalities
 from geofed_secure.data.anchors import AnchorManifest
 from geofed_secure.data.features import TokenFeatures
 from geofed_secure.data.modality import ModalityData
@@ -54,8 +54,11 @@ def build_federation(config: RunConfig, modalities: Mapping[str, ModalityData]) 
             takers.setdefault(node.paired_modality, []).append(f"{node.id}#paired")
     shares: dict[str, np.ndarray] = {}
     for modality, names in sorted(takers.items()):
-        pool = modalities[modality].pool
-        parts = dirichlet_partition(pool.labels, len(names), config.data.dirichlet_alpha,
+        data = modalities[modality]
+        if data.pool_owner is not None:  # own nodes: every node has its own records, nothing to cut
+            shares.update((name, _owned(data, name)) for name in names)
+            continue
+        parts = dirichlet_partition(data.pool.labels, len(names), config.data.dirichlet_alpha,
                                     numpy_rng(seed, "partition", modality), min_size=20)
         shares.update(zip(names, parts))
     nodes: dict[str, NodeData] = {}
@@ -68,10 +71,20 @@ def build_federation(config: RunConfig, modalities: Mapping[str, ModalityData]) 
         if node.paired_modality:
             paired = _pair_by_concept(pool.labels[train_idx], modalities[node.paired_modality].pool,
                                       shares[f"{node.id}#paired"], numpy_rng(seed, "pairing", node.id))
+        n_classes = label_count(config, node)
         nodes[node.id] = NodeData(train=pool.subset(train_idx), test=pool.subset(test_idx),
-                                  anchors=modalities[node.modality].anchors, paired_train=paired)
+                                  anchors=modalities[node.modality].anchors, paired_train=paired, n_classes=n_classes,
+                                  labels_are_concepts=not node.own_data or node.labels in ((), config.anchors.concepts))
     manifest = AnchorManifest(per_modality={m: d.anchor_digest for m, d in sorted(modalities.items())})
     return FederationData(modalities=dict(modalities), nodes=nodes, manifest=manifest)
+
+
+def _owned(data: ModalityData, node_id: str) -> np.ndarray:
+    rows = data.owned_rows(node_id)
+    assert rows is not None
+    if len(rows) < 2:
+        raise DataError(f"node {node_id!r} has {len(rows)} record(s); a node needs at least 2 (one to train on, one held out)")
+    return rows
 
 
 def _pair_by_concept(labels: np.ndarray, other: TokenFeatures, candidates: np.ndarray, rng: np.random.Generator) -> TokenFeatures:

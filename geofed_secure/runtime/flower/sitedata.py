@@ -103,9 +103,9 @@ def _load_folder(folder: Path, modality: str) -> ModalityData:
 def load_modalities(source: str, config: RunConfig) -> dict[str, ModalityData]:
     """Every modality ``config``'s nodes need, from ``source`` (``"demo"`` or a folder)."""
     if source == DEMO:
-        from geofed_secure.demo import load_demo_modalities
+        from geofed_secure.inputs import load_modalities as load_configured
 
-        return load_demo_modalities(config)
+        return load_configured(config)
     folder = Path(source)
     if not folder.is_dir():
         raise DataError(f"data source {source!r} is neither 'demo' nor a folder")
@@ -153,7 +153,8 @@ def save_site(folder: str | Path, node_id: str, data: NodeData, *, federation_id
         if features is not None:
             tensors |= {f"{part}.tokens": features.tokens, f"{part}.mask": features.mask,
                         f"{part}.labels": features.labels.astype(np.int64)}
-    metadata = {"format": SITE_FORMAT, "node_id": node_id, "federation_id": federation_id, "anchor_digest": anchor_digest}
+    metadata = {"format": SITE_FORMAT, "node_id": node_id, "federation_id": federation_id, "anchor_digest": anchor_digest,
+                "n_classes": str(data.n_classes), "labels_are_concepts": str(data.labels_are_concepts).lower()}
     path = out / SITE_FILE
     safetensors.numpy.save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, path, metadata=metadata)
     return path
@@ -196,7 +197,11 @@ def load_site(folder: str | Path, node_id: str, federation_id: str) -> tuple[Nod
         parts[part] = TokenFeatures(tensors[f"{part}.tokens"], tensors[f"{part}.mask"], tensors[f"{part}.labels"])
     train, test, anchors = parts["train"], parts["test"], parts["anchors"]
     assert train is not None and test is not None and anchors is not None
-    return NodeData(train=train, test=test, anchors=anchors, paired_train=parts["paired_train"]), metadata["anchor_digest"]
+    classes = metadata.get("n_classes", "10")  # files written before own label sets: the demo's ten digits
+    if not classes.isdigit():
+        raise DataError(f"{Path(folder) / SITE_FILE}: n_classes {classes!r} in its metadata is not a number")
+    return (NodeData(train=train, test=test, anchors=anchors, paired_train=parts["paired_train"], n_classes=int(classes),
+                     labels_are_concepts=metadata.get("labels_are_concepts", "true") == "true"), metadata["anchor_digest"])
 
 
 def split_sites(config: RunConfig, source: str, folder: str | Path) -> dict[str, Path]:
