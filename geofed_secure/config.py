@@ -251,8 +251,8 @@ def _coerce(cls: type, table: Mapping[str, Any], where: str, source: str | None)
         default = known[key].default
         expected = type(default) if default is not dataclasses.MISSING else str
         nested = _NESTED.get(cls, {}).get(key)
-        if nested is not None:
-            values[key] = _coerce(nested, value, f"{where}.{key}", source)
+        if nested is not None:  # None: absent (a config.json written by to_dict())
+            values[key] = None if value is None else _coerce(nested, value, f"{where}.{key}", source)
             continue
         if expected is tuple:
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):

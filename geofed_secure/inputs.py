@@ -35,12 +35,13 @@ import numpy as np
 
 from geofed_secure.config import NodeSpec, RunConfig
 from geofed_secure.data import ModalityData
+from geofed_secure.data.anchors import AnchorManifest
 from geofed_secure.data.features import TokenFeatures, concat_features
 from geofed_secure.data.readers import Records, read_records
 from geofed_secure.encoders import FeatureCache, FrozenEncoder, HFEncoder, encoder_from_spec
 from geofed_secure.errors import DataError
 
-__all__ = ["OwnNode", "concept_order_digest", "load_modalities", "load_own_node", "own_modalities"]
+__all__ = ["OwnNode", "concept_order_digest", "load_modalities", "load_own_node", "own_anchor_manifest", "own_modalities"]
 
 Progress = Callable[[str, int, int], None]
 _DOMAIN = b"geofed-secure/own-anchor-digest/v1\x00"
@@ -171,21 +172,50 @@ def load_own_node(config: RunConfig, index: int, cache: FeatureCache, *, progres
         train_pos, eval_pos = _split_holdout(concept, config.anchors.holdout_per_concept, len(concepts), what=f"{where}.anchors")
         train_a = TokenFeatures(a_tokens[train_pos], a_mask[train_pos], concept[train_pos])
         eval_a = TokenFeatures(a_tokens[eval_pos], a_mask[eval_pos], concept[eval_pos])
-        eval_digest = f"holdout:{config.anchors.holdout_per_concept}"
     else:
         assert node.eval_anchors is not None
         held_concept = _label_indices(held.labels, concepts, what=f"{where}.eval_anchors", declared="[anchors] concepts",
                                       path=node.eval_anchors.path)
         train_a = TokenFeatures(a_tokens, a_mask, concept)
         eval_a = TokenFeatures(*encoded["eval_anchors"], held_concept)
-        eval_digest = held.digest
-    h = hashlib.sha256(_DOMAIN)
-    for part in (node.modality, anchors.digest, eval_digest, "\x00".join(concepts)):
-        data = part.encode("utf-8")
-        h.update(struct.pack("<Q", len(data)) + data)
     return OwnNode(node_id=node.id, modality=node.modality, encoder_name=encoder.name,
                    records=TokenFeatures(*encoded["data"], task), anchors=train_a, eval_anchors=eval_a,
-                   anchor_digest=h.hexdigest(), description=records.description)
+                   anchor_digest=_commitment(config, node, anchors, held), description=records.description)
+
+
+def _commitment(config: RunConfig, node: NodeSpec, anchors: Records, held: Records | None) -> str:
+    """The anchor commitment of ``node``'s modality: SHA-256 over the modality name, the raw anchor records' digest,
+    the held-out set (its digest, or the holdout rule) and the concept names. Public files only: no encoder runs."""
+    eval_digest = held.digest if held is not None else f"holdout:{config.anchors.holdout_per_concept}"
+    h = hashlib.sha256(_DOMAIN)
+    for part in (node.modality, anchors.digest, eval_digest, "\x00".join(config.anchors.concepts)):
+        data = part.encode("utf-8")
+        h.update(struct.pack("<Q", len(data)) + data)
+    return h.hexdigest()
+
+
+def own_anchor_manifest(config: RunConfig) -> tuple[AnchorManifest, int]:
+    """The federation's anchor commitment and its number B of training anchors, from every node's PUBLIC anchor files
+    (no private record is read, no encoder runs): what the server and each deployed site verify rounds against."""
+    digests: dict[str, tuple[str, str]] = {}
+    counts = set()
+    for i, node in enumerate(config.nodes):
+        assert node.anchors is not None
+        where = f"nodes[{i}] ({node.id})"
+        anchors = read_records(node.anchors, what=f"{where}.anchors")
+        held = read_records(node.eval_anchors, what=f"{where}.eval_anchors") if node.eval_anchors is not None else None
+        digest = _commitment(config, node, anchors, held)
+        first = digests.setdefault(node.modality, (node.id, digest))
+        if first[1] != digest:
+            raise DataError(f"nodes {first[0]} and {node.id} share modality {node.modality!r} but hold different copies "
+                            "of its public anchors (the anchor digests differ); give both the same anchor files")
+        concept = _label_indices(anchors.labels, config.anchors.concepts, what=f"{where}.anchors",
+                                 declared="[anchors] concepts", path=node.anchors.path)
+        held_out = 0 if held is not None else config.anchors.holdout_per_concept * len(config.anchors.concepts)
+        counts.add(len(concept) - held_out)
+    if len(counts) != 1:
+        raise DataError(f"every modality needs the same number of training anchors B, got {sorted(counts)}")
+    return AnchorManifest(per_modality={m: d for m, (_, d) in digests.items()}), counts.pop()
 
 
 def _same_order(reference: tuple[str, TokenFeatures], other: tuple[str, TokenFeatures], concepts: Sequence[str],

@@ -29,7 +29,7 @@ def write_toml(config, path: Path) -> Path:
     for section in ("federation", "model", "training", "data", "secure", "privacy"):
         lines += [f"[{section}]"] + [f"{k} = {json.dumps(v)}" for k, v in data[section].items()]
     for node in data["nodes"]:
-        lines += ["[[nodes]]"] + [f"{k} = {json.dumps(v)}" for k, v in node.items()]
+        lines += ["[[nodes]]"] + [f"{k} = {json.dumps(v)}" for k, v in node.items() if v is not None]  # TOML has no null
     path.write_text("\n".join(lines) + "\n")
     return path
 

@@ -217,3 +217,40 @@ def test_worked_example_trains_with_masking_and_dp_then_audits(example, tmp_path
     report = json.loads((tmp_path / "audit" / "report.json").read_text())
     assert report["plan"]["target"] == "registry-site" and report["results"]
     assert all("power" in r for r in report["results"])
+
+
+def test_a_deployed_site_reads_only_its_own_records_and_the_public_anchors(example, tmp_path):
+    """A Flower site of an own federation builds its node from its own files: the other sites' private records may be
+    absent from its machine. It gets the same node and the same anchor commitment as the one-process build."""
+    import shutil
+
+    from geofed_secure.inputs import load_modalities
+    from geofed_secure.runtime import build_federation
+    from geofed_secure.runtime.flower.sitedata import DEMO, anchor_count, anchor_digests
+    from geofed_secure.runtime.flower.sitedata import load_modalities as site_modalities
+
+    full_config = _cached(load_config(example[1]), tmp_path)
+    full = build_federation(full_config, load_modalities(full_config))
+    folder = _copy_example(example, tmp_path)
+    shutil.rmtree(folder / "imaging-site" / "records")
+    (folder / "report-site" / "records.jsonl").unlink()
+    config = _cached(load_config(folder / "federation.toml"), tmp_path)
+    from geofed_secure.data.anchors import AnchorManifest
+
+    manifest = AnchorManifest(per_modality=anchor_digests(DEMO, config))
+    assert manifest.digest == full.anchor_digest and anchor_count(DEMO, config) == 18
+    site = build_federation(config, site_modalities(DEMO, config, only=["registry-site"]), only=["registry-site"],
+                            manifest=manifest)
+    assert list(site.nodes) == ["registry-site"] and site.anchor_digest == full.anchor_digest
+    mine, reference = site.nodes["registry-site"], full.nodes["registry-site"]
+    for part in ("train", "test", "anchors"):
+        np.testing.assert_array_equal(getattr(mine, part).tokens, getattr(reference, part).tokens)
+        np.testing.assert_array_equal(getattr(mine, part).labels, getattr(reference, part).labels)
+    with pytest.raises(DataError, match="imaging-site.*does not exist|records"):
+        load_modalities(config)  # the one-process build needs every site's records
+
+
+def test_an_own_config_survives_its_json_round_trip(example):
+    """config.json in a run folder (resume) and the Flower run config carry the node tables."""
+    config = load_config(example[1])
+    assert config_from_dict(json.loads(json.dumps(config.to_dict()))) == config

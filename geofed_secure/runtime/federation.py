@@ -8,12 +8,12 @@ train and held-out test samples.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
-from geofed_secure.config import RunConfig, label_count, needed_modalities
+from geofed_secure.config import RunConfig, label_count
 from geofed_secure.data.anchors import AnchorManifest
 from geofed_secure.data.features import TokenFeatures
 from geofed_secure.data.modality import ModalityData
@@ -34,9 +34,19 @@ class FederationData:
         return self.manifest.digest
 
 
-def build_federation(config: RunConfig, modalities: Mapping[str, ModalityData]) -> FederationData:
-    """Partition the pools among the configured nodes; validate that every node's data is usable."""
-    missing = [m for m in needed_modalities(config) if m not in modalities]
+def build_federation(config: RunConfig, modalities: Mapping[str, ModalityData], *, only: Collection[str] | None = None,
+                     manifest: AnchorManifest | None = None) -> FederationData:
+    """Partition the pools among the configured nodes; validate that every node's data is usable.
+
+    ``only``: build these nodes alone (a deployed site of an own federation loads only its own records:
+    :func:`geofed_secure.inputs.load_modalities` with ``only``); ``manifest``: the federation's anchor commitment when
+    ``modalities`` does not hold every modality (:func:`geofed_secure.inputs.own_anchor_manifest`)."""
+    wanted = [n for n in config.nodes if only is None or n.id in only]
+    if only is not None and (len(wanted) != len(set(only)) or manifest is None):
+        raise DataError(f"build_federation(only={sorted(only)}): every name must be a node of the federation, and the "
+                        "federation's anchor manifest must be given")
+    needed = sorted({n.modality for n in wanted} | {n.paired_modality for n in wanted if n.paired_modality})
+    missing = [m for m in needed if m not in modalities]
     if missing:
         raise DataError(f"no data for modality {missing[0]!r}; load it or remove the nodes that need it")
     seed = config.federation.seed
@@ -54,15 +64,17 @@ def build_federation(config: RunConfig, modalities: Mapping[str, ModalityData]) 
             takers.setdefault(node.paired_modality, []).append(f"{node.id}#paired")
     shares: dict[str, np.ndarray] = {}
     for modality, names in sorted(takers.items()):
-        data = modalities[modality]
-        if data.pool_owner is not None:  # own nodes: every node has its own records, nothing to cut
-            shares.update((name, _owned(data, name)) for name in names)
+        taken = modalities.get(modality)
+        if taken is None:  # a modality of nodes not built here (only)
             continue
-        parts = dirichlet_partition(data.pool.labels, len(names), config.data.dirichlet_alpha,
+        if taken.pool_owner is not None:  # own nodes: every node has its own records, nothing to cut
+            shares.update((name, _owned(taken, name)) for name in names if name.partition("#")[0] in {n.id for n in wanted})
+            continue
+        parts = dirichlet_partition(taken.pool.labels, len(names), config.data.dirichlet_alpha,
                                     numpy_rng(seed, "partition", modality), min_size=20)
         shares.update(zip(names, parts))
     nodes: dict[str, NodeData] = {}
-    for node in config.nodes:
+    for node in wanted:
         pool = modalities[node.modality].pool
         index = numpy_rng(seed, "split", node.id).permutation(shares[node.id])
         n_test = max(1, round(len(index) * config.data.test_fraction))
@@ -75,7 +87,7 @@ def build_federation(config: RunConfig, modalities: Mapping[str, ModalityData]) 
         nodes[node.id] = NodeData(train=pool.subset(train_idx), test=pool.subset(test_idx),
                                   anchors=modalities[node.modality].anchors, paired_train=paired, n_classes=n_classes,
                                   labels_are_concepts=not node.own_data or node.labels in ((), config.anchors.concepts))
-    manifest = AnchorManifest(per_modality={m: d.anchor_digest for m, d in sorted(modalities.items())})
+    manifest = manifest or AnchorManifest(per_modality={m: d.anchor_digest for m, d in sorted(modalities.items())})
     return FederationData(modalities=dict(modalities), nodes=nodes, manifest=manifest)
 
 

@@ -113,6 +113,11 @@ def site_for(context: Context) -> Site:
     source = setting(context, "data", default=DEMO)
     if is_site_folder(source):  # this node's own share only
         data, digest = load_site(source, node_id, config.federation.id)
+    elif source == DEMO and any(n.own_data for n in config.nodes):  # own files: this node's records, public anchors
+        manifest = AnchorManifest(per_modality=anchor_digests(source, config))
+        federation = build_federation(config, load_modalities(source, config, only=[node_id]), only=[node_id],
+                                      manifest=manifest)
+        data, digest = federation.nodes[node_id], federation.anchor_digest
     else:  # the demo or a modalities folder: the share is cut here from every pool (one machine)
         federation = build_federation(config, load_modalities(source, config))
         data, digest = federation.nodes[node_id], federation.anchor_digest

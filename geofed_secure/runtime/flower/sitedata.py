@@ -100,12 +100,17 @@ def _load_folder(folder: Path, modality: str) -> ModalityData:
                         anchor_digest=metadata["anchor_digest"], description=metadata.get("description", ""))
 
 
-def load_modalities(source: str, config: RunConfig) -> dict[str, ModalityData]:
-    """Every modality ``config``'s nodes need, from ``source`` (``"demo"`` or a folder)."""
+def _own(config: RunConfig) -> bool:
+    return any(n.own_data for n in config.nodes)
+
+
+def load_modalities(source: str, config: RunConfig, *, only: list[str] | None = None) -> dict[str, ModalityData]:
+    """Every modality ``config``'s nodes need, from ``source`` (``"demo"``: as configured, the demo's data or the own
+    nodes' files, of the ``only`` nodes alone when given; or a folder)."""
     if source == DEMO:
         from geofed_secure.inputs import load_modalities as load_configured
 
-        return load_configured(config)
+        return load_configured(config, only=only)
     folder = Path(source)
     if not folder.is_dir():
         raise DataError(f"data source {source!r} is neither 'demo' nor a folder")
@@ -115,6 +120,10 @@ def load_modalities(source: str, config: RunConfig) -> dict[str, ModalityData]:
 def anchor_digests(source: str, config: RunConfig) -> dict[str, str]:
     """The public anchor digest of every needed modality (what the server commits to), reading no private pool
     when ``source`` is a folder."""
+    if source == DEMO and _own(config):  # the nodes' public anchor files only: no private record is read
+        from geofed_secure.inputs import own_anchor_manifest
+
+        return dict(own_anchor_manifest(config)[0].per_modality)
     if source == DEMO:
         return {m: d.anchor_digest for m, d in load_modalities(source, config).items()}
     folder = Path(source)
@@ -125,6 +134,10 @@ def anchor_digests(source: str, config: RunConfig) -> dict[str, str]:
 
 def anchor_count(source: str, config: RunConfig) -> int:
     """The number B of public anchors (the same in every modality), reading no private pool when ``source`` is a folder."""
+    if source == DEMO and _own(config):
+        from geofed_secure.inputs import own_anchor_manifest
+
+        return own_anchor_manifest(config)[1]
     if source == DEMO:
         counts = {len(d.anchors) for d in load_modalities(source, config).values()}
     else:
