@@ -71,6 +71,7 @@ class OwnNode:
     eval_anchors: TokenFeatures
     anchor_digest: str
     description: str
+    paired: TokenFeatures | None = None  # a bridge node's paired samples, row-aligned with ``records``
 
 
 def concept_order_digest(concepts: Sequence[str], sequence: np.ndarray) -> str:
@@ -180,7 +181,27 @@ def load_own_node(config: RunConfig, index: int, cache: FeatureCache, *, progres
         eval_a = TokenFeatures(*encoded["eval_anchors"], held_concept)
     return OwnNode(node_id=node.id, modality=node.modality, encoder_name=encoder.name,
                    records=TokenFeatures(*encoded["data"], task), anchors=train_a, eval_anchors=eval_a,
-                   anchor_digest=_commitment(config, node, anchors, held), description=records.description)
+                   anchor_digest=_commitment(config, node, anchors, held), description=records.description,
+                   paired=_paired(node, where, records, task, cache, progress))
+
+
+def _paired(node: NodeSpec, where: str, records: Records, task: np.ndarray, cache: FeatureCache,
+            progress: Progress | None) -> TokenFeatures | None:
+    """A bridge node's paired records (row i = the same sample as row i of its data), encoded by its paired encoder."""
+    if node.paired_data is None or node.paired_encoder is None:
+        return None
+    paired = read_records(node.paired_data, what=f"{where}.paired_data")
+    if len(paired) != len(records) or tuple(paired.labels) != tuple(records.labels):
+        row = next((i for i, (a, b) in enumerate(zip(paired.labels, records.labels, strict=False)) if a != b), None)
+        detail = f"row {row} is labelled {paired.labels[row]!r} there but {records.labels[row]!r} in data" \
+            if row is not None else f"{len(paired)} rows against {len(records)}"
+        raise DataError(f"{where}.paired_data: row i must be the same sample as row i of the node's data ({detail}); "
+                        "write both files in one order")
+    shape = paired.samples.shape if paired.kind == "features" else (0, 0, 0)
+    encoder = encoder_from_spec(node.paired_encoder, modality=node.paired_modality, record_kind=paired.kind,
+                                n_columns=len(paired.columns), columns=paired.columns, seq_len=int(shape[1]),
+                                dim=int(shape[2]))
+    return TokenFeatures(*_encode(encoder, paired, cache, f"{node.id} paired_data", progress), task)
 
 
 def _commitment(config: RunConfig, node: NodeSpec, anchors: Records, held: Records | None) -> str:
@@ -266,5 +287,6 @@ def own_modalities(config: RunConfig, *, progress: Progress | None = None,
         out[modality] = ModalityData(modality=modality, encoder_name=first.encoder_name, synthetic=False, pool=pool,
                                      anchors=first.anchors, eval_anchors=first.eval_anchors,
                                      anchor_digest=first.anchor_digest, owners=owners, pool_owner=owner_of,
+                                     paired_rows={n.node_id: n.paired for n in nodes if n.paired is not None},
                                      description="; ".join(f"{n.node_id}: {n.description}" for n in nodes))
     return out

@@ -75,7 +75,11 @@ def test_own_nodes_parse_with_free_modality_names_and_label_sets():
     (lambda n: n[0].update(labels=["only"]), "nodes[0].labels"),
     (lambda n: n[0].update(labels=["x", "x"]), "nodes[0].labels"),
     (lambda n: n[0].update(modality="../up"), "nodes[0].modality"),
-    (lambda n: n[0].update(paired_modality="text"), "nodes[0].paired_modality"),
+    (lambda n: n[0].update(paired_modality="text"), "nodes[0].paired_data"),
+    (lambda n: n[0].update(paired_modality="m0", paired_data={"kind": "table", "path": "p.csv"},
+                           paired_encoder={"kind": "builtin", "name": "numeric-columns"}), "nodes[0].paired_modality"),
+    (lambda n: n[0].update(paired_modality="m9", paired_data={"kind": "table", "path": "p.csv"},
+                           paired_encoder={"kind": "hf"}), "nodes[0].paired_encoder.path"),
     (lambda n: [n[2].pop(k) for k in ("data", "anchors", "encoder")] and n[2].update(modality="image"), "nodes[2].data"),
 ])
 def test_bad_own_node_tables_name_the_field(change, field):
@@ -254,3 +258,46 @@ def test_an_own_config_survives_its_json_round_trip(example):
     """config.json in a run folder (resume) and the Flower run config carry the node tables."""
     config = load_config(example[1])
     assert config_from_dict(json.loads(json.dumps(config.to_dict()))) == config
+
+
+def test_an_own_bridge_node_holds_two_modalities_row_by_row(example, tmp_path):
+    """Item 4 of issue 15: a node may hold several modalities. Its paired file's row i is the same sample as its data's
+    row i (the labels must agree); the intra-node contrastive loss trains on those pairs."""
+    from geofed_secure.inputs import load_modalities
+    from geofed_secure.runtime import Simulator, build_federation
+
+    module = _example_module()
+    folder = _copy_example(example, tmp_path)
+    rng = np.random.default_rng(7)
+    concepts = [module.CONCEPTS[i % 3] for i in range(60)]
+    module.write_texts(folder / "bridge-site" / "records.jsonl", concepts, rng, key="shape")
+    module.write_table(folder / "bridge-site" / "paired.csv", concepts, rng, key="shape", task=False)
+    (folder / "federation.toml").write_text((folder / "federation.toml").read_text().replace("epsilon = 8.0", "epsilon = 0.0")
+                                            + '''
+[[nodes]]
+id = "bridge-site"
+modality = "report"
+paired_modality = "measurements"
+data = { kind = "jsonl", path = "bridge-site/records.jsonl", label_column = "shape" }
+paired_data = { kind = "table", path = "bridge-site/paired.csv", label_column = "shape" }
+anchors = { kind = "jsonl", path = "report-site/anchors.jsonl", label_column = "concept" }
+encoder = { kind = "hf", path = "models/text-encoder", max_length = 12 }
+paired_encoder = { kind = "builtin", name = "numeric-columns" }
+''')
+    config = _cached(load_config(folder / "federation.toml"), tmp_path)
+    modalities = load_modalities(config)
+    fed = build_federation(config, modalities)
+    bridge = fed.nodes["bridge-site"]
+    assert bridge.paired_train is not None and len(bridge.paired_train) == len(bridge.train) == 48
+    np.testing.assert_array_equal(bridge.paired_train.labels, bridge.train.labels)
+    assert bridge.paired_train.dim == modalities["measurements"].pool.dim  # the paired encoder's width
+    result = Simulator(config.replace(federation=dataclasses.replace(config.federation, rounds=1)), modalities,
+                       tmp_path / "run").run()
+    assert result.summary["rounds"][-1]["nodes"]["bridge-site"]["failure"] is None
+
+    paired = folder / "bridge-site" / "paired.csv"
+    lines = paired.read_text().splitlines()
+    lines[1], lines[2] = lines[2], lines[1]  # rows 0 and 1 (a circle and a square) swap: no longer the same samples
+    paired.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match="row 0 is labelled 'square' there but 'circle' in data"):
+        load_modalities(config)

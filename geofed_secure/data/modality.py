@@ -50,6 +50,8 @@ class ModalityData:
     # is the index in ``owners`` of the node that holds row i. None: a demo pool, cut among nodes by the runtime.
     owners: tuple[str, ...] = ()
     pool_owner: np.ndarray | None = field(default=None, compare=False, repr=False)
+    # Own bridge nodes: node id -> its paired samples (another modality), row i = the same sample as its owned row i.
+    paired_rows: dict[str, TokenFeatures] = field(default_factory=dict, compare=False, repr=False)
 
     def owned_rows(self, node_id: str) -> np.ndarray | None:
         """The pool rows ``node_id`` holds, or None for a demo pool (which the runtime partitions)."""

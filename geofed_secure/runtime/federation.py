@@ -45,7 +45,7 @@ def build_federation(config: RunConfig, modalities: Mapping[str, ModalityData], 
     if only is not None and (len(wanted) != len(set(only)) or manifest is None):
         raise DataError(f"build_federation(only={sorted(only)}): every name must be a node of the federation, and the "
                         "federation's anchor manifest must be given")
-    needed = sorted({n.modality for n in wanted} | {n.paired_modality for n in wanted if n.paired_modality})
+    needed = sorted({n.modality for n in wanted} | {n.paired_modality for n in wanted if n.paired_modality and not n.own_data})
     missing = [m for m in needed if m not in modalities]
     if missing:
         raise DataError(f"no data for modality {missing[0]!r}; load it or remove the nodes that need it")
@@ -60,7 +60,7 @@ def build_federation(config: RunConfig, modalities: Mapping[str, ModalityData], 
     takers: dict[str, list[str]] = {}
     for node in config.nodes:
         takers.setdefault(node.modality, []).append(node.id)
-        if node.paired_modality:
+        if node.paired_modality and not node.own_data:  # an own bridge node brings its paired rows itself
             takers.setdefault(node.paired_modality, []).append(f"{node.id}#paired")
     shares: dict[str, np.ndarray] = {}
     for modality, names in sorted(takers.items()):
@@ -80,7 +80,11 @@ def build_federation(config: RunConfig, modalities: Mapping[str, ModalityData], 
         n_test = max(1, round(len(index) * config.data.test_fraction))
         train_idx, test_idx = index[n_test:], index[:n_test]
         paired = None
-        if node.paired_modality:
+        if node.paired_modality and node.own_data:  # its own paired file, row-aligned with its own records
+            own_rows = modalities[node.modality].owned_rows(node.id)
+            assert own_rows is not None
+            paired = modalities[node.modality].paired_rows[node.id].subset(train_idx - own_rows[0])
+        elif node.paired_modality:
             paired = _pair_by_concept(pool.labels[train_idx], modalities[node.paired_modality].pool,
                                       shares[f"{node.id}#paired"], numpy_rng(seed, "pairing", node.id))
         n_classes = label_count(config, node)

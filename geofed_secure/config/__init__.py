@@ -17,6 +17,15 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from geofed_secure.config.specs import (
+    ENCODER_INPUTS,
+    ENCODER_KINDS,
+    SOURCE_KINDS,
+    TOKEN_LAYOUTS,
+    AnchorsSection,
+    EncoderSpec,
+    SourceSpec,
+)
 from geofed_secure.errors import ConfigError
 
 MODALITIES = ("image", "text", "tabular", "dna")
@@ -96,56 +105,6 @@ class PrivacySection:
         return self.epsilon > 0
 
 
-SOURCE_KINDS = ("image-folder", "table", "jsonl", "fasta", "sequences", "features")
-ENCODER_KINDS = ("builtin", "hf", "callable", "precomputed")
-ENCODER_INPUTS = ("auto", "image", "text")
-TOKEN_LAYOUTS = ("hidden", "pooled", "patch")
-
-
-@dataclass(frozen=True, kw_only=True)
-class SourceSpec:
-    """Where a node's records (or its copy of the public anchors) come from; read by :mod:`geofed_secure.data.readers`.
-
-    kind: "image-folder" (class subfolders, or ``labels_file`` = CSV with ``file`` and ``label_column``), "table"
-    (CSV or Parquet; ``label_column``; ``columns`` = the feature columns, () = every other column; ``text_column``
-    set = the records are that column's strings), "jsonl" (``text_column`` and ``label_column`` fields), "fasta"
-    (``>id label=<value>`` headers, or ``labels_file`` = CSV with ``id`` and ``label_column``), "sequences" (one
-    ``SEQUENCE<TAB>LABEL`` per line), "features" (precomputed tokens: ``.safetensors`` / ``.npz`` with ``tokens``
-    [N, L, d] float32, optional ``mask`` [N, L] bool, and ``labels`` [N] (integers or strings), or ``.npy`` tokens with
-    ``labels_file``). Relative paths are resolved against the config file's folder. ``limit`` > 0 reads at most that
-    many records (in file order).
-    """
-
-    kind: str
-    path: str
-    label_column: str = "label"
-    text_column: str = ""
-    columns: tuple[str, ...] = ()
-    labels_file: str = ""
-    limit: int = 0
-
-
-@dataclass(frozen=True, kw_only=True)
-class EncoderSpec:
-    """A node's frozen encoder ("tokenizer"); built by :func:`geofed_secure.encoders.encoder_from_spec`.
-
-    kind: "builtin" (``name``: one of the demo's encoders "image", "text", "tabular", "dna", or "numeric-columns"),
-    "hf" (``path``: a local Hugging Face checkpoint directory; ``input`` "image" uses AutoImageProcessor, "text"
-    AutoTokenizer, "auto" decides from the files; ``layout``: "hidden" = last hidden states, "pooled" = one token,
-    "patch" = hidden states without the first ([CLS]) token; ``max_length`` tokens for text), "callable"
-    (``factory`` = "package.module:function" returning an encoder), "precomputed" (the records already are tokens).
-    """
-
-    kind: str = "builtin"
-    name: str = ""
-    path: str = ""
-    input: str = "auto"
-    layout: str = "hidden"
-    max_length: int = 64
-    factory: str = ""
-    batch_size: int = 32
-
-
 @dataclass(frozen=True, kw_only=True)
 class NodeSpec:
     id: str
@@ -159,6 +118,9 @@ class NodeSpec:
     eval_anchors: SourceSpec | None = None  # held-out public anchors; absent -> anchors.holdout_per_concept of ``anchors``
     encoder: EncoderSpec | None = None
     labels: tuple[str, ...] = ()  # the node's task labels (its head is local); () -> the concepts
+    # An own bridge node: row i of paired_data is the same sample as row i of data, in modality paired_modality.
+    paired_data: SourceSpec | None = None
+    paired_encoder: EncoderSpec | None = None
 
     @property
     def own_data(self) -> bool:
@@ -172,20 +134,6 @@ DEMO_NODES = (
     NodeSpec(id="registry-tabular", modality="tabular"),
     NodeSpec(id="genomics-dna", modality="dna"),
 )
-
-
-@dataclass(frozen=True, kw_only=True)
-class AnchorsSection:
-    """The public anchor set of a federation of own nodes (the demo's concepts are the digits 0..9).
-
-    concepts: the concept names; every anchor file's concept column takes values from them, and every modality's
-    anchors follow the same concept sequence (anchor j is the same concept everywhere).
-    holdout_per_concept: for a node without ``eval_anchors``, the last this-many anchors of each concept (in file
-    order) are held out for evaluation instead of training.
-    """
-
-    concepts: tuple[str, ...] = ()
-    holdout_per_concept: int = 2
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -226,7 +174,9 @@ def needed_modalities(config: RunConfig) -> list[str]:
 
 _SECTIONS = {"federation": FederationSection, "model": ModelSection, "training": TrainingSection, "data": DataSection,
              "secure": SecureSection, "privacy": PrivacySection, "anchors": AnchorsSection}
-_NESTED: dict[type, dict[str, type]] = {NodeSpec: {"data": SourceSpec, "anchors": SourceSpec, "eval_anchors": SourceSpec, "encoder": EncoderSpec}}
+_NESTED: dict[type, dict[str, type]] = {NodeSpec: {"data": SourceSpec, "anchors": SourceSpec, "eval_anchors": SourceSpec,
+                                                   "encoder": EncoderSpec, "paired_data": SourceSpec,
+                                                   "paired_encoder": EncoderSpec}}
 
 
 def did_you_mean(word: object, choices: Iterable[str]) -> str:
@@ -394,7 +344,8 @@ def validate(cfg: RunConfig) -> None:
         elif node.modality not in MODALITIES:
             raise ConfigError(f"{where}.modality", f"unknown modality {node.modality!r}{did_you_mean(node.modality, MODALITIES)}; "
                               f"the demo's are {MODALITIES}; a node with its own data (a [nodes.data] table) may name any")
-        if node.paired_modality and (node.paired_modality not in MODALITIES or node.paired_modality == node.modality):
+        if not node.own_data and node.paired_modality and (node.paired_modality not in MODALITIES
+                                                           or node.paired_modality == node.modality):
             raise ConfigError(f"{where}.paired_modality", f"must be another known modality, got {node.paired_modality!r}")
         if node.id in seen:
             raise ConfigError(f"{where}.id", f"duplicate node id {node.id!r}")
@@ -430,15 +381,19 @@ def _validate_own(cfg: RunConfig) -> None:
             if getattr(node, part) is None:
                 raise ConfigError(f"{where}.{part}", f"node {node.id!r} brings its own data, so it needs a [nodes.{part}] "
                                   "table too (docs/own-federation.md)")
+        if bool(node.paired_modality) != (node.paired_data is not None) or (node.paired_data is None) != (node.paired_encoder is None):
+            raise ConfigError(f"{where}.paired_data", "an own bridge node gives paired_modality, paired_data (row i = the "
+                              "same sample as row i of data) and paired_encoder together, or none of them")
         if node.paired_modality:
-            raise ConfigError(f"{where}.paired_modality", "bridge nodes are built from the demo's modalities only; a node "
-                              "with its own data holds one modality")
+            _check_id(node.paired_modality, f"{where}.paired_modality")
+            if node.paired_modality == node.modality:
+                raise ConfigError(f"{where}.paired_modality", f"must differ from the node's modality {node.modality!r}")
         if node.labels and (len(node.labels) < 2 or len(set(node.labels)) != len(node.labels) or not all(node.labels)):
             raise ConfigError(f"{where}.labels", f"must name at least 2 distinct, non-empty task labels, got {list(node.labels)}")
         if node.eval_anchors is None and cfg.anchors.holdout_per_concept == 0:
             raise ConfigError("anchors.holdout_per_concept", f"is 0 and node {node.id!r} has no eval_anchors: evaluation "
                               "needs held-out anchors; set holdout_per_concept >= 1 or give [nodes.eval_anchors]")
-        for part in ("data", "anchors", "eval_anchors"):
+        for part in ("data", "anchors", "eval_anchors", "paired_data"):
             source: SourceSpec | None = getattr(node, part)
             if source is None:
                 continue
@@ -447,27 +402,31 @@ def _validate_own(cfg: RunConfig) -> None:
                 raise ConfigError(f"{where}.{part}.path", "is empty; name the file or folder to read")
             if source.limit < 0:
                 raise ConfigError(f"{where}.{part}.limit", f"must be >= 0 (0 = every record), got {source.limit}")
-        enc = node.encoder
-        assert enc is not None
-        _choice(enc.kind, ENCODER_KINDS, f"{where}.encoder.kind")
-        _choice(enc.input, ENCODER_INPUTS, f"{where}.encoder.input")
-        _choice(enc.layout, TOKEN_LAYOUTS, f"{where}.encoder.layout")
-        needs = {"builtin": ("name", "a built-in encoder: " + ", ".join(BUILTIN_ENCODERS)),
-                 "hf": ("path", "a local Hugging Face checkpoint directory (nothing is downloaded)"),
-                 "callable": ("factory", "'package.module:function' returning an encoder")}.get(enc.kind)
-        if needs and not getattr(enc, needs[0]):
-            raise ConfigError(f"{where}.encoder.{needs[0]}", f"is required for kind {enc.kind!r}: {needs[1]}")
-        if enc.kind == "builtin":
-            _choice(enc.name, BUILTIN_ENCODERS, f"{where}.encoder.name")
-        if enc.kind == "callable" and enc.factory.count(":") != 1:
-            raise ConfigError(f"{where}.encoder.factory", f"must be 'package.module:function', got {enc.factory!r}")
-        precomputed = node.data is not None and node.data.kind == "features"
-        if precomputed != (enc.kind == "precomputed"):
-            raise ConfigError(f"{where}.encoder.kind", "precomputed token features (data kind 'features') go with encoder "
-                              "kind 'precomputed', and only they do")
-        if not 3 <= enc.max_length <= 8192 or not 1 <= enc.batch_size <= 65_536:
-            raise ConfigError(f"{where}.encoder", f"max_length must be in [3, 8192] and batch_size in [1, 65536], got "
-                              f"{enc.max_length} and {enc.batch_size}")
+        for encoder_part, data_part in (("encoder", node.data), ("paired_encoder", node.paired_data)):
+            if getattr(node, encoder_part) is not None:
+                _validate_encoder(getattr(node, encoder_part), data_part, f"{where}.{encoder_part}")
+
+
+def _validate_encoder(enc: EncoderSpec, data: SourceSpec | None, where: str) -> None:
+    """One ``[nodes.encoder]`` (or ``paired_encoder``) table; ``data``: the records it encodes."""
+    _choice(enc.kind, ENCODER_KINDS, f"{where}.kind")
+    _choice(enc.input, ENCODER_INPUTS, f"{where}.input")
+    _choice(enc.layout, TOKEN_LAYOUTS, f"{where}.layout")
+    needs = {"builtin": ("name", "a built-in encoder: " + ", ".join(BUILTIN_ENCODERS)),
+             "hf": ("path", "a local Hugging Face checkpoint directory (nothing is downloaded)"),
+             "callable": ("factory", "'package.module:function' returning an encoder")}.get(enc.kind)
+    if needs and not getattr(enc, needs[0]):
+        raise ConfigError(f"{where}.{needs[0]}", f"is required for kind {enc.kind!r}: {needs[1]}")
+    if enc.kind == "builtin":
+        _choice(enc.name, BUILTIN_ENCODERS, f"{where}.name")
+    if enc.kind == "callable" and enc.factory.count(":") != 1:
+        raise ConfigError(f"{where}.factory", f"must be 'package.module:function', got {enc.factory!r}")
+    if (data is not None and data.kind == "features") != (enc.kind == "precomputed"):
+        raise ConfigError(f"{where}.kind", "precomputed token features (data kind 'features') go with encoder kind "
+                          "'precomputed', and only they do")
+    if not 3 <= enc.max_length <= 8192 or not 1 <= enc.batch_size <= 65_536:
+        raise ConfigError(where, f"max_length must be in [3, 8192] and batch_size in [1, 65536], got {enc.max_length} "
+                          f"and {enc.batch_size}")
 
 
 def resolve_paths(cfg: RunConfig, base: str | Path) -> RunConfig:
@@ -482,8 +441,8 @@ def resolve_paths(cfg: RunConfig, base: str | Path) -> RunConfig:
                    if hasattr(spec, k) and getattr(spec, k) and not Path(getattr(spec, k)).expanduser().is_absolute()}
         return dataclasses.replace(spec, **changes) if changes else spec
 
-    nodes = tuple(dataclasses.replace(n, data=fix(n.data), anchors=fix(n.anchors), eval_anchors=fix(n.eval_anchors),
-                                      encoder=fix(n.encoder)) if n.own_data else n for n in cfg.nodes)
+    parts = ("data", "anchors", "eval_anchors", "encoder", "paired_data", "paired_encoder")
+    nodes = tuple(dataclasses.replace(n, **{p: fix(getattr(n, p)) for p in parts}) if n.own_data else n for n in cfg.nodes)
     model = cfg.model
     if model.backbone != ModelSection.backbone and not Path(model.backbone).expanduser().is_absolute():
         model = dataclasses.replace(model, backbone=str(root / model.backbone))
