@@ -136,9 +136,15 @@ class Bytes(Kind):
         return value.hex()
 
     def from_json(self, raw: Any, *, what: str) -> bytes:
-        if not isinstance(raw, str) or not _HEX.match(raw):
+        # bytes.fromhex takes upper case and spaces too: the round trip keeps exactly lowercase hex, two characters a
+        # byte (as _HEX does, faster on long values such as sealed shares)
+        try:
+            value = bytes.fromhex(raw) if isinstance(raw, str) else None
+        except ValueError:
+            value = None
+        if value is None or value.hex() != raw:
             raise fail(what, "bytes must be lowercase hex, two characters a byte")
-        return bytes.fromhex(raw)
+        return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,6 +244,10 @@ class BodyKind(Kind):
         """The value described by header member ``raw`` whose bytes are all of ``body``."""
         raise NotImplementedError
 
+    def is_body(self, value: Any, body: bytes) -> bool:
+        """Whether ``value`` encodes to exactly ``body`` (the decoder's canonical-form check)."""
+        return bool(self.to_body(value) == body)
+
 
 @dataclass(frozen=True, slots=True)
 class Words(BodyKind):
@@ -250,6 +260,8 @@ class Words(BodyKind):
         if not isinstance(value, np.ndarray) or value.ndim != 1 or value.dtype not in dtypes:
             sizes = " or ".join(f"uint{bits}" for bits in self.ring_bits)
             raise fail(what, f"must be a 1-D little-endian {sizes} array")
+        if not value.flags.writeable and isinstance(value.base, bytes):
+            return value  # a read-only view of immutable bytes (a decoded body) cannot change: no copy needed
         frozen = value.copy()
         frozen.setflags(write=False)
         return frozen
@@ -259,6 +271,9 @@ class Words(BodyKind):
 
     def to_body(self, value: np.ndarray) -> bytes:
         return value.tobytes()
+
+    def is_body(self, value: np.ndarray, body: bytes) -> bool:
+        return value.base is body or value.tobytes() == body  # a decoded value is a view of its body: nothing to copy
 
     def from_body(self, raw: Any, body: bytes, *, what: str) -> np.ndarray:
         if not isinstance(raw, dict) or set(raw) != {"ring_bits", "length"}:
@@ -377,8 +392,8 @@ class WireMessage:
     FRAMING: ClassVar[Framing]
 
     def __post_init__(self) -> None:
-        for name, kind in self.SCHEMA.items():
-            object.__setattr__(self, name, kind.check(getattr(self, name), what=f"{type(self).__name__}.{name}"))
+        for name, kind, _, what, _ in _layout(type(self)):
+            object.__setattr__(self, name, kind.check(getattr(self, name), what=what))
         self._check_together()
 
     def _check_together(self) -> None:
@@ -387,36 +402,61 @@ class WireMessage:
     def header(self) -> dict[str, Any]:
         """The header object: ``type`` and each field's JSON form."""
         out: dict[str, Any] = {"type": type(self).__name__}
-        for name, kind in self.SCHEMA.items():
-            out[kind.header_key(name)] = kind.to_json(getattr(self, name))
+        for name, kind, key, _, _ in _layout(type(self)):
+            out[key] = kind.to_json(getattr(self, name))
         return out
 
     def body(self) -> bytes:
         return b"".join(kind.to_body(getattr(self, name)) for name, kind in self.SCHEMA.items()
                         if isinstance(kind, BodyKind))
 
+    def is_body(self, body: bytes) -> bool:
+        """Whether :meth:`body` is exactly ``body`` (without re-encoding a decoded body where its kind can tell)."""
+        kinds = [(name, kind) for name, kind in self.SCHEMA.items() if isinstance(kind, BodyKind)]
+        if not kinds:
+            return not body
+        return all(kind.is_body(getattr(self, name), body) for name, kind in kinds)  # at most one body field
+
     def encode(self) -> bytes:
         """The message's one canonical wire encoding."""
         return self.FRAMING.frame(self.header(), self.body())
 
 
+_Layout = tuple[tuple[str, "Kind", str, str, str], ...]
+_LAYOUTS: dict[type, tuple[_Layout, frozenset[str], bool]] = {}
+
+
+def _layouts(cls: type[WireMessage]) -> tuple[_Layout, frozenset[str], bool]:
+    """Computed once per message class: per field (name, kind, header member, what for a field error, what for a
+    member error), the header members, and whether a field travels in the body. Building these strings for every
+    field of every message was a good part of decoding a key roster."""
+    known = _LAYOUTS.get(cls)
+    if known is None:
+        layout = tuple((name, kind, kind.header_key(name), f"{cls.__name__}.{name}",
+                        f"{cls.__name__}.{kind.header_key(name)}") for name, kind in cls.SCHEMA.items())
+        known = _LAYOUTS[cls] = (layout, frozenset(key for _, _, key, _, _ in layout),
+                                 any(isinstance(kind, BodyKind) for kind in cls.SCHEMA.values()))
+    return known
+
+
+def _layout(cls: type[WireMessage]) -> _Layout:
+    return _layouts(cls)[0]
+
+
 def build(cls: type[WireMessage], header: Mapping[str, Any], body: bytes) -> WireMessage:
     """A ``cls`` from its header members (without ``type``) and body; :class:`MessageError` on any defect."""
-    what = cls.__name__
-    expected = {kind.header_key(name) for name, kind in cls.SCHEMA.items()}
-    if set(header) != expected:
+    _, expected, has_body = _layouts(cls)
+    if header.keys() != expected:
         missing, extra = sorted(expected - set(header)), sorted(set(header) - expected)
-        raise fail(what, f"header fields wrong (missing {missing}, unexpected {extra})")
-    body_kinds = [kind for kind in cls.SCHEMA.values() if isinstance(kind, BodyKind)]
-    if body and not body_kinds:
-        raise fail(what, f"carries {len(body)} unexpected body bytes")
+        raise fail(cls.__name__, f"header fields wrong (missing {missing}, unexpected {extra})")
+    if body and not has_body:
+        raise fail(cls.__name__, f"carries {len(body)} unexpected body bytes")
     values = {}
-    for name, kind in cls.SCHEMA.items():
-        key = kind.header_key(name)
+    for name, kind, key, _, what in _layout(cls):
         if isinstance(kind, BodyKind):
-            values[name] = kind.from_body(header[key], body, what=f"{what}.{key}")
+            values[name] = kind.from_body(header[key], body, what=what)
         else:
-            values[name] = kind.from_json(header[key], what=f"{what}.{key}")
+            values[name] = kind.from_json(header[key], what=what)
     return cls(**values)  # the constructor runs every check
 
 
@@ -432,12 +472,16 @@ class Codec:
     def decode(self, data: bytes) -> WireMessage:
         """Parse and validate wire bytes; any defect raises :class:`MessageError` naming what was wrong."""
         raw, header, body = self.framing.unframe(data)
+        # One encoding per message: the header must be the canonical JSON of what it parses to. Every kind's
+        # to_json(from_json(v)) is v for a value its checks accept (tests/wire/test_codec.py), so this equals
+        # re-encoding the built message, without rebuilding every field's JSON form (a key roster's whole header).
+        canonical = canonical_json(header) == raw
         name = header.pop("type", None)
         cls = self.types.get(name) if isinstance(name, str) else None
         if cls is None:
             raise MessageError(f"unknown {self.framing.name} message type {name!r}")
         message = build(cls, header, body)
-        if canonical_json(message.header()) != raw or message.body() != body:
+        if not canonical or not message.is_body(body):
             raise fail(cls.__name__, "not in canonical form (one encoding per message)")
         return message
 

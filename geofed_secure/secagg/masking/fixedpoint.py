@@ -69,28 +69,41 @@ class FixedPoint:
         """Bound on |decode(sum of encodings) - sum of clipped inputs| for ``n_parties`` inputs."""
         return n_parties * 2.0 ** -self.frac_bits + n_parties * self.clip * 2.0**-52
 
-    def encode(self, values: np.ndarray, draws: np.ndarray | np.random.Generator) -> tuple[np.ndarray, int]:
+    def encode(self, values: np.ndarray, draws: np.ndarray | np.random.Generator, *, consume_draws: bool = False,
+               out: np.ndarray | None = None) -> tuple[np.ndarray, int]:
         """(ring words, number of clipped coordinates). Non-finite input raises :class:`DataError`.
 
         ``draws``: one uniform in [0, 1) per coordinate for the stochastic rounding (secagg-v1 takes them from
         :func:`~geofed_secure.secagg.masking.primitives.uniform_draws`, SPEC 3), or a numpy Generator to draw them from.
+        ``consume_draws``: the caller's float64 ``draws`` array may be overwritten (no temporary vector is allocated);
+        ``out``: a ring-word array of the input's length to write the words into (returned).
         """
         x = np.asarray(values, dtype=np.float64)
         if x.ndim != 1:
             raise DataError(f"secure aggregation input must be a 1-D vector, got shape {x.shape}")
-        if not np.isfinite(x).all():
+        # min and max propagate NaN and reach +-inf: two fast reductions tell finiteness and whether anything clips
+        lo, hi = (float(x.min()), float(x.max())) if x.size else (0.0, 0.0)
+        if not (math.isfinite(lo) and math.isfinite(hi)):
             bad = int((~np.isfinite(x)).sum())
             raise DataError(f"secure aggregation input has {bad} NaN/inf value(s); the node refuses to mask it")
-        scaled = np.clip(x, -self.clip, self.clip)
-        clipped = int(np.count_nonzero(scaled != x))
-        scaled *= 2.0**self.frac_bits  # exact: scaling by a power of two
-        # floor(y + U), U ~ Uniform[0, 1), rounds up with probability frac(y): unbiased stochastic rounding
+        fresh = isinstance(draws, np.random.Generator)
         uniforms = draws.random(len(x)) if isinstance(draws, np.random.Generator) else np.asarray(draws, np.float64)
         if uniforms.shape != x.shape:
             raise DataError(f"need one rounding draw per coordinate: {uniforms.shape} draws for {x.shape} values")
-        scaled += uniforms
+        scaled = uniforms if (fresh or consume_draws) and uniforms.flags.writeable else np.array(uniforms)
+        clipped = 0
+        if lo < -self.clip or hi > self.clip:
+            clipped = int(np.count_nonzero(np.abs(x) > self.clip))  # the coordinates np.clip changes
+            x = np.clip(x, -self.clip, self.clip)
+        # fl(clip(x) 2^f + U): the product is exact and a binary64 sum does not depend on the operand order, so
+        # adding the scaled input onto the draws gives the same bits as the reverse; floor(y + U) rounds up with
+        # probability frac(y): unbiased stochastic rounding
+        scaled += x * 2.0**self.frac_bits
         np.floor(scaled, out=scaled)
-        return scaled.astype(self.signed_dtype).view(self.dtype), clipped
+        if out is None or out.shape != x.shape or out.dtype != self.dtype:
+            return scaled.astype(self.signed_dtype).view(self.dtype), clipped
+        np.copyto(out.view(self.signed_dtype), scaled, casting="unsafe")
+        return out, clipped
 
     def decode(self, words: np.ndarray) -> np.ndarray:
         """Ring words (a sum of encodings) to float64, reading them as two's-complement signed integers."""

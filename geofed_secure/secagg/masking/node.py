@@ -130,10 +130,21 @@ class MaskingNode(StateMachine[NodeState, NodeEvent]):
         self._vector: np.ndarray | None = None
         self._view: tuple[tuple[str, ...], tuple[str, ...]] | None = None
         self._advertised: KeyAdvertisement | None = None
+        self._view_signature = b""  # this node's signature over the view it signed this round
 
     # -- plumbing -----------------------------------------------------------------------------------
+    def _sign(self, message: bytes) -> bytes:
+        signer = self.__dict__.get("_signer")
+        if signer is None:  # loaded once per session (parsing the seed cost as much as a signature)
+            signer = self._signer = crypto.Ed25519Signer(self._identity)
+        return signer.sign(message)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Picklable (a site keeps its session on disk between messages): the loaded key object is rebuilt on use."""
+        return {k: v for k, v in self.__dict__.items() if k != "_signer"}
+
     def _forget(self) -> None:
-        self._vector, self._view = None, None
+        self._vector, self._view, self._view_signature = None, None, b""
 
     def _accept(self, message: Message, event: NodeEvent, guard: Guard | None, stage: str) -> NodeState:
         """The state ``message`` leads to (the table's row for ``event`` under ``guard``), or the refusal."""
@@ -204,7 +215,7 @@ class MaskingNode(StateMachine[NodeState, NodeEvent]):
         fields: dict[str, Any] = {"federation_id": fed, "epoch": epoch, "node_id": self.node_id, "channel_key": channel_public,
                       "mask_keys": tuple(mask_publics), "commitments": tuple(commitments),
                       "graph_commitment": crypto.commitment(nonce, fed, epoch, self.node_id, purpose="graph-commit")}
-        self._advertised = KeyAdvertisement(**fields, signature=crypto.sign(self._identity, advertisement_signed_bytes(**fields)))
+        self._advertised = KeyAdvertisement(**fields, signature=self._sign(advertisement_signed_bytes(**fields)))
         return self._advertised
 
     # -- stage 1: share keys -------------------------------------------------------------------------
@@ -230,7 +241,7 @@ class MaskingNode(StateMachine[NodeState, NodeEvent]):
         self._move(NodeEvent.ABANDON_ROUND)
         if before in (NodeState.ADVERTISED, NodeState.REVEALED, NodeState.SHARED):
             self.epoch = None
-        self._vector, self._view = None, None
+        self._vector, self._view, self._view_signature = None, None, b""
 
     def _on_roster(self, roster: KeyRoster) -> ShareBundle | GraphSeedReveal:
         stage = "share_keys"
@@ -332,7 +343,8 @@ class MaskingNode(StateMachine[NodeState, NodeEvent]):
         i = r - plan.epoch
         fp = plan.fixed_point
         rounding_key = crypto.derive_key(self._rng.token(crypto.KEY_BYTES), "rounding", fed, r, self.node_id)
-        words, self.clipped = fp.encode(self._vector, crypto.uniform_draws(rounding_key, self._vector.shape[0]))
+        draws = crypto.uniform_draws(rounding_key, self._vector.shape[0])
+        words, self.clipped = fp.encode(self._vector, draws, consume_draws=True)  # the draws are ours: rounded in place
         n = words.shape[0]
         scratch = crypto.keystream_scratch(n, fp.ring_bits)
         words += self_mask(ep.seeds[i], fed, r, self.node_id, n, fp.ring_bits, scratch)
@@ -385,8 +397,9 @@ class MaskingNode(StateMachine[NodeState, NodeEvent]):
         fed = self.provisioning.federation_id
         signed = view_signed_bytes(fed, self.round, self.epoch.plan.roster_digest, request.alive, request.dropped)
         self.state = target
+        self._view_signature = self._sign(signed)
         return ConsistencySignature(federation_id=fed, round=self.round, node_id=self.node_id,
-                                    signature=crypto.sign(self._identity, signed))
+                                    signature=self._view_signature)
 
     # -- stage 4: unmask -----------------------------------------------------------------------------
     def _on_unmask(self, request: UnmaskRequest) -> UnmaskResponse:
@@ -407,6 +420,8 @@ class MaskingNode(StateMachine[NodeState, NodeEvent]):
                 raise self._abort(f"survivors {missing[:3]} did not confirm the view; every survivor must sign it", stage)
             signed = view_signed_bytes(fed, self.round, plan.roster_digest, request.alive, request.dropped)
             for signer, signature in request.signatures.items():
+                if signer == self.node_id and signature == self._view_signature:
+                    continue  # its own signature over the view it signed (checked equal above): nothing to verify
                 public = self.provisioning.identities.get(signer)
                 if signer not in request.alive or public is None or not crypto.verify(public, signature, signed):
                     raise self._abort(f"the signature of {signer!r} is not over this node's view: survivor sets differ "
@@ -416,7 +431,7 @@ class MaskingNode(StateMachine[NodeState, NodeEvent]):
         self_mask_shares = {o: ep.own_shares[o][i][1] for o in sorted(holdings & set(request.alive))}
         mask_key_shares = {o: ep.own_shares[o][i][0] for o in sorted(holdings & set(request.dropped))}
         self.state = target
-        self._view = None
+        self._view, self._view_signature = None, b""
         return UnmaskResponse(federation_id=fed, round=self.round, node_id=self.node_id,
                               self_mask_shares=self_mask_shares, mask_key_shares=mask_key_shares)
 

@@ -16,6 +16,7 @@ refer to ``protocols/secagg-v1/SPEC.md`` section 2.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from collections.abc import Sequence
@@ -84,12 +85,15 @@ def _field(value: str | bytes | int) -> bytes:
     return len(raw).to_bytes(4, "big") + raw
 
 
+_PROTOCOL_FIELD = _field(PROTOCOL_ID)
+
+
 def derive_key(ikm: bytes, purpose: str, *context: str | bytes | int) -> bytes:
     """HKDF-SHA256(ikm, salt = none, info = PROTOCOL_ID || purpose || context...) -> 32 bytes (SPEC 2.2).
 
     Each info field is length-prefixed, so no two different contexts give the same info string.
     """
-    info = _field(PROTOCOL_ID) + _field(purpose) + b"".join(_field(c) for c in context)
+    info = _PROTOCOL_FIELD + _field(purpose) + b"".join([_field(c) for c in context])
     return HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=info).derive(ikm)
 
 
@@ -129,10 +133,28 @@ def sign(private: bytes, message: bytes) -> bytes:
     return Ed25519PrivateKey.from_private_bytes(private).sign(message)
 
 
+class Ed25519Signer:
+    """A loaded Ed25519 identity key, for several signatures without re-parsing the raw seed each time."""
+
+    __slots__ = ("_key",)
+
+    def __init__(self, private: bytes) -> None:
+        self._key = Ed25519PrivateKey.from_private_bytes(private)
+
+    def sign(self, message: bytes) -> bytes:
+        return self._key.sign(message)
+
+
+@functools.lru_cache(maxsize=4096)
+def _ed25519_public(public: bytes) -> Ed25519PublicKey:
+    """Identity keys are provisioned and public: each is parsed once, not once per verification."""
+    return Ed25519PublicKey.from_public_bytes(public)
+
+
 def verify(public: bytes, signature: bytes, message: bytes) -> bool:
     """True iff ``signature`` is a valid Ed25519 signature of ``message`` under ``public``."""
     try:
-        Ed25519PublicKey.from_public_bytes(public).verify(signature, message)
+        _ed25519_public(bytes(public)).verify(signature, message)
     except (InvalidSignature, ValueError):
         return False
     return True
@@ -160,16 +182,21 @@ def keystream_words(key: bytes, nwords: int, ring_bits: int, *, scratch: np.ndar
     return out[:nbytes].view(dtype)
 
 
-def uniform_draws(key: bytes, count: int) -> np.ndarray:
+def uniform_draws(key: bytes, count: int, *, scratch: np.ndarray | None = None,
+                  out: np.ndarray | None = None) -> np.ndarray:
     """``count`` uniforms in [0, 1) for stochastic rounding (SPEC 3): the 64-bit words of the AES-256-CTR keystream
     under ``key`` (as for masks, 2.4), shifted right by 11 and multiplied by 2^-53 (exact in float64).
 
     One 32-byte seed from the party's randomness keys the whole vector: drawing 8 bytes per coordinate from the OS
-    CSPRNG cost 3 ms per 1e5 coordinates, the keystream 0.1 ms."""
-    words = keystream_words(key, count, 64)  # a fresh buffer: shifted and converted in place, one allocation in all
+    CSPRNG cost 3 ms per 1e5 coordinates, the keystream 0.1 ms. ``scratch`` (as for :func:`keystream_words`, 64-bit)
+    and ``out`` (float64, ``count`` values) are reused when given: converting into a fresh array, or in place over
+    the keystream, cost 0.6 ms per 1e5 coordinates against 0.05 ms into a separate, already touched buffer."""
+    words = keystream_words(key, count, 64, scratch=scratch)
     np.right_shift(words, np.uint64(11), out=words)
-    out = words.view(np.float64)
-    np.multiply(words.view(np.int64), 2.0**-53, out=out, casting="unsafe")  # int64 -> float64 is the fast conversion
+    if out is None or out.shape != (count,) or out.dtype != np.float64:
+        out = np.empty(count, np.float64)
+    np.copyto(out, words.view(np.int64), casting="unsafe")  # values < 2^53: int64 -> float64 is exact
+    out *= 2.0**-53
     return out
 
 
@@ -198,12 +225,12 @@ def commitment(secret: bytes, *context: str | int, purpose: str = "commit") -> b
     """
     if len(secret) != KEY_BYTES:
         raise ValueError("commitments are to 32-byte secrets")
-    return hashlib.sha256(_field(PROTOCOL_ID) + _field(purpose) + b"".join(_field(c) for c in context) + secret).digest()
+    return hashlib.sha256(_PROTOCOL_FIELD + _field(purpose) + b"".join(_field(c) for c in context) + secret).digest()
 
 
 def digest(purpose: str, *parts: str | bytes | int) -> bytes:
     """SHA-256(field(PROTOCOL_ID) || field(purpose) || field(p1) || ... || field(pk)): a domain-separated hash."""
-    return hashlib.sha256(_field(PROTOCOL_ID) + _field(purpose) + b"".join(_field(p) for p in parts)).digest()
+    return hashlib.sha256(_PROTOCOL_FIELD + _field(purpose) + b"".join(_field(p) for p in parts)).digest()
 
 
 def _field_element(rng: Randomness) -> int:
