@@ -6,7 +6,9 @@ Run deliberately, all in ONE run so the ratios compare like with like:
 In the default test run every benchmark executes once (``--benchmark-disable``) so none can rot.
 
 Workload: n = 10 nodes, d = 1e5 parameters, 32-bit ring, clip 8 (flwr's default clipping range), one full
-round from key set-up to the unmasked sum, every message encoded and decoded.
+round from key set-up to the unmasked sum, every message encoded and decoded. ``steady`` rows: a round of an epoch
+whose keys are already shared (SPEC 5.4, RoundStart -> MaskedInput -> unmask), as every round but the first of an
+epoch in a run (``secure.rounds_per_epoch``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ import numpy as np
 import pytest
 
 from geofed_secure.secagg import simulate_aggregation
+from geofed_secure.secagg.masking import MaskingParameters
 from geofed_secure.secagg.masking import primitives as crypto
+from geofed_secure.secagg.masking.federation import MaskingFederation
 
 pytestmark = pytest.mark.bench  # benchmarks measure; the default run deselects them (pyproject.toml)
 
@@ -40,6 +44,25 @@ def test_bench_geofed_masked_round(benchmark, inputs, neighbors):
     assert np.abs(result.aggregate - _exact(inputs)).max() <= result.max_abs_error
     masked = next(r for r in result.transcript if r.kind == "MaskedInput")
     benchmark.extra_info["masked_upload_bytes_over_float32"] = masked.nbytes / (4 * D)
+
+
+@pytest.mark.parametrize("neighbors", [None, DEGREE], ids=["complete", f"degree{DEGREE}"])
+def test_bench_geofed_steady_round(benchmark, inputs, neighbors):
+    """A round with the epoch's keys reused: no key set-up; masks, encoding, wire and unmasking only."""
+    federation = MaskingFederation.provision(tuple(inputs), MaskingParameters(ring_bits=32, clip=8.0, degree=neighbors,
+                                                                              rounds_per_epoch=1024))
+    assert not federation.run_round(1, inputs)  # the epoch's set-up, outside the timing
+    rounds = iter(range(2, 1025))
+
+    def steady_round():
+        federation.transcript.clear()
+        return federation.run_round(next(rounds), inputs)
+
+    assert not benchmark.pedantic(steady_round, rounds=20, warmup_rounds=2)
+    outcome = federation.server.outcome
+    assert outcome is not None and np.abs(outcome.aggregate - _exact(inputs)).max() <= outcome.max_abs_error
+    assert {r.kind for r in federation.transcript} <= {"RoundStart", "MaskedInput", "ConsistencyRequest",
+                                                      "ConsistencySignature", "UnmaskRequest", "UnmaskResponse"}
 
 
 @pytest.mark.parametrize("neighbors", [None, DEGREE], ids=["complete", f"degree{DEGREE}"])
