@@ -301,3 +301,29 @@ paired_encoder = { kind = "builtin", name = "numeric-columns" }
     paired.write_text("\n".join(lines) + "\n")
     with pytest.raises(DataError, match="row 0 is labelled 'square' there but 'circle' in data"):
         load_modalities(config)
+
+
+def test_precomputed_features_and_the_builtin_image_encoder_are_nodes_too(example, tmp_path):
+    """Records that already are token features (encoder kind 'precomputed'), and an image folder through the demo's
+    own image encoder (one image size)."""
+    from geofed_secure.inputs import load_modalities
+
+    folder = _copy_example(example, tmp_path)
+    rng = np.random.default_rng(3)
+    labels = np.array(["small", "large"])[rng.integers(0, 2, 150)]
+    np.savez(folder / "registry-site" / "records.npz", tokens=rng.normal(size=(150, 3, 8)).astype(np.float32), labels=labels)
+    concepts = np.repeat(["circle", "square", "triangle"], 10)
+    np.savez(folder / "registry-site" / "anchors.npz", tokens=rng.normal(size=(30, 3, 8)).astype(np.float32), labels=concepts)
+    text = (folder / "federation.toml").read_text()
+    text = text.replace('data = { kind = "table", path = "registry-site/records.csv", label_column = "size" }',
+                        'data = { kind = "features", path = "registry-site/records.npz" }')
+    text = text.replace('anchors = { kind = "table", path = "registry-site/anchors.csv", label_column = "concept" }',
+                        'anchors = { kind = "features", path = "registry-site/anchors.npz" }')
+    text = text.replace('encoder = { kind = "builtin", name = "numeric-columns" }', 'encoder = { kind = "precomputed" }')
+    text = text.replace('encoder = { kind = "hf", path = "models/image-encoder", layout = "patch" }',
+                        'encoder = { kind = "builtin", name = "image" }')
+    (folder / "federation.toml").write_text(text)
+    modalities = load_modalities(_cached(load_config(folder / "federation.toml"), tmp_path))
+    assert modalities["measurements"].pool.tokens.shape == (150, 3, 8)
+    np.testing.assert_array_equal(modalities["measurements"].pool.labels, (labels == "large").astype(np.int64))
+    assert modalities["drawing"].pool.dim == 1280 and modalities["drawing"].encoder_name.startswith("efficientnet")
