@@ -34,6 +34,18 @@ class FixedPoint:
         >>> FixedPoint.for_cohort(100, 1.0, 32).frac_bits
         24
         """
+        if not all(type(v) in (int, float) for v in (n_parties, clip, ring_bits)):
+            return cls._for_cohort(n_parties, clip, ring_bits)  # refused there, or too unusual to remember
+        key = (n_parties, clip, ring_bits, type(clip), type(n_parties))
+        known = _COHORT_ENCODINGS.get(key)
+        if known is None:  # exact rational arithmetic, computed by every party at every epoch: once is enough
+            known = cls._for_cohort(n_parties, clip, ring_bits)
+            if len(_COHORT_ENCODINGS) < 4096:
+                _COHORT_ENCODINGS[key] = known
+        return known
+
+    @classmethod
+    def _for_cohort(cls, n_parties: int, clip: float, ring_bits: int) -> FixedPoint:
         if ring_bits not in RING_BITS:
             raise ConfigError("secure.ring_bits", f"must be 32 or 64, got {ring_bits!r}")
         if not (isinstance(clip, int | float) and math.isfinite(clip) and clip > 0):
@@ -108,3 +120,6 @@ class FixedPoint:
     def decode(self, words: np.ndarray) -> np.ndarray:
         """Ring words (a sum of encodings) to float64, reading them as two's-complement signed integers."""
         return np.asarray(words, dtype=self.dtype).view(self.signed_dtype).astype(np.float64) * 2.0**-self.frac_bits
+
+
+_COHORT_ENCODINGS: dict[tuple[object, ...], FixedPoint] = {}  # (n, clip, ring_bits, types) -> encoding

@@ -88,17 +88,22 @@ class _NodeEpochSecrets:
     adverts: dict[str, KeyAdvertisement] = field(default_factory=dict)
     channel_secrets: dict[str, bytes] = field(default_factory=dict)  # X25519(c_u, C_v) per neighbour, computed once
 
+    def loaded(self, private: bytes) -> crypto.X25519Private:
+        """The X25519 key object of one of this epoch's private keys, loaded once (loading costs an exchange)."""
+        keys: dict[bytes, crypto.X25519Private] = self.__dict__.setdefault("_loaded_keys", {})
+        key = keys.get(private)
+        if key is None:
+            key = keys[private] = crypto.X25519Private(private)
+        return key
+
     def channel_secret(self, peer: str) -> bytes:
         if peer not in self.channel_secrets:
-            key = self.__dict__.get("_channel_private_key")
-            if key is None:
-                key = self._channel_private_key = crypto.X25519Private(self.channel_private)
-            self.channel_secrets[peer] = key.exchange(self.adverts[peer].channel_key)
+            self.channel_secrets[peer] = self.loaded(self.channel_private).exchange(self.adverts[peer].channel_key)
         return self.channel_secrets[peer]
 
     def __getstate__(self) -> dict[str, Any]:
-        """Picklable (a site keeps its session on disk between messages): the loaded key object is rebuilt on use."""
-        return {k: v for k, v in self.__dict__.items() if k != "_channel_private_key"}
+        """Picklable (a site keeps its session on disk between messages): loaded key objects are rebuilt on use."""
+        return {k: v for k, v in self.__dict__.items() if k != "_loaded_keys"}
 
 
 class MaskingNode(StateMachine[NodeState, NodeEvent]):
@@ -200,19 +205,22 @@ class MaskingNode(StateMachine[NodeState, NodeEvent]):
 
     def _advertise(self, epoch: int) -> KeyAdvertisement:
         # Draw order is part of the spec (2.9): channel key, then per round (mask key, self-mask seed), then the nonce.
-        channel_private, channel_public = crypto.x25519_keypair(self._rng)
+        channel = crypto.x25519_generate(self._rng)
+        loaded = {channel.private: channel}
         mask_privates, mask_publics, seeds, commitments = [], [], [], []
         fed = self.provisioning.federation_id
         for i in range(self.params.rounds_per_epoch):
-            private, public = crypto.x25519_keypair(self._rng)
+            key = crypto.x25519_generate(self._rng)
             seed = self._rng.token(crypto.KEY_BYTES)
-            mask_privates.append(private)
-            mask_publics.append(public)
+            loaded[key.private] = key
+            mask_privates.append(key.private)
+            mask_publics.append(key.public_bytes())
             seeds.append(seed)
             commitments.append(crypto.commitment(seed, fed, epoch + i, self.node_id))
         nonce = self._rng.token(crypto.KEY_BYTES)
-        self.epoch = _NodeEpochSecrets(channel_private=channel_private, mask_privates=mask_privates, seeds=seeds, graph_nonce=nonce)
-        fields: dict[str, Any] = {"federation_id": fed, "epoch": epoch, "node_id": self.node_id, "channel_key": channel_public,
+        self.epoch = _NodeEpochSecrets(channel_private=channel.private, mask_privates=mask_privates, seeds=seeds, graph_nonce=nonce)
+        self.epoch.__dict__["_loaded_keys"] = loaded
+        fields: dict[str, Any] = {"federation_id": fed, "epoch": epoch, "node_id": self.node_id, "channel_key": channel.public_bytes(),
                       "mask_keys": tuple(mask_publics), "commitments": tuple(commitments),
                       "graph_commitment": crypto.commitment(nonce, fed, epoch, self.node_id, purpose="graph-commit")}
         self._advertised = KeyAdvertisement(**fields, signature=self._sign(advertisement_signed_bytes(**fields)))
@@ -348,7 +356,7 @@ class MaskingNode(StateMachine[NodeState, NodeEvent]):
         n = words.shape[0]
         scratch = crypto.keystream_scratch(n, fp.ring_bits)
         words += self_mask(ep.seeds[i], fed, r, self.node_id, n, fp.ring_bits, scratch)
-        mask_key = crypto.X25519Private(ep.mask_privates[i])
+        mask_key = ep.loaded(ep.mask_privates[i])
         for peer in ep.peers:
             mask = pairwise_mask(mask_key.exchange(ep.adverts[peer].mask_keys[i]), fed, r, self.node_id, peer, n, fp.ring_bits, scratch)
             if self.node_id < peer:

@@ -81,8 +81,21 @@ class DeterministicRandomness:
 
 
 def _field(value: str | bytes | int) -> bytes:
-    raw = value if isinstance(value, bytes) else str(value).encode()
+    if type(value) is str:  # ids, purposes, the federation: few, and encoded thousands of times a round
+        known = _STR_FIELDS.get(value)
+        if known is None:
+            known = _encode_field(value.encode())
+            if len(_STR_FIELDS) < 65536:
+                _STR_FIELDS[value] = known
+        return known
+    return _encode_field(value if isinstance(value, bytes) else str(value).encode())
+
+
+def _encode_field(raw: bytes) -> bytes:
     return len(raw).to_bytes(4, "big") + raw
+
+
+_STR_FIELDS: dict[str, bytes] = {}
 
 
 _PROTOCOL_FIELD = _field(PROTOCOL_ID)
@@ -99,8 +112,13 @@ def derive_key(ikm: bytes, purpose: str, *context: str | bytes | int) -> bytes:
 
 def x25519_keypair(rng: Randomness) -> tuple[bytes, bytes]:
     """(private, public) raw 32-byte X25519 keys from 32 bytes of ``rng``."""
-    private = X25519PrivateKey.from_private_bytes(rng.token(KEY_BYTES))
-    return private.private_bytes_raw(), private.public_key().public_bytes_raw()
+    key = x25519_generate(rng)
+    return key.private, key.public_bytes()
+
+
+def x25519_generate(rng: Randomness) -> X25519Private:
+    """A loaded X25519 key from 32 bytes of ``rng`` (loading computes the public key: keep it loaded)."""
+    return X25519Private(rng.token(KEY_BYTES))
 
 
 def x25519_public(private: bytes) -> bytes:
@@ -110,10 +128,14 @@ def x25519_public(private: bytes) -> bytes:
 class X25519Private:
     """A loaded X25519 private key, for several exchanges without re-parsing the raw bytes each time."""
 
-    __slots__ = ("_key",)
+    __slots__ = ("_key", "private")
 
     def __init__(self, private: bytes) -> None:
         self._key = X25519PrivateKey.from_private_bytes(private)
+        self.private = self._key.private_bytes_raw()
+
+    def public_bytes(self) -> bytes:
+        return self._key.public_key().public_bytes_raw()
 
     def exchange(self, peer_public: bytes) -> bytes:
         return self._key.exchange(X25519PublicKey.from_public_bytes(peer_public))
