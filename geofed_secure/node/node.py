@@ -135,6 +135,7 @@ class Node:
         torch.manual_seed(derive_seed(config.federation.seed, "init", spec.id))
         self.model = NodeModel(peft_model, in_dim=data.train.dim, n_classes=data.n_classes, paired_in_dim=paired_dim)
         self._anchors = self._prepare_anchors(data.anchors)
+        self.model.adapter.centre_on(torch.from_numpy(self._anchors.tokens), torch.from_numpy(self._anchors.mask))
         self._magnitudes = set(map(id, geodora.magnitude_parameters(self.model)))
         self.privacy = self._privacy_ledger() if config.privacy.enabled else None
         self.dp_randomness = self._dp_randomness(dp_secret) if config.privacy.enabled else None
