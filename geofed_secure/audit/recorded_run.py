@@ -115,9 +115,24 @@ def gram_inversion_results(view: View, truth: dict[str, np.ndarray], *, seed: in
         results.append(AttackResult(
             attack=ATTACK, threat_model=view.threat_model.name, target=node_id, trials=n, seed=seed,
             metrics={k: Interval(value=v, low=v, high=v, confidence=1.0) for k, v in metrics.items()},
+            power=null_power(target, seed=seed),
             metadata=(metadata or {}) | {"round": 1, "source": source, "anchors": n, "true_rank": int(target.shape[1]),
                                          "note": "deterministic (no sampling): the interval is the point"}))
     return results
+
+
+NULL_DRAWS = 200
+
+
+def null_power(target: np.ndarray, *, seed: int, draws: int = NULL_DRAWS, alpha: float = 0.05) -> dict[str, float]:
+    """What a Gram inversion could tell apart from knowing nothing about ``target`` (the true anchor embeddings,
+    [B, r]): the Procrustes errors of ``draws`` random embeddings of the same shape (Gaussian; a guess with no
+    information), and the ``alpha`` quantile of them. An estimate with an error below ``detection_threshold`` beats
+    an uninformed guess at level ``alpha``; above it, the inversion shows nothing this test could detect."""
+    rng = np.random.default_rng([seed, 0x6A11])
+    null = np.array([procrustes_error(rng.standard_normal(target.shape), target) for _ in range(draws)])
+    return {"detection_threshold": float(np.quantile(null, alpha)), "null_median": float(np.median(null)),
+            "null_draws": float(draws), "alpha": alpha}
 
 
 def reference_grams(reference_run: Path) -> dict[str, np.ndarray]:

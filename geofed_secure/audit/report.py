@@ -207,8 +207,13 @@ def _recorded_run_verdict(report: dict[str, Any]) -> list[str]:
         how = "exactly, up to rotation" if err < 1e-4 else (
             f"with Procrustes error {err:.3f} (0 = exact; the others' consensus alone: "
             f"{without if without is not None else float('nan'):.3f}; knowing nothing: {base:.3f})")
+        threshold = (r.get("power") or {}).get("detection_threshold")
+        power = "" if threshold is None else (
+            f" Power: an error below {threshold:.3f} beats a random guess of the same shape at 5% "
+            f"({int(r['power']['null_draws'])} draws); " + ("this one does." if err < threshold else
+                                                              "this one does not: not detected, which is not 'no leakage'."))
         lines.append(f"{where} Gram inversion, {r['target']}: anchor embeddings recovered from its "
-                     f"{r['metadata']['source']} {how}.")
+                     f"{r['metadata']['source']} {how}.{power}")
     return lines
 
 
@@ -229,13 +234,15 @@ def _recorded_run_markdown(report: dict[str, Any]) -> list[str]:
     if rows:
         out += ["", "### Gram inversion (round 1)", "",
                 ("| node | source | anchors | Procrustes error | rank 5 | rank 10 | rank 20 | consensus without the node "
-                 "| knowing nothing |"), "|---|---|---|---|---|---|---|---|---|"]
+                 "| knowing nothing | detectable below (5%, random guesses) |"), "|---|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
             m = {k: v["value"] for k, v in r["metrics"].items()}
             cells = [r["target"], r["metadata"]["source"], str(r["metadata"]["anchors"]), f"{m['procrustes_error']:.3g}",
                      *(f"{m[f'procrustes_error_rank_{k}']:.3g}" for k in (5, 10, 20)),
                      f"{m['procrustes_error_without_node']:.3g}" if "procrustes_error_without_node" in m else "-",
-                     f"{m['procrustes_error_no_knowledge']:.3g}"]
+                     f"{m['procrustes_error_no_knowledge']:.3g}",
+                     f"{r['power']['detection_threshold']:.3g}" if (r.get("power") or {}).get("detection_threshold")
+                     is not None else "-"]
             out.append("| " + " | ".join(cells) + " |")
     return out
 

@@ -239,7 +239,11 @@ def test_audit_of_a_plaintext_run_recovers_every_nodes_anchor_geometry(recorded_
     for r in results.values():
         assert r["attack"] == "transcript_gram_inversion" and r["metadata"]["source"] == "own upload in clear"
         assert r["metrics"]["procrustes_error"]["value"] < 1e-6 and r["metrics"]["procrustes_error_no_knowledge"]["value"] > 0.3
+        # its power: random guesses of the same shape stay far from the truth, so an exact inversion is detected
+        assert 0.3 < r["power"]["detection_threshold"] < r["power"]["null_median"] and r["power"]["null_draws"] == 200
     assert (tmp_path / "report.md").read_text().count("| own upload in clear |") == 4  # one table row per node
+    assert all("beats a random guess" in line and "this one does." in line
+               for line in report["verdict"] if "Gram inversion" in line)
     assert json.loads(json.dumps(report)) == json.loads((tmp_path / "report.json").read_text())
 
 
