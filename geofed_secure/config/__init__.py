@@ -77,7 +77,10 @@ class DataSection:
 @dataclass(frozen=True, kw_only=True)
 class SecureSection:
     protocol: str = "masking"  # "masking" (secagg-v1) | "ckks" (ckks-v1) | "none" (uploads in clear: tests only)
-    ring_bits: int = 64  # masking: Z_(2^64) keeps the aggregate exact to ~1e-11; 32 halves the bytes
+    # masking: 0 -> automatic: Z_(2^32) (4 bytes a parameter) when the sum of n clipped inputs cannot wrap at a step no
+    # coarser than float32 at the clip bound (n <= 63 always, n <= 127 for some clips; fixedpoint.automatic_ring_bits),
+    # else Z_(2^64); 32 or 64 forces it (64: the aggregate exact to ~1e-11 at clip 1e4)
+    ring_bits: int = 0
     clip: float = 10000.0  # bound on every uploaded coordinate (weighted B, Gram, weight); counted when hit
     threshold: int = 0  # masking: shares needed per owner; 0 -> majority of its share holders
     neighbors: int = 0  # masking: SecAgg+ neighbourhood degree; 0 -> complete graph
@@ -489,8 +492,8 @@ def _validate_secure(cfg: RunConfig) -> None:
     if sec.protocol != "none" and cfg.federation.mode == "federated" and len(cfg.nodes) < 3:
         raise ConfigError("secure.protocol", f"secure aggregation needs >= 3 nodes (with {len(cfg.nodes)}, a node learns "
                           "the others' uploads from the sum); add nodes or use protocol 'none' for a test federation")
-    if sec.ring_bits not in (32, 64):
-        raise ConfigError("secure.ring_bits", f"must be 32 or 64, got {sec.ring_bits}")
+    if sec.ring_bits not in (0, 32, 64):
+        raise ConfigError("secure.ring_bits", f"must be 0 (automatic), 32 or 64, got {sec.ring_bits}")
     _positive(sec.clip, "secure.clip")
     if sec.threshold < 0 or 0 < sec.threshold < 3 or sec.neighbors < 0 or sec.neighbors == 1:
         raise ConfigError("secure.threshold", "threshold must be 0 (automatic) or >= 3, neighbors 0 (complete graph) or >= 2")
@@ -498,8 +501,9 @@ def _validate_secure(cfg: RunConfig) -> None:
         raise ConfigError("secure.rounds_per_epoch", f"must be in [1, 1024], got {sec.rounds_per_epoch}")
     if sec.protocol == "masking":  # the colluder bound and the threshold/degree it needs (secagg-v1 SPEC section 6)
         from geofed_secure.secagg.masking import MaskingParameters
+        from geofed_secure.secagg.masking.fixedpoint import automatic_ring_bits
         from geofed_secure.secagg.masking.spec import default_threshold, holders_per_owner
-        MaskingParameters(ring_bits=sec.ring_bits, clip=sec.clip, threshold=sec.threshold or None,
+        MaskingParameters(ring_bits=sec.ring_bits or automatic_ring_bits(len(cfg.nodes), sec.clip), clip=sec.clip, threshold=sec.threshold or None,
                           degree=sec.neighbors or None, rounds_per_epoch=sec.rounds_per_epoch, colluders=sec.colluders)
         if cfg.federation.mode != "federated":
             return

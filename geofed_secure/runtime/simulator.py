@@ -61,6 +61,7 @@ from geofed_secure.runtime.round import (
     local_only_round,
 )
 from geofed_secure.runtime.secure import SecureInputLayout, in_process
+from geofed_secure.runtime.secure.masking import ring_bits_of
 from geofed_secure.runtime.transcript import SERVER, Transcript
 from geofed_secure.server.checkpoint import CheckpointStore
 from geofed_secure.server.server import Server
@@ -321,7 +322,7 @@ class Simulator:
             "clipped_coordinates": None if None in counts else sum(counts),
             "node_statistics": f"kept on each node ({NODE_LOG}): losses, precision weight, own clipped count, error text"}
         if sec.protocol == "masking":
-            out |= {"spec": "protocols/secagg-v1/SPEC.md", "ring_bits": sec.ring_bits,
+            out |= {"spec": "protocols/secagg-v1/SPEC.md", "ring_bits": ring_bits_of(self.config),
                     "threshold": sec.threshold or "max(3, majority of share holders)", "neighbors": sec.neighbors or "complete graph",
                     "rounds_per_epoch": sec.rounds_per_epoch, "server_sees": "masked vectors and their sum"}
         else:

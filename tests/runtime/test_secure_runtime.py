@@ -11,7 +11,7 @@ from conftest import with_sections
 from geofed_secure.errors import GeofedError, ProtocolAborted
 from geofed_secure.runtime.simulator import Simulator
 from geofed_secure.runtime.transcript import SERVER, Transcript
-from geofed_secure.secagg.masking.fixedpoint import FixedPoint
+from geofed_secure.secagg.masking.fixedpoint import FixedPoint, automatic_ring_bits
 from geofed_secure.secagg.masking.messages import MaskedInput
 from geofed_secure.server.checkpoint import CheckpointStore
 from geofed_secure.wire.round import NodeUpdate, RoundBroadcast
@@ -27,7 +27,7 @@ def plaintext_run(tiny_config, tiny_modalities, tmp_path_factory):
 def test_masking_gives_the_plaintext_model_and_the_server_sees_only_masked_vectors(tiny_config, tiny_modalities, tmp_path,
                                                                                    plaintext_run):
     # Prepare
-    config = with_sections(tiny_config, secure={"protocol": "masking", "rounds_per_epoch": 2})
+    config = with_sections(tiny_config, secure={"protocol": "masking", "rounds_per_epoch": 2, "ring_bits": 64})
     # Execute
     result = Simulator(config, tiny_modalities, tmp_path, secure_seed=3).run()
     # Assert: same global model as the plaintext run, up to quantisation (64-bit ring: ~1e-11 per round)
@@ -107,3 +107,22 @@ def test_ckks_gives_the_plaintext_model_and_the_server_sees_only_ciphertexts_and
     assert {k for is_server, k in kinds if not is_server} == {"CkksEncryptedInput", "AggregateRelease"}
     releases = [(rec.round, m.node_id) for rec, m in result.transcript.messages() if type(m).__name__ == "AggregateRelease"]
     assert releases == [(1, "img-a"), (2, "img-b"), (3, "img-a")]
+
+
+def test_automatic_ring_is_32_bit_here_and_uploads_4_bytes_a_coordinate(tiny_config, tiny_modalities, tmp_path,
+                                                                        plaintext_run):
+    # Prepare: the default secure.ring_bits = 0 picks the ring from the nodes and the clip bound
+    config = with_sections(tiny_config, secure={"protocol": "masking"})
+    assert config.secure.ring_bits == 0 and automatic_ring_bits(len(config.nodes), config.secure.clip) == 32
+    # Execute
+    result = Simulator(config, tiny_modalities, tmp_path, secure_seed=3).run()
+    # Assert: 4 bytes a coordinate (plus a header), the model within the coarser quantisation of the plaintext one
+    masked = [m for _, m in Transcript.load(tmp_path / "transcript").messages() if isinstance(m, MaskedInput)]
+    assert masked and all(m.words.dtype == np.uint32 for m in masked)
+    assert all(len(m.encode()) - 4 * m.words.shape[0] < 200 for m in masked)  # the words and a header of ~130 bytes
+    step = 2.0 ** -FixedPoint.for_cohort(len(config.nodes), config.secure.clip, 32).frac_bits
+    assert step <= config.secure.clip * 2.0**-24
+    for key, value in plaintext_run.global_state.items():
+        np.testing.assert_allclose(result.global_state[key], value, rtol=0, atol=1e-3, err_msg=key)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["secure_aggregation"]["ring_bits"] == 32

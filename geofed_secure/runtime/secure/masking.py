@@ -19,6 +19,7 @@ from geofed_secure.runtime.transcript import SERVER, Transcript
 from geofed_secure.secagg.masking import MaskingParameters
 from geofed_secure.secagg.masking import primitives as crypto
 from geofed_secure.secagg.masking.federation import REPLY_STAGE, MaskingFederation
+from geofed_secure.secagg.masking.fixedpoint import automatic_ring_bits
 from geofed_secure.secagg.masking.messages import Message, RoundStart, decode
 from geofed_secure.secagg.masking.node import MaskingNode
 from geofed_secure.secagg.masking.server import MaskingServer
@@ -26,10 +27,16 @@ from geofed_secure.secagg.masking.spec import Provisioning
 from geofed_secure.secagg.masking.tables import NodeState, ServerState
 
 
+def ring_bits_of(config: RunConfig) -> int:
+    """``secure.ring_bits``, or for 0 the ring :func:`automatic_ring_bits` picks for the provisioned nodes and clip
+    (every party derives the same from the shared configuration)."""
+    return config.secure.ring_bits or automatic_ring_bits(len(config.nodes), config.secure.clip)
+
+
 def masking_parameters(config: RunConfig) -> MaskingParameters:
     """The protocol parameters every party derives from the shared configuration (never from the server)."""
     sec = config.secure
-    return MaskingParameters(ring_bits=sec.ring_bits, clip=sec.clip, threshold=sec.threshold or None,
+    return MaskingParameters(ring_bits=ring_bits_of(config), clip=sec.clip, threshold=sec.threshold or None,
                              degree=sec.neighbors or None, rounds_per_epoch=sec.rounds_per_epoch, colluders=sec.colluders)
 
 

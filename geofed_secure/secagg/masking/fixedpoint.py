@@ -19,6 +19,27 @@ import numpy as np
 from geofed_secure.errors import ConfigError, DataError
 
 RING_BITS = (32, 64)
+FLOAT32_STEP = 2.0**-24  # each upload is quantised no coarser than float32 rounds a value at the clip bound
+
+
+def automatic_ring_bits(n_parties: int, clip: float) -> int:
+    """The ring a federation of ``n_parties`` with bound ``clip`` needs: 32 bits (4 bytes a parameter) when they suffice.
+
+    32 when the 32-bit encoding of the sum of ``n_parties`` clipped inputs cannot wrap AND quantises each input with a
+    step no coarser than float32 at the clip bound: ``n (clip 2^f + 1) <= 2^31 - 1`` (no wrap, SPEC 3) with
+    ``2^-f <= 2^-24 clip``, i.e. ``clip 2^f >= 2^24``. Together: ``n (2^24 + 1) <= 2^31 - 1`` is necessary (n <= 127)
+    and, since the largest f puts ``clip 2^f`` in ``[2^24, 2^25)``, ``n <= 63`` always suffices, whatever the clip.
+    Otherwise 64 bits (and for a clip so small that f would pass the 32-bit cap of 30). The decoded sum is then within
+    ``n 2^-f <= n 2^-24 clip`` of the exact sum of the clipped inputs (plus float64 rounding).
+
+    >>> automatic_ring_bits(5, 1.0e4), automatic_ring_bits(63, 1.0e4), automatic_ring_bits(200, 1.0), automatic_ring_bits(5, 1e-4)
+    (32, 32, 64, 64)
+    """
+    try:
+        fp = FixedPoint.for_cohort(n_parties, clip, 32)
+    except ConfigError:
+        return 64
+    return 32 if 2.0**-fp.frac_bits <= clip * FLOAT32_STEP else 64
 
 
 @dataclass(frozen=True, slots=True)

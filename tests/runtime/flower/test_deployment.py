@@ -120,7 +120,7 @@ def _masked_three_sites(tiny_config, tiny_modalities, tmp_path):
     round), their data written to ``tmp_path/data``, and the clear simulator's final state to compare with."""
     nodes = (*SITES, NodeSpec(id="tab", modality="tabular"))
     config = with_sections(tiny_config, federation={"rounds": 2}, nodes=nodes,
-                           secure={"protocol": "masking", "rounds_per_epoch": 2})
+                           secure={"protocol": "masking", "rounds_per_epoch": 2, "ring_bits": 64})
     modalities = {m: tiny_modalities[m] for m in needed_modalities(config)}
     save_modalities(tmp_path / "data", modalities)
     reference = Simulator(with_sections(config, secure={"protocol": "none"}), modalities, tmp_path / "clear").run()

@@ -118,7 +118,8 @@ def clear_reference(tiny_config, tiny_modalities, tmp_path_factory):
 
 def test_masking_over_flower_gives_the_clear_model_in_two_round_trips_per_steady_round(tiny_config, tiny_modalities,
                                                                                       tmp_path, clear_reference):
-    config = with_sections(tiny_config, federation={"rounds": 3}, secure={"protocol": "masking", "rounds_per_epoch": 2})
+    config = with_sections(tiny_config, federation={"rounds": 3}, secure={"protocol": "masking", "rounds_per_epoch": 2,
+                                                                          "ring_bits": 64})
     grids = []
     final = flower_run(config, tiny_modalities, tmp_path, grid_out=grids)
     for key, value in clear_reference.items():  # the same model up to the 64-bit ring's quantisation

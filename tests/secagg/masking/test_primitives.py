@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from geofed_secure.errors import ConfigError, DataError
 from geofed_secure.secagg.masking import primitives as crypto
-from geofed_secure.secagg.masking.fixedpoint import FixedPoint
+from geofed_secure.secagg.masking.fixedpoint import FixedPoint, automatic_ring_bits
 
 FAST = settings(max_examples=25, deadline=None)
 SECRET = bytes(range(32))
@@ -382,3 +382,20 @@ def test_fast_encode_and_draws_give_the_reference_words(ring_bits, clip, data):
     assert words is words_out and np.array_equal(words, _reference_encode(fp, x, reference_draws))
     assert np.array_equal(kept, words) and np.array_equal(reference_draws, plain.astype(np.float64) * 2.0**-53)
     assert clipped == int(np.count_nonzero(np.abs(x) > clip))
+
+
+@FAST
+@given(n=st.integers(1, 300), clip=st.floats(1e-6, 1e12))
+def test_automatic_ring_is_32_bit_exactly_when_it_cannot_wrap_at_float32_step(n, clip):
+    bits = automatic_ring_bits(n, clip)
+    try:
+        fp32 = FixedPoint.for_cohort(n, clip, 32)
+    except ConfigError:
+        assert bits == 64
+        return
+    fits = 2.0**-fp32.frac_bits <= clip * 2.0**-24  # no wrap is for_cohort's guarantee; the step is the rule
+    assert bits == (32 if fits else 64)
+    if n <= 63 and clip * 2.0**30 >= 2**25:
+        assert bits == 32  # small federations always get 4 bytes a parameter (unless f would pass the 32-bit cap)
+    if n >= 128:
+        assert bits == 64
