@@ -39,6 +39,7 @@ from geofed_secure.alignment.geometry import centred_gram_from_upper
 from geofed_secure.audit.attacks.extraction import unit_rows
 from geofed_secure.audit.attacks.prototypes import class_prototypes
 from geofed_secure.audit.canary_run import run_canary_audit
+from geofed_secure.audit.gradient_canaries import run_gradient_canary_audit
 from geofed_secure.audit.plan import AuditPlan
 from geofed_secure.config import PrivacySection, RunConfig, load_config
 from geofed_secure.data.features import TokenFeatures, concat_features
@@ -257,6 +258,14 @@ def run_experiment(plan: AuditPlan, *, progress: Callable[[str], None] = lambda 
             progress(f"  {name}: canary audit {audit.correct}/{audit.guesses} correct guesses, empirical epsilon lower "
                      f"bound {audit.epsilon_lower_bound:.2f}" + (f" (accountant {audit.accountant_epsilon:.2f})"
                                                                  if audit.accountant_epsilon is not None else ""))
+        if plan.gradient_canaries and epsilon is not None:
+            t0 = time.perf_counter()
+            audit = run_gradient_canary_audit(level_config, spec, data, anchor_digest=fed.anchor_digest,
+                                              backbone_factory=factory, canaries=plan.gradient_canaries, seed=plan.seed)
+            canaries[f"{name}/gradient"] = audit.to_dict() | {"epsilon_budget": epsilon, "kind": "gradient"}
+            seconds[f"gradient_canary_{name}"] = time.perf_counter() - t0
+            progress(f"  {name}: gradient-canary audit {audit.correct}/{audit.guesses} correct guesses, empirical "
+                     f"epsilon lower bound {audit.epsilon_lower_bound:.2f} (accountant {audit.accountant_epsilon:.2f})")
     seconds["total"] = time.perf_counter() - started
     experiment = Experiment(plan=plan, target=plan.target, modality=spec.modality, n_anchors=n_anchors,
                             pool_labels=pool.labels.copy(), population_labels=population_labels,

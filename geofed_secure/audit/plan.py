@@ -49,6 +49,7 @@ class AuditPlan:
     extraction_anchors: tuple[int, ...] = (10, 25, 50, 100)  # B for the extraction / inversion sweep (of the public samples)
     extraction_draws: int = 3  # random anchor draws per B and run
     canaries: int = 100  # one-run canary audit per privacy level (0 = skip)
+    gradient_canaries: int = 0  # one-run audit with Dirac gradient canaries, white box, at every epsilon (0 = skip)
     seed_attack_candidates: int = 0  # white-box cell at the smallest epsilon: a server holding the noise seed (0 = skip)
     bootstrap: int = 200  # bootstrap resamples for confidence intervals
     cache_dir: str = ""  # "" -> $GEOFED_CACHE or ~/.cache/geofed-secure (features and experiment results)
@@ -65,7 +66,7 @@ class AuditPlan:
         for key in ("rounds", "local_steps", "batch_size", "extraction_draws"):
             if getattr(self, key) < 1:
                 raise fail(key, f"must be >= 1, got {getattr(self, key)}")
-        for key in ("canaries", "bootstrap", "seed_attack_candidates"):
+        for key in ("canaries", "bootstrap", "seed_attack_candidates", "gradient_canaries"):
             if getattr(self, key) < 0:
                 raise fail(key, f"must be >= 0, got {getattr(self, key)}")
         if not (self.lr > 0 and math.isfinite(self.lr)) or not (self.lambda_geo >= 0 and math.isfinite(self.lambda_geo)):
@@ -77,6 +78,9 @@ class AuditPlan:
                 raise fail(key, f"must be distinct values of {allowed}, got {list(values)}")
         if not self.protections and not self.epsilons and not self.run:
             raise fail("protections", "the plan audits nothing: give at least one protection, one epsilon or a run")
+        if self.gradient_canaries and (self.gradient_canaries < 2 or not self.epsilons):
+            raise fail("gradient_canaries", f"must be 0, or >= 2 with at least one epsilon (it audits DP-SGD), got "
+                       f"{self.gradient_canaries}")
         if self.seed_attack_candidates and (self.seed_attack_candidates < 2 or not self.epsilons):
             raise fail("seed_attack_candidates", f"must be 0, or >= 2 with at least one epsilon, got {self.seed_attack_candidates}")
         if self.reference_run and not self.run:

@@ -153,6 +153,8 @@ def verdict(report: dict[str, Any]) -> list[str]:
                              + (f"; {dp_power(row, epsilon, delta)}" if epsilon is not None else "") + ".")
     for row in _find(report, "canary_one_run"):
         md = row["metadata"]
+        audit = ("Gradient-canary audit (Dirac canaries; white box: every noisy gradient seen)"
+                 if md.get("canary_kind") == "gradient" else "Canary audit")
         bound = row["metrics"]["epsilon_lower_bound"]["value"]
         most = row["power"]["max_certifiable_epsilon"]
         size = (f"{row['metrics']['correct_guesses']['value']:.0f}/{row['trials']} correct guesses on {md['canaries']} "
@@ -161,10 +163,10 @@ def verdict(report: dict[str, Any]) -> list[str]:
             lines.append(f"[{md['protection']}] Canary audit without DP (control): empirical epsilon lower bound {bound:.2f} "
                          f"({size}).")
         elif md["failed"]:
-            lines.append(f"[{md['protection']}] Canary audit: empirical epsilon lower bound {bound:.2f} ABOVE the accountant's "
+            lines.append(f"[{md['protection']}] {audit}: empirical epsilon lower bound {bound:.2f} ABOVE the accountant's "
                          f"{md['accountant_epsilon']:.2f} ({size}): FAILURE of the DP implementation or its accounting.")
         else:
-            lines.append(f"[{md['protection']}] Canary audit: empirical epsilon lower bound {bound:.2f}, accountant "
+            lines.append(f"[{md['protection']}] {audit}: empirical epsilon lower bound {bound:.2f}, accountant "
                          f"{md['accountant_epsilon']:.2f} ({size}): " + (
                              "the audit had the power to refute the accountant and did not." if most > md["accountant_epsilon"]
                              else "this audit is too small to refute the accountant's epsilon: it tests nothing about it."))
@@ -323,7 +325,8 @@ def _experiment_sections(report: dict[str, Any]) -> list[str]:
                  "could certify | failed |"), "|---|---|---|---|---|---|---|"]
         out += [f"| {r['metadata']['protection']} | " + ("-" if r["metadata"]["accountant_epsilon"] is None else
                                                         f"{r['metadata']['accountant_epsilon']:.2f}")
-                + f" | {r['metadata']['canaries']} | {r['metrics']['correct_guesses']['value']:.0f} / {r['trials']} | "
+                + f" | {r['metadata']['canaries']} {r['metadata'].get('canary_kind', 'input')} | "
+                f"{r['metrics']['correct_guesses']['value']:.0f} / {r['trials']} | "
                 f"{r['metrics']['epsilon_lower_bound']['value']:.3f} | {r['power']['max_certifiable_epsilon']:.2f} | "
                 f"{r['metadata']['failed']} |" for r in rows]
     return out

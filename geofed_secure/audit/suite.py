@@ -231,7 +231,8 @@ def _experiment_results(exp: Experiment, threat_model: ThreatModel, plan: AuditP
         results += _model_attacks(exp, level, {"release": "node model", "protection": lvl_name, "epsilon": level.epsilon,
                                                "view": "reference ceiling (no federation adversary sees the node's model)",
                                                "retrained": RETRAINED})
-    for lvl_name, canary in exp.canaries.items():
+    for key, canary in exp.canaries.items():
+        lvl_name = key.split("/")[0]  # "<level>" (input canaries) or "<level>/gradient"
         results.append(AttackResult(
             attack="canary_one_run", threat_model=REFERENCE, target=exp.target, trials=int(canary["guesses"]), seed=plan.seed,
             metrics={"epsilon_lower_bound": Interval(value=canary["epsilon_lower_bound"], low=canary["epsilon_lower_bound"],
@@ -241,7 +242,10 @@ def _experiment_results(exp: Experiment, threat_model: ThreatModel, plan: AuditP
                 int(canary["canaries"]), int(canary["guesses"]), delta=canary["delta"], confidence=canary["confidence"])},
             metadata={"protection": lvl_name, "epsilon": canary["epsilon_budget"], "accountant_epsilon": canary["accountant_epsilon"],
                       "canaries": canary["canaries"], "failed": canary["failed"], "release": "node model",
-                      "note": "one-run audit (Steinke, Nasr, Jagielski 2023): a one-sided lower bound"}))
+                      "canary_kind": canary.get("kind", "input"),
+                      "note": "one-run audit (Steinke, Nasr, Jagielski 2023): a one-sided lower bound" + (
+                          "; Dirac gradient canaries, white box: every noisy gradient seen (Nasr et al. 2023)"
+                          if canary.get("kind") == "gradient" else "")}))
     return results, views
 
 

@@ -25,6 +25,8 @@ class ModalityAdapter(nn.Module):
     of the checkpointed state: it is recomputed from the anchors whenever the node is built.
     """
 
+    centre: torch.Tensor
+
     def __init__(self, in_dim: int, d_model: int) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(in_dim, elementwise_affine=False)

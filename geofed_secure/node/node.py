@@ -13,7 +13,7 @@ With secure aggregation (a later protocol layer) the server sees only sums of th
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -126,6 +126,8 @@ class Node:
         self._anchor_rng = numpy_rng(config.federation.seed, "anchor-batches", self.randomness_id, 0)
         # Progress inside a local round, for the operator's console: called with (step, steps) after every step.
         self.step_hook: Callable[[int, int], None] | None = None
+        # An auditor's hook into every DP-SGD step (audit/gradient_canaries.py); None on every deployed node.
+        self.dp_audit: Callable[[Sequence[torch.nn.Parameter], float], None] | None = None
         peft_model = geodora.apply_geodora(
             backbone_factory(),
             geodora.GeoDoRAConfig.from_section(config.model),
@@ -319,7 +321,7 @@ class Node:
         with DPSGDRound(self.model, optimizer, noise_multiplier=ledger.noise_multiplier, max_grad_norm=dp.max_grad_norm,
                         expected_batch_size=ledger.plan.sample_rate * n, step_hook=ledger.optimizer_hook(),
                         randomness=randomness, purpose=("sgd", self.randomness_id, round_),
-                        grad_sample_mode=dp.grad_sample_mode) as private:
+                        grad_sample_mode=dp.grad_sample_mode, audit=self.dp_audit) as private:
             for step in range(cfg.local_steps):
                 private.zero_grad()
                 index = np.flatnonzero(sampler.random(n) < ledger.plan.sample_rate)

@@ -50,7 +50,8 @@ class DPSGDRound(contextlib.AbstractContextManager):
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *, noise_multiplier: float,
                  max_grad_norm: float, expected_batch_size: float, step_hook: Callable[[DPOptimizer], None],
-                 randomness: DPRandomness, purpose: Sequence[object], grad_sample_mode: str = "ghost") -> None:
+                 randomness: DPRandomness, purpose: Sequence[object], grad_sample_mode: str = "ghost",
+                 audit: Callable[[Sequence[nn.Parameter], float], None] | None = None) -> None:
         if grad_sample_mode not in GRAD_SAMPLE_MODES:
             raise ConfigError("privacy.grad_sample_mode", f"must be one of {GRAD_SAMPLE_MODES}, got {grad_sample_mode!r}")
         self.model = model
@@ -58,6 +59,9 @@ class DPSGDRound(contextlib.AbstractContextManager):
         self.randomness = randomness
         self.ghost = grad_sample_mode == "ghost"
         self._purpose, self._steps = tuple(purpose), 0
+        # An auditor's hook (audit/gradient_canaries.py): called after clipping + noise with the parameters and the
+        # 1 / expected-batch scale, before the public gradient; it may add canary gradients and read what it observes.
+        self.audit, self.scale = audit, 1.0 / expected_batch_size
         prepare_geodora_for_opacus(model)
         # Opacus divides the noisy sum by expected_batch_size (an int there); Poisson sampling keeps it as a float.
         dp_args = {"noise_multiplier": noise_multiplier, "max_grad_norm": max_grad_norm,
@@ -112,6 +116,8 @@ class DPSGDRound(contextlib.AbstractContextManager):
         self.optimizer.generator = self.randomness.noise_generator(*self._purpose, self._steps)
         if not self.optimizer.pre_step():  # never skipped here: no gradient accumulation across calls
             raise TrainingError("DP optimizer skipped a step (gradient accumulation is not used by geofed)")
+        if self.audit is not None:
+            self.audit(self.params, self.scale)
         for p in self.params:
             if id(p) in public_gradients:
                 p.grad = p.grad + public_gradients[id(p)]

@@ -352,3 +352,48 @@ def test_canary_audit_refutes_a_dp_implementation_that_lies(tiny_config, tiny_mo
     audit = _canary_audit(tiny_config, tiny_modalities, tiny_backbone_dir, epsilon=0.5, accountant="pld")
     assert audit.accountant_epsilon <= 0.5 and audit.epsilon_lower_bound > 0.5
     assert audit.failed and audit.to_dict()["failed"] is True
+
+
+# -- the gradient-canary audit (Dirac canaries, white box) ----------------------------------------------------------
+def _gradient_canary_audit(tiny_config, tiny_modalities, tiny_backbone_dir, canaries=1000, **privacy):
+    from geofed_secure.audit.gradient_canaries import run_gradient_canary_audit
+    from geofed_secure.model.backbone import load_backbone
+    from geofed_secure.runtime import build_federation
+
+    config = with_sections(tiny_config, federation={"rounds": 2, "mode": "local-only"},
+                           training={"local_steps": 10, "lr": 0.01, "lambda_geo": 0.0}, privacy=privacy)
+    fed = build_federation(config, tiny_modalities)
+    spec = config.nodes[0]
+    return run_gradient_canary_audit(config, spec, fed.nodes[spec.id], anchor_digest=fed.anchor_digest,
+                                     backbone_factory=lambda: load_backbone(str(tiny_backbone_dir)), canaries=canaries,
+                                     seed=0)
+
+
+def test_gradient_canary_audit_stays_below_the_accountant_and_has_more_power_than_input_canaries(
+        tiny_config, tiny_modalities, tiny_backbone_dir):
+    from geofed_secure.audit.power import canary_max_certifiable_epsilon
+
+    audit = _gradient_canary_audit(tiny_config, tiny_modalities, tiny_backbone_dir, epsilon=4.0)
+    assert 0 < audit.accountant_epsilon <= 4.0 and not audit.failed
+    assert audit.epsilon_lower_bound <= audit.accountant_epsilon
+    # the worst-case canary does move its coordinate: clearly better than chance (half of the 400 guesses right)
+    assert audit.correct > 0.6 * audit.guesses
+    assert canary_max_certifiable_epsilon(audit.canaries, audit.guesses, delta=audit.delta) > 1.0
+
+
+def test_gradient_canary_audit_refutes_a_dp_sgd_without_noise(tiny_config, tiny_modalities, tiny_backbone_dir, monkeypatch):
+    """The noise switched off while the accountant still claims epsilon 1: every canary's coordinate carries its
+    signal alone, and the audit refutes the claim."""
+    import opacus.optimizers.optimizer_fast_gradient_clipping as ghost_optimizer
+    import torch
+
+    monkeypatch.setattr(ghost_optimizer, "_generate_noise", lambda std, reference, **kw: torch.zeros_like(reference))
+    audit = _gradient_canary_audit(tiny_config, tiny_modalities, tiny_backbone_dir, epsilon=1.0)
+    assert audit.accountant_epsilon <= 1.0 and audit.epsilon_lower_bound > 1.0 and audit.failed
+
+
+def test_gradient_canaries_need_dp_and_room(tiny_config, tiny_modalities, tiny_backbone_dir):
+    with pytest.raises(ConfigError, match="privacy.epsilon"):
+        _gradient_canary_audit(tiny_config, tiny_modalities, tiny_backbone_dir, epsilon=0.0)
+    with pytest.raises(ConfigError, match="trainable coordinates"):
+        _gradient_canary_audit(tiny_config, tiny_modalities, tiny_backbone_dir, canaries=10**7, epsilon=1.0)
