@@ -115,7 +115,8 @@ def test_masked_uploads_in_a_coalition_view_are_uncorrelated_with_the_plaintext(
     layout = PayloadLayout.for_round({k[len("weighted/"):]: v for k, v in update.payload.items() if k.startswith("weighted/")}, n_anchors)
     vector = layout.flatten(update.payload)
     masked = next(m for _, m in view.messages(type_="MaskedInput", round_=1) if m.node_id == "img-a")
-    words = masked.words.view(np.int64).astype(np.float64)[:vector.size]
+    signed = {np.dtype(np.uint32): np.int32, np.dtype(np.uint64): np.int64}[masked.words.dtype]  # the run's ring
+    words = masked.words.view(signed).astype(np.float64)[:vector.size]
     assert words.size == vector.size
     assert abs(np.corrcoef(words, vector)[0, 1]) < 5 / np.sqrt(vector.size)
 
