@@ -28,7 +28,7 @@ ATTACK_SECONDS = 45.0  # the attacks of the default plan (5 cells, 12 runs, 200 
 
 _OTHER = re.compile(r"other node \S+ trained")
 _RUN = re.compile(r"(no-dp|dp-eps\S+): run \d+/\d+ trained")
-_CANARY = re.compile(r"(no-dp|dp-eps\S+): canary audit")
+_CANARY = re.compile(r"(no-dp|dp-eps\S+): (?:gradient-)?canary audit")
 _CACHED = re.compile(r"experiment loaded from the cache")
 _SEED = re.compile(r"seed attack \(")
 
@@ -44,6 +44,7 @@ def training_units(plan: AuditPlan, other_nodes: int) -> dict[str, float]:
     units |= {f"run:{lvl}": _steps(plan, lvl is not None) for lvl in levels}
     units["total"] = other_nodes * units["other"] + sum(plan.runs * units[f"run:{lvl}"] for lvl in levels)
     units["total"] += sum(units[f"run:{lvl}"] for lvl in levels) if plan.canaries else 0.0
+    units["total"] += sum(units[f"run:{lvl}"] for lvl in levels if lvl is not None) if plan.gradient_canaries else 0.0
     # the white-box seed cell: per candidate, three DP trainings, once with shared-seed noise and once as deployed
     units["seed"] = 3 * _steps(plan, True)
     units["total"] += 2 * plan.seed_attack_candidates * units["seed"]

@@ -15,6 +15,12 @@ def test_training_units_count_every_training_of_the_default_plan():
     assert training_units(AuditPlan(), 4)["total"] == pytest.approx(4 * 2 * 32 * 1.6 + 13 * (32 + 2 * dp))
 
 
+def test_gradient_canaries_add_one_dp_training_per_epsilon():
+    plan = AuditPlan(epsilons=(8.0, 1.0), canaries=0)
+    extra = training_units(AuditPlan(epsilons=(8.0, 1.0), canaries=0, gradient_canaries=100), 4)["total"]
+    assert extra - training_units(plan, 4)["total"] == pytest.approx(2 * 32 * 1.55)
+
+
 def test_the_presets_fit_their_time_targets_by_the_calibrated_model():
     """quick < 3 min and standard < 10 min on a quiet 2-core machine (the model is calibrated on the default plan's
     measured 7 min 13 s); high-power is longer."""
