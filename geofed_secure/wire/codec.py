@@ -419,7 +419,32 @@ class WireMessage:
 
     def encode(self) -> bytes:
         """The message's one canonical wire encoding."""
-        return self.FRAMING.frame(self.header(), self.body())
+        known = _ENCODED.get(id(self))
+        if known is not None and known[0] is self:
+            return known[1]
+        data = self.FRAMING.frame(self.header(), self.body())
+        _remember(self, data)
+        return data
+
+
+# The encodings of the last few large header-only messages (a key roster, graph seeds, a signed unmask request) that
+# were decoded or encoded, by identity: a message is frozen, so its bytes never change, and a party that hashes a roster
+# it decoded (the roster digest, SPEC 2.8) no longer re-encodes every advertisement in it (O(n) per node, O(n^2) in
+# all). Entries hold the message itself, so an id is never reused while its entry lives; bodies are never kept.
+_ENCODED: dict[int, tuple[WireMessage, bytes]] = {}
+_ENCODED_ENTRIES = 16
+_ENCODED_MIN_BYTES = 4096
+
+
+def _remember(message: WireMessage, data: bytes) -> None:
+    if len(data) < _ENCODED_MIN_BYTES or _members_of(type(message))[1]:
+        return
+    while len(_ENCODED) >= _ENCODED_ENTRIES:
+        try:
+            del _ENCODED[next(iter(_ENCODED))]
+        except (KeyError, StopIteration, RuntimeError):  # another thread evicted it first
+            break
+    _ENCODED[id(message)] = (message, data)
 
 
 _Layout = tuple[tuple[str, "Kind", str, str, str], ...]
@@ -441,6 +466,10 @@ def _layouts(cls: type[WireMessage]) -> tuple[_Layout, frozenset[str], bool]:
 
 def _layout(cls: type[WireMessage]) -> _Layout:
     return _layouts(cls)[0]
+
+
+def _members_of(cls: type[WireMessage]) -> tuple[frozenset[str], bool]:
+    return _layouts(cls)[1:]
 
 
 def build(cls: type[WireMessage], header: Mapping[str, Any], body: bytes) -> WireMessage:
@@ -483,6 +512,7 @@ class Codec:
         message = build(cls, header, body)
         if not canonical or not message.is_body(body):
             raise fail(cls.__name__, "not in canonical form (one encoding per message)")
+        _remember(message, data if isinstance(data, bytes) else bytes(data))
         return message
 
 

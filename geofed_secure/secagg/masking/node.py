@@ -57,6 +57,7 @@ from geofed_secure.secagg.masking.spec import (
     check_roster,
     pairwise_mask,
     plan_epoch,
+    roster_digest,
     self_mask,
     share_header,
 )
@@ -83,6 +84,7 @@ class _NodeEpochSecrets:
     graph_nonce: bytes
     plan: EpochPlan | None = None
     roster: KeyRoster | None = None  # held between the roster and the graph seeds (SecAgg+)
+    roster_digest: bytes = b""  # of that roster, hashed when it arrived
     own_shares: dict[str, list[tuple[bytes, bytes]]] = field(default_factory=dict)  # owner -> per round (key, seed) share
     peers: tuple[str, ...] = ()  # neighbours whose shares arrived: the nodes this node masks with
     adverts: dict[str, KeyAdvertisement] = field(default_factory=dict)
@@ -265,7 +267,7 @@ class MaskingNode(StateMachine[NodeState, NodeEvent]):
         mine = next((a for a in roster.advertisements if a.node_id == self.node_id), None)
         if mine is None or mine != self._advertised:
             raise self._abort("the roster does not hold this node's own advertisement unchanged (dropped or replaced)", stage)
-        self.epoch.roster = roster
+        self.epoch.roster, self.epoch.roster_digest = roster, roster_digest(roster)
         self.epoch.adverts = {a.node_id: a for a in roster.advertisements}
         if target is NodeState.REVEALED:  # SecAgg+: the graph waits for every member's nonce (commit-reveal, SPEC 5.2)
             self.state = target
@@ -285,7 +287,8 @@ class MaskingNode(StateMachine[NodeState, NodeEvent]):
 
     def _plan(self, roster: KeyRoster, nonces: Mapping[str, bytes] | None) -> EpochPlan:
         try:
-            return plan_epoch(self.provisioning, roster, party=self.node_id, nonces=nonces)
+            assert self.epoch is not None and self.epoch.roster is roster
+            return plan_epoch(self.provisioning, roster, party=self.node_id, nonces=nonces, digest=self.epoch.roster_digest)
         except ProtocolAborted:  # a security stop found by a shared check: this session ends too
             self._enter_aborted()
             raise

@@ -204,8 +204,11 @@ def check_roster(provisioning: Provisioning, roster: KeyRoster, *, party: str) -
 
 
 def plan_epoch(provisioning: Provisioning, roster: KeyRoster, *, party: str,
-               nonces: Mapping[str, bytes] | None = None) -> EpochPlan:
+               nonces: Mapping[str, bytes] | None = None, digest: bytes | None = None) -> EpochPlan:
     """Check a roster (and, for a SecAgg+ graph, every member's revealed nonce) and derive the epoch plan.
+
+    ``digest``: :func:`roster_digest` of this very roster when the caller computed it already (a SecAgg+ node hashes
+    the roster when it arrives, while its encoding is at hand, and plans after the graph seeds).
 
     A bad roster or nonce aborts: this is where injected or replaced keys and a steered graph are caught. The
     server verifies every advertisement's signature (on arrival); a node verifies those of its share holders, the
@@ -215,7 +218,7 @@ def plan_epoch(provisioning: Provisioning, roster: KeyRoster, *, party: str,
     params = provisioning.parameters
     members = check_roster(provisioning, roster, party=party)
     fed, epoch = provisioning.federation_id, roster.epoch
-    digest = roster_digest(roster)
+    digest = digest or roster_digest(roster)
     by_id = {a.node_id: a for a in roster.advertisements}
     seed = None
     if is_sparse(params.degree, len(members)):
