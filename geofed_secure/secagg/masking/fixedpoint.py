@@ -103,13 +103,14 @@ class FixedPoint:
         return n_parties * 2.0 ** -self.frac_bits + n_parties * self.clip * 2.0**-52
 
     def encode(self, values: np.ndarray, draws: np.ndarray | np.random.Generator, *, consume_draws: bool = False,
-               out: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+               out: np.ndarray | None = None, scratch: np.ndarray | None = None) -> tuple[np.ndarray, int]:
         """(ring words, number of clipped coordinates). Non-finite input raises :class:`DataError`.
 
         ``draws``: one uniform in [0, 1) per coordinate for the stochastic rounding (secagg-v1 takes them from
         :func:`~geofed_secure.secagg.masking.primitives.uniform_draws`, SPEC 3), or a numpy Generator to draw them from.
         ``consume_draws``: the caller's float64 ``draws`` array may be overwritten (no temporary vector is allocated);
-        ``out``: a ring-word array of the input's length to write the words into (returned).
+        ``out``: a ring-word array of the input's length to write the words into (returned); ``scratch``: a float64
+        array of that length for the scaled input.
         """
         x = np.asarray(values, dtype=np.float64)
         if x.ndim != 1:
@@ -131,7 +132,10 @@ class FixedPoint:
         # fl(clip(x) 2^f + U): the product is exact and a binary64 sum does not depend on the operand order, so
         # adding the scaled input onto the draws gives the same bits as the reverse; floor(y + U) rounds up with
         # probability frac(y): unbiased stochastic rounding
-        scaled += x * 2.0**self.frac_bits
+        if scratch is not None and scratch.shape == x.shape and scratch.dtype == np.float64 and scratch is not scaled:
+            scaled += np.multiply(x, 2.0**self.frac_bits, out=scratch)
+        else:
+            scaled += x * 2.0**self.frac_bits
         np.floor(scaled, out=scaled)
         if out is None or out.shape != x.shape or out.dtype != self.dtype:
             return scaled.astype(self.signed_dtype).view(self.dtype), clipped

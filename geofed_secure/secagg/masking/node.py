@@ -354,10 +354,15 @@ class MaskingNode(StateMachine[NodeState, NodeEvent]):
         i = r - plan.epoch
         fp = plan.fixed_point
         rounding_key = crypto.derive_key(self._rng.token(crypto.KEY_BYTES), "rounding", fed, r, self.node_id)
-        draws = crypto.uniform_draws(rounding_key, self._vector.shape[0])
-        words, self.clipped = fp.encode(self._vector, draws, consume_draws=True)  # the draws are ours: rounded in place
-        n = words.shape[0]
-        scratch = crypto.keystream_scratch(n, fp.ring_bits)
+        n = self._vector.shape[0]
+        # the keystreams and draws go to this thread's buffers, reused round after round (the words are copied into
+        # the message); the draws are ours and are rounded in place
+        draws = crypto.uniform_draws(rounding_key, n, scratch=crypto.reusable("rounding-keystream", 8 * n + 16),
+                                     out=crypto.reusable("rounding-draws", 8 * n).view(np.float64))
+        words, self.clipped = fp.encode(self._vector, draws, consume_draws=True,
+                                        out=crypto.reusable("masked-words", n * fp.ring_bits // 8).view(fp.dtype),
+                                        scratch=crypto.reusable("scaled-input", 8 * n).view(np.float64))
+        scratch = crypto.reusable("mask-keystream", n * fp.ring_bits // 8 + 16)
         words += self_mask(ep.seeds[i], fed, r, self.node_id, n, fp.ring_bits, scratch)
         mask_key = ep.loaded(ep.mask_privates[i])
         for peer in ep.peers:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import threading
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -225,6 +226,22 @@ def uniform_draws(key: bytes, count: int, *, scratch: np.ndarray | None = None,
 def keystream_scratch(nwords: int, ring_bits: int) -> np.ndarray:
     """A reusable output buffer for :func:`keystream_words`."""
     return np.empty(nwords * (ring_bits // 8) + 16, np.uint8)
+
+
+_POOL = threading.local()
+
+
+def reusable(name: str, nbytes: int) -> np.ndarray:
+    """This thread's byte buffer ``name`` of at least ``nbytes``, kept between calls (a view of it: valid until the
+    thread asks for ``name`` again). A round's keystreams and rounding draws written into fresh buffers cost a third
+    more than into buffers already mapped (fresh pages fault in, and evict what the cache held)."""
+    pool: dict[str, np.ndarray] | None = getattr(_POOL, "buffers", None)
+    if pool is None:
+        pool = _POOL.buffers = {}
+    buffer = pool.get(name)
+    if buffer is None or buffer.nbytes < nbytes:
+        buffer = pool[name] = np.empty(-(-nbytes // 64) * 64, np.uint8)
+    return buffer[:nbytes]
 
 
 def seal(key: bytes, plaintext: bytes, header: bytes) -> bytes:

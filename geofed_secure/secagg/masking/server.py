@@ -321,7 +321,7 @@ class MaskingServer(StateMachine[ServerState, ServerEvent]):
         fed, r, fp, n = self.provisioning.federation_id, self.round, plan.fixed_point, self._vector_length
         i = r - plan.epoch
         total = np.zeros(n, dtype=fp.dtype)
-        scratch = crypto.keystream_scratch(n, fp.ring_bits)
+        scratch = crypto.reusable("mask-keystream", n * fp.ring_bits // 8 + 16)
         for v in alive:
             total += self._inputs[v].words
         for v in alive:

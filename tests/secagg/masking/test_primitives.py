@@ -375,7 +375,7 @@ def test_fast_encode_and_draws_give_the_reference_words(ring_bits, clip, data):
     draws = crypto.uniform_draws(key, len(x), scratch=scratch, out=out)
     assert np.array_equal(draws, reference_draws) and np.array_equal(crypto.uniform_draws(key, len(x)), reference_draws)
     words_out = np.empty(len(x), fp.dtype)
-    words, clipped = fp.encode(x, draws, consume_draws=True, out=words_out)
+    words, clipped = fp.encode(x, draws, consume_draws=True, out=words_out, scratch=np.empty(len(x)))
     kept, _ = fp.encode(x, reference_draws)
 
     # Assert: bit for bit the plain formula, the same clipped count, and the caller's draws untouched by default
@@ -399,3 +399,10 @@ def test_automatic_ring_is_32_bit_exactly_when_it_cannot_wrap_at_float32_step(n,
         assert bits == 32  # small federations always get 4 bytes a parameter (unless f would pass the 32-bit cap)
     if n >= 128:
         assert bits == 64
+
+
+def test_reusable_buffers_are_per_name_and_grow():
+    a = crypto.reusable("test-a", 100)
+    assert a.nbytes == 100 and crypto.reusable("test-a", 50).base is a.base  # the same memory, reused
+    assert crypto.reusable("test-b", 100).base is not a.base
+    assert crypto.reusable("test-a", 10_000).nbytes == 10_000  # grown
