@@ -18,8 +18,8 @@ For each run the experiment records the releases of every sharing scheme from th
 ``update`` (the method's precision-weighted GeoDoRA B upload), ``gram`` (cosine Gram of the 50 public anchors,
 upper triangle: the method), ``prototypes`` (FedProto-style per-class means of the node's embeddings of its
 PRIVATE training records) and ``raw_embeddings`` (its embeddings of the public anchors), plus what the
-attacks' ground truth needs: its logits on the pool and on public records, its embeddings of the 150 public
-samples. Results are cached on disk by the plan digest so every threat model's report reads the same experiment.
+attacks' ground truth needs: its logits on the pool and on public records, its embeddings of the modality's public
+samples (anchors and evaluation anchors). Results are cached on disk by the plan and config digests so every threat model's report reads the same experiment.
 """
 
 from __future__ import annotations

@@ -149,7 +149,7 @@ class FlowerLink:
             values: dict[str, bytes | str | int] = {"wire": blob}
             if secure_open is not None and node_id in secure_open:
                 values["secure"] = secure_open[node_id]
-            messages.append(self.grid.create_message(pack(**values), TRAIN, self.flower_ids[node_id], str(round_)))
+            messages.append(Message(pack(**values), self.flower_ids[node_id], TRAIN, group_id=str(round_)))
         answers = self._collect(round_, messages, list(broadcasts))
         for node_id, answer in answers.items():  # protocol messages are recorded by the secure aggregator
             if answer.kind in (Answer.UPLOAD, Answer.FAILURE):
@@ -161,7 +161,7 @@ class FlowerLink:
         return answers
 
     def secure_exchange(self, round_: int, messages: Mapping[str, bytes]) -> dict[str, NodeAnswer]:
-        out = [self.grid.create_message(pack(wire=blob), SECAGG, self.flower_ids[node_id], str(round_))
+        out = [Message(pack(wire=blob), self.flower_ids[node_id], SECAGG, group_id=str(round_))
                for node_id, blob in messages.items()]
         return self._collect(round_, out, list(messages))
 
@@ -194,7 +194,7 @@ class FlowerLink:
 def _claims(grid: Grid, config: RunConfig, flower_ids: list[int], timeout: float) -> dict[int, tuple[str, int]]:
     """Ask each SuperNode which node it is and the last round its node trained in (its own disk's answer; 0 for a
     new site): Flower node id -> (claimed node id, last round). A SuperNode that does not answer is left out."""
-    queries = [grid.create_message(pack(federation=config.federation.id), QUERY, nid, "discovery") for nid in flower_ids]
+    queries = [Message(pack(federation=config.federation.id), nid, QUERY, group_id="discovery") for nid in flower_ids]
     claims: dict[int, tuple[str, int]] = {}
     for reply in round_trip(grid, queries, timeout=timeout):
         if reply.has_error():
