@@ -261,7 +261,8 @@ def run_experiment(plan: AuditPlan, *, progress: Callable[[str], None] = lambda 
         if plan.gradient_canaries and epsilon is not None:
             t0 = time.perf_counter()
             audit = run_gradient_canary_audit(level_config, spec, data, anchor_digest=fed.anchor_digest,
-                                              backbone_factory=factory, canaries=plan.gradient_canaries, seed=plan.seed)
+                                              backbone_factory=factory, canaries=plan.gradient_canaries, seed=plan.seed,
+                                              guess_fraction=plan.gradient_canary_guess_fraction)
             canaries[f"{name}/gradient"] = audit.to_dict() | {"epsilon_budget": epsilon, "kind": "gradient"}
             seconds[f"gradient_canary_{name}"] = time.perf_counter() - t0
             progress(f"  {name}: gradient-canary audit {audit.correct}/{audit.guesses} correct guesses, empirical "

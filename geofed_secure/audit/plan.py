@@ -50,6 +50,7 @@ class AuditPlan:
     extraction_draws: int = 3  # random anchor draws per B and run
     canaries: int = 100  # one-run canary audit per privacy level (0 = skip)
     gradient_canaries: int = 0  # one-run audit with Dirac gradient canaries, white box, at every epsilon (0 = skip)
+    gradient_canary_guess_fraction: float = 0.5  # guesses "in" and as many "out" (0.5: every canary, the most power)
     seed_attack_candidates: int = 0  # white-box cell at the smallest epsilon: a server holding the noise seed (0 = skip)
     bootstrap: int = 200  # bootstrap resamples for confidence intervals
     cache_dir: str = ""  # "" -> $GEOFED_CACHE or ~/.cache/geofed-secure (features and experiment results)
@@ -78,6 +79,8 @@ class AuditPlan:
                 raise fail(key, f"must be distinct values of {allowed}, got {list(values)}")
         if not self.protections and not self.epsilons and not self.run:
             raise fail("protections", "the plan audits nothing: give at least one protection, one epsilon or a run")
+        if not 0 < self.gradient_canary_guess_fraction <= 0.5:
+            raise fail("gradient_canary_guess_fraction", f"must be in (0, 0.5], got {self.gradient_canary_guess_fraction}")
         if self.gradient_canaries and (self.gradient_canaries < 2 or not self.epsilons):
             raise fail("gradient_canaries", f"must be 0, or >= 2 with at least one epsilon (it audits DP-SGD), got "
                        f"{self.gradient_canaries}")
@@ -137,7 +140,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "quick": {"runs": 4, "protections": ["none", "masking"], "epsilons": [1.0], "extraction_anchors": [25, 100],
               "extraction_draws": 1, "bootstrap": 100},
     "standard": {},
-    "high-power": {"runs": 32, "bootstrap": 1000, "seed_attack_candidates": 12},
+    "high-power": {"runs": 32, "bootstrap": 1000, "seed_attack_candidates": 12, "gradient_canaries": 16100},
 }
 
 
