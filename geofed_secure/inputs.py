@@ -112,13 +112,13 @@ def _label_indices(values: Sequence[str], allowed: Sequence[str], *, what: str, 
     return out
 
 
-def _split_holdout(concept: np.ndarray, holdout: int, n_concepts: int, *, what: str) -> tuple[np.ndarray, np.ndarray]:
+def _split_holdout(concept: np.ndarray, holdout: int, names: Sequence[str], *, what: str) -> tuple[np.ndarray, np.ndarray]:
     """Positions of the training and held-out anchors: the last ``holdout`` of each concept (file order) are held out."""
     keep = np.ones(len(concept), dtype=bool)
-    for c in range(n_concepts):
+    for c in range(len(names)):
         where = np.flatnonzero(concept == c)
         if len(where) <= holdout:
-            raise DataError(f"{what}: concept {c} has {len(where)} anchors, need more than anchors.holdout_per_concept = "
+            raise DataError(f"{what}: concept {names[c]!r} has {len(where)} anchors, need more than anchors.holdout_per_concept = "
                             f"{holdout} (at least one for training); add anchors, lower holdout_per_concept or give "
                             "eval_anchors")
         keep[where[len(where) - holdout:]] = False
@@ -151,6 +151,12 @@ def load_own_node(config: RunConfig, index: int, cache: FeatureCache, *, progres
         if records.kind == "table" and tuple(other.columns) != tuple(records.columns):
             raise DataError(f"{where}.{name}: feature columns {list(other.columns)} differ from the data's "
                             f"{list(records.columns)}; use the same columns in the same order (set 'columns')")
+    # labels first: a wrong file fails before anything is encoded
+    task = _label_indices(records.labels, labels, what=f"{where}.data", declared=f"nodes[{index}].labels"
+                          if node.labels else "[anchors] concepts", path=node.data.path)
+    concept = _label_indices(anchors.labels, concepts, what=f"{where}.anchors", declared="[anchors] concepts",
+                             path=node.anchors.path)
+    _check_concepts(concept, concepts, what=f"{where}.anchors")
     feature_shape = records.samples.shape if records.kind == "features" else (0, 0, 0)
     encoder = encoder_from_spec(node.encoder, modality=node.modality, record_kind=records.kind,
                                 n_columns=len(records.columns), columns=records.columns, seq_len=int(feature_shape[1]),
@@ -159,18 +165,13 @@ def load_own_node(config: RunConfig, index: int, cache: FeatureCache, *, progres
     for part, rec in (("data", records), ("anchors", anchors), ("eval_anchors", held)):
         if rec is not None:
             encoded[part] = _encode(encoder, rec, cache, f"{node.id} {part}", progress)
-    task = _label_indices(records.labels, labels, what=f"{where}.data", declared=f"nodes[{index}].labels"
-                          if node.labels else "[anchors] concepts", path=node.data.path)
-    concept = _label_indices(anchors.labels, concepts, what=f"{where}.anchors", declared="[anchors] concepts",
-                             path=node.anchors.path)
-    _check_concepts(concept, concepts, what=f"{where}.anchors")
     a_tokens, a_mask = encoded["anchors"]
     if float(np.ptp(a_tokens, axis=0).max()) < 1e-6:
         raise DataError(f"{where}.anchors: the encoder {encoder.name} gives all {len(a_tokens)} anchors the same features, "
                         "so the node has no geometry to align (a tokenizer that maps every word to [UNK], a constant "
                         "image, an encoder that ignores its input?); check the encoder on two different records")
     if held is None:
-        train_pos, eval_pos = _split_holdout(concept, config.anchors.holdout_per_concept, len(concepts), what=f"{where}.anchors")
+        train_pos, eval_pos = _split_holdout(concept, config.anchors.holdout_per_concept, concepts, what=f"{where}.anchors")
         train_a = TokenFeatures(a_tokens[train_pos], a_mask[train_pos], concept[train_pos])
         eval_a = TokenFeatures(a_tokens[eval_pos], a_mask[eval_pos], concept[eval_pos])
     else:
