@@ -90,6 +90,14 @@ def test_bad_own_node_tables_name_the_field(change, field):
     assert info.value.field == field, str(info.value)
 
 
+def test_an_own_bridge_nodes_paired_modality_is_not_a_pool_to_load():
+    from geofed_secure.config import needed_modalities
+
+    paired = {"paired_modality": "px", "paired_data": {"kind": "table", "path": "p.csv"},
+              "paired_encoder": {"kind": "builtin", "name": "numeric-columns"}}
+    assert needed_modalities(_config([_node(0, **paired), _node(1), _node(2)])) == ["m0", "m1", "m2"]
+
+
 @pytest.mark.parametrize("concepts", [[], ["one"], ["a", "a"], ["a", ""]])
 def test_concepts_must_be_named(concepts):
     with pytest.raises(ConfigError) as info:

@@ -171,8 +171,10 @@ def label_count(config: RunConfig, node: NodeSpec) -> int:
 
 
 def needed_modalities(config: RunConfig) -> list[str]:
-    """Every modality the configured nodes use (their own, and a bridge node's paired one), sorted."""
-    return sorted({n.modality for n in config.nodes} | {n.paired_modality for n in config.nodes if n.paired_modality})
+    """Every modality whose data the configured nodes draw from (their own, and a demo bridge node's paired one: an own
+    bridge node brings its paired records itself), sorted."""
+    return sorted({n.modality for n in config.nodes}
+                  | {n.paired_modality for n in config.nodes if n.paired_modality and not n.own_data})
 
 
 _SECTIONS = {"federation": FederationSection, "model": ModelSection, "training": TrainingSection, "data": DataSection,
