@@ -335,3 +335,10 @@ def test_precomputed_features_and_the_builtin_image_encoder_are_nodes_too(exampl
     assert modalities["measurements"].pool.tokens.shape == (150, 3, 8)
     np.testing.assert_array_equal(modalities["measurements"].pool.labels, (labels == "large").astype(np.int64))
     assert modalities["drawing"].pool.dim == 1280 and modalities["drawing"].encoder_name.startswith("efficientnet")
+
+
+def test_the_config_accepts_exactly_the_builtin_encoders_the_encoders_package_builds():
+    from geofed_secure.config import BUILTIN_ENCODERS as accepted
+    from geofed_secure.encoders.spec import BUILTIN_ENCODERS as built
+
+    assert set(accepted) == set(built)
