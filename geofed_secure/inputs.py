@@ -26,7 +26,6 @@ split-data``). It returns one :class:`~geofed_secure.data.ModalityData` per moda
 from __future__ import annotations
 
 import hashlib
-import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,7 +34,7 @@ import numpy as np
 
 from geofed_secure.config import NodeSpec, RunConfig
 from geofed_secure.data import ModalityData
-from geofed_secure.data.anchors import AnchorManifest
+from geofed_secure.data.anchors import AnchorManifest, feed_str
 from geofed_secure.data.features import TokenFeatures, concat_features
 from geofed_secure.data.readers import Records, read_records
 from geofed_secure.encoders import FeatureCache, FrozenEncoder, HFEncoder, encoder_from_spec
@@ -79,8 +78,7 @@ def concept_order_digest(concepts: Sequence[str], sequence: np.ndarray) -> str:
     concept in both."""
     h = hashlib.sha256(b"geofed-secure/concept-order/v1\x00")
     for index in np.asarray(sequence, dtype=np.int64):
-        name = concepts[int(index)].encode("utf-8")
-        h.update(struct.pack("<Q", len(name)) + name)
+        feed_str(h, concepts[int(index)])
     return h.hexdigest()
 
 
@@ -211,8 +209,7 @@ def _commitment(config: RunConfig, node: NodeSpec, anchors: Records, held: Recor
     eval_digest = held.digest if held is not None else f"holdout:{config.anchors.holdout_per_concept}"
     h = hashlib.sha256(_DOMAIN)
     for part in (node.modality, anchors.digest, eval_digest, "\x00".join(config.anchors.concepts)):
-        data = part.encode("utf-8")
-        h.update(struct.pack("<Q", len(data)) + data)
+        feed_str(h, part)
     return h.hexdigest()
 
 

@@ -41,14 +41,25 @@ _MANIFEST_DOMAIN = b"geofed-secure/anchor-manifest/v1\x00"
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
-def _u64(n: int) -> bytes:
+def u64(n: int) -> bytes:
     return struct.pack("<Q", int(n))
 
 
-def _feed_str(h: hashlib._Hash, s: str) -> None:
+def feed_str(h: hashlib._Hash, s: str) -> None:
     b = s.encode("utf-8")
-    h.update(_u64(len(b)))
+    h.update(u64(len(b)))
     h.update(b)
+
+
+def feed_array(h: hashlib._Hash, array: np.ndarray) -> None:
+    """b"A" || u64 len(dtype.str) || dtype.str (little-endian form) || u64 ndim || u64 shape[i]... || C-order bytes."""
+    arr = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
+    h.update(b"A")
+    feed_str(h, arr.dtype.str)
+    h.update(u64(arr.ndim))
+    for size in arr.shape:
+        h.update(u64(size))
+    h.update(arr.tobytes(order="C"))
 
 
 def anchor_digest(modality: str, samples: np.ndarray | Sequence[str], labels: np.ndarray) -> str:
@@ -59,29 +70,23 @@ def anchor_digest(modality: str, samples: np.ndarray | Sequence[str], labels: np
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
         raise DataError(f"anchor_digest: labels must be a 1-D integer array, got {labels.dtype} {labels.shape}")
     h = hashlib.sha256(DIGEST_DOMAIN)
-    _feed_str(h, modality)
+    feed_str(h, modality)
     if isinstance(samples, np.ndarray):
         if samples.ndim < 1 or samples.shape[0] != labels.shape[0]:
             raise DataError(f"anchor_digest: {samples.shape[:1]} samples but {labels.shape[0]} labels")
         if samples.dtype.kind not in "biuf":
             raise DataError(f"anchor_digest: unsupported sample dtype {samples.dtype}; use numeric arrays or strings")
-        arr = np.ascontiguousarray(samples, dtype=samples.dtype.newbyteorder("<"))
-        h.update(_u64(arr.shape[0]))
-        h.update(b"A")
-        _feed_str(h, arr.dtype.str)
-        h.update(_u64(arr.ndim))
-        for s in arr.shape:
-            h.update(_u64(s))
-        h.update(arr.tobytes(order="C"))
+        h.update(u64(samples.shape[0]))
+        feed_array(h, samples)
     elif isinstance(samples, (list, tuple)):
         if len(samples) != labels.shape[0]:
             raise DataError(f"anchor_digest: {len(samples)} samples but {labels.shape[0]} labels")
-        h.update(_u64(len(samples)))
+        h.update(u64(len(samples)))
         h.update(b"S")
         for s in samples:
             if not isinstance(s, str):
                 raise DataError(f"anchor_digest: string samples expected, got {type(s).__name__}")
-            _feed_str(h, s)
+            feed_str(h, s)
     else:
         raise DataError(f"anchor_digest: samples must be a numpy array or a list of str, got {type(samples).__name__}")
     h.update(np.ascontiguousarray(labels, dtype="<i8").tobytes())
@@ -119,10 +124,10 @@ class AnchorManifest:
     @property
     def digest(self) -> str:
         h = hashlib.sha256(_MANIFEST_DOMAIN)
-        h.update(_u64(len(self.per_modality)))
+        h.update(u64(len(self.per_modality)))
         for m, d in sorted(self.per_modality.items()):
-            _feed_str(h, m)
-            _feed_str(h, d)
+            feed_str(h, m)
+            feed_str(h, d)
         return h.hexdigest()
 
     def to_json(self) -> str:

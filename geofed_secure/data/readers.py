@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import struct
 import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from PIL import Image
 from safetensors import SafetensorError
 
 from geofed_secure.config import SOURCE_KINDS, SourceSpec
+from geofed_secure.data.anchors import feed_array, feed_str, u64
 from geofed_secure.errors import DataError
 
 __all__ = ["FEATURE_SUFFIXES", "IMAGE_SUFFIXES", "TABLE_SUFFIXES", "Records", "read_records"]
@@ -158,36 +158,20 @@ class _Job:
                        description=f"{self.spec.kind} {self.path} ({details})", columns=columns, mask=mask)
 
 
-def _u64(n: int) -> bytes:
-    return struct.pack("<Q", int(n))
-
-
-def _feed_str(h: Any, s: str) -> None:
-    b = s.encode("utf-8")
-    h.update(_u64(len(b)))
-    h.update(b)
-
-
 def _digest(kind: str, samples: Any, labels: Sequence[str], mask: np.ndarray | None) -> str:
     h = hashlib.sha256(DIGEST_DOMAIN)
-    _feed_str(h, kind)
-    h.update(_u64(len(labels)))
+    feed_str(h, kind)
+    h.update(u64(len(labels)))
     for sample in samples:
         if isinstance(sample, str):
             h.update(b"S")
-            _feed_str(h, sample)
+            feed_str(h, sample)
             continue
-        arr = np.ascontiguousarray(sample, dtype=sample.dtype.newbyteorder("<"))
-        h.update(b"A")
-        _feed_str(h, arr.dtype.str)
-        h.update(_u64(arr.ndim))
-        for size in arr.shape:
-            h.update(_u64(size))
-        h.update(arr.tobytes(order="C"))
+        feed_array(h, sample)
     for label in labels:
-        _feed_str(h, label)
+        feed_str(h, label)
     if mask is not None:
-        h.update(b"M" + _u64(mask.shape[0]) + _u64(mask.shape[1]))
+        h.update(b"M" + u64(mask.shape[0]) + u64(mask.shape[1]))
         h.update(np.ascontiguousarray(mask, dtype=np.uint8).tobytes())
     return h.hexdigest()
 
