@@ -99,6 +99,8 @@ def _build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--seed", type=int, help="override the plan's seed")
     audit.add_argument("--config", help="the federation to audit: a geofed run config TOML (your own nodes, "
                        "docs/own-federation.md); default: the plan's config key, else the built-in demo")
+    audit.add_argument("--workers", type=int, help="training processes (default: the plan's workers key; 0 = one per "
+                       "available core, 1 = no worker processes); the experiment trained does not depend on it")
     audit.add_argument("--overwrite", action="store_true", help="replace the report already in --out")
     # geofed deploy parses its own arguments (geofed deploy --help), so the Flower driver is imported only when it runs
     deploy = sub.add_parser("deploy", help="run the federation on a loopback Flower deployment (SuperLink, SuperNodes); "
@@ -118,7 +120,8 @@ def cmd_audit(args: argparse.Namespace, term: Terminal) -> int:
 
     threat_model = load_threat_model(args.threat_model)
     plan = load_plan(args.plan)
-    overrides = {k: v for k, v in (("cache_dir", args.cache_dir), ("seed", args.seed), ("config", args.config))
+    overrides = {k: v for k, v in (("cache_dir", args.cache_dir), ("seed", args.seed), ("config", args.config),
+                                                ("workers", args.workers))
                  if v is not None}
     plan = dataclasses.replace(plan, **overrides) if overrides else plan
     check_audit(threat_model, plan)  # before anything trains

@@ -12,7 +12,21 @@ from typing import Any
 
 
 class GeofedError(Exception):
-    """Base class of every error raised on purpose by geofed-secure."""
+    """Base class of every error raised on purpose by geofed-secure.
+
+    Every subclass pickles with its message and attributes (``__reduce__``), whatever its constructor takes, so an
+    error raised in a worker process (the audit's parallel training) reaches the caller with its own type.
+    """
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _rebuild_error, (type(self), self.args, dict(self.__dict__))
+
+
+def _rebuild_error(cls: type[GeofedError], args: tuple[Any, ...], state: dict[str, Any]) -> GeofedError:
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
 
 
 class ConfigError(GeofedError, ValueError):

@@ -40,8 +40,9 @@ from geofed_secure.audit.attacks.extraction import unit_rows
 from geofed_secure.audit.attacks.prototypes import class_prototypes
 from geofed_secure.audit.canary_run import run_canary_audit
 from geofed_secure.audit.gradient_canaries import run_gradient_canary_audit
+from geofed_secure.audit.parallel import RunPool, available_cores, resolve_workers
 from geofed_secure.audit.plan import AuditPlan
-from geofed_secure.config import PrivacySection, RunConfig, load_config
+from geofed_secure.config import NodeSpec, PrivacySection, RunConfig, load_config
 from geofed_secure.data.features import TokenFeatures, concat_features
 from geofed_secure.encoders.cache import FeatureCache
 from geofed_secure.errors import CheckpointError, ConfigError
@@ -133,6 +134,66 @@ def _releases(payload: Mapping[str, np.ndarray], train_embeddings: np.ndarray, t
             "raw_embeddings": public_embeddings[:n_anchors].ravel().astype(np.float64)}
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Context:
+    """What every training run of one experiment shares (sent once to each worker process, :mod:`.parallel`)."""
+
+    config: RunConfig  # the experiment's configuration without DP (the other nodes train with it)
+    spec: NodeSpec  # the target
+    pool: TokenFeatures  # the target's records (train + test); run i trains on its membership row
+    public: TokenFeatures  # its modality's public samples: the anchors, then the evaluation anchors
+    anchors: TokenFeatures
+    n_classes: int
+    labels_are_concepts: bool
+    n_anchors: int
+    anchor_digest: str
+    rounds: int
+    seed: int
+
+
+_FACTORIES: dict[str, Callable[[], torch.nn.Module]] = {}  # backbone -> factory, loaded once per process
+
+
+def _factory(config: RunConfig) -> Callable[[], torch.nn.Module]:
+    from geofed_secure.runtime import backbone_factory
+
+    if config.model.backbone not in _FACTORIES:
+        _FACTORIES[config.model.backbone] = backbone_factory(config)
+    return _FACTORIES[config.model.backbone]
+
+
+def _other_run(ctx: _Context, spec: NodeSpec, data: NodeData, public: TokenFeatures, randomness_id: str,
+               which: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Another node trained once (``which``: its upload, or the adversary's simulation of it on a half)."""
+    node = Node(spec, data, ctx.config, anchor_digest=ctx.anchor_digest, backbone_factory=_factory(ctx.config),
+                randomness_id=randomness_id)
+    payload = _train(node, ctx.rounds, None)
+    z_train, _ = _logits(node, data.train)
+    z_public = unit_rows(_logits(node, public)[0])
+    return _releases(payload, z_train, data.train.labels, z_public, ctx.n_anchors, data.n_classes), z_public.astype(np.float32)
+
+
+def _target_run(ctx: _Context, i: int, members: np.ndarray, config: RunConfig, consensus: torch.Tensor) -> dict[str, Any]:
+    """Run ``i`` of the target at one privacy level (``config``): trained on the pool's ``members``."""
+    out = np.ones(len(ctx.pool), bool)
+    out[members] = False
+    run_data = NodeData(train=ctx.pool.subset(members), test=ctx.pool.subset(np.flatnonzero(out)), anchors=ctx.anchors,
+                        n_classes=ctx.n_classes, labels_are_concepts=ctx.labels_are_concepts)
+    # The auditor plays the node: its DP secret (default node-secret mode) is fixed by the plan seed so the
+    # experiment repeats; the simulated adversaries never read it.
+    node = Node(ctx.spec, run_data, config, anchor_digest=ctx.anchor_digest, backbone_factory=_factory(ctx.config),
+                randomness_id=f"{ctx.spec.id}/audit-run-{i}", dp_secret=derived_node_secret(ctx.seed, "audit", ctx.spec.id, i))
+    payload = _train(node, ctx.rounds, consensus)
+    z_pool, logits_pool = _logits(node, ctx.pool)
+    z_public, logits_public = _logits(node, ctx.public)
+    z_public = unit_rows(z_public)
+    run: dict[str, Any] = _releases(payload, z_pool[members], ctx.pool.labels[members], z_public, ctx.n_anchors, ctx.n_classes)
+    return run | {"pool": logits_pool.astype(np.float32), "pool_z": unit_rows(z_pool).astype(np.float32),
+                  "population": logits_public[ctx.n_anchors:].astype(np.float32), "public": z_public.astype(np.float32),
+                  "eps": np.float64(node.privacy.spent() if node.privacy else np.nan),
+                  "acc": np.float64((logits_pool[out].argmax(axis=1) == ctx.pool.labels[out]).mean())}
+
+
 def run_experiment(plan: AuditPlan, *, progress: Callable[[str], None] = lambda line: None, use_cache: bool = True,
                    base_config: RunConfig | None = None, modalities: Mapping[str, Any] | None = None) -> Experiment:
     """Train and record everything the plan's attacks need (or load it from the cache; see the module docstring).
@@ -172,101 +233,91 @@ def run_experiment(plan: AuditPlan, *, progress: Callable[[str], None] = lambda 
 
     # The other nodes: what they upload, and the adversary's simulation of them.
     t0 = time.perf_counter()
-    truth: dict[str, dict[str, np.ndarray]] = {}
-    estimate: dict[str, dict[str, np.ndarray]] = {}
-    public_truth: dict[str, np.ndarray] = {}
-    public_estimate: dict[str, np.ndarray] = {}
+    _FACTORIES[config.model.backbone] = factory  # this process's workers reuse the loaded backbone
+    tasks: list[tuple[Any, ...]] = []
     for node_id, other in specs.items():
         if node_id == plan.target:
             continue
         other_data = fed.nodes[node_id]
         other_public = concat_features(modalities[other.modality].anchors, modalities[other.modality].eval_anchors)
         half = numpy_rng(plan.seed, "audit-estimate", node_id).permutation(len(other_data.train))[: len(other_data.train) // 2]
-        for which, node_data, rid in (("truth", other_data, node_id),
-                                      ("estimate", replace(other_data, train=other_data.train.subset(half)), f"{node_id}/estimate")):
-            node = Node(other, node_data, config, anchor_digest=fed.anchor_digest, backbone_factory=factory, randomness_id=rid)
-            payload = _train(node, plan.rounds, None)
-            z_train, _ = _logits(node, node_data.train)
-            z_public = unit_rows(_logits(node, other_public)[0])
-            rel = _releases(payload, z_train, node_data.train.labels, z_public, n_anchors, node_data.n_classes)
+        tasks += [(other, other_data, other_public, node_id, "truth"),
+                  (other, replace(other_data, train=other_data.train.subset(half)), other_public, f"{node_id}/estimate",
+                   "estimate")]
+    context = _Context(config=config, spec=spec, pool=pool, public=public, anchors=data.anchors,
+                       n_classes=data.n_classes, labels_are_concepts=data.labels_are_concepts, n_anchors=n_anchors,
+                       anchor_digest=fed.anchor_digest, rounds=plan.rounds, seed=plan.seed)
+    truth: dict[str, dict[str, np.ndarray]] = {}
+    estimate: dict[str, dict[str, np.ndarray]] = {}
+    public_truth: dict[str, np.ndarray] = {}
+    public_estimate: dict[str, np.ndarray] = {}
+    workers = resolve_workers(plan.workers, plan.runs)
+    progress(f"training on {workers} worker process{'es' if workers > 1 else ''}"
+             + (f" ({available_cores()} cores)" if workers > 1 else ""))
+    with RunPool(context, workers) as runs_pool:
+        for index, (rel, z_public) in runs_pool.map(_other_run, tasks):
+            node_id, which = tasks[index][0].id, tasks[index][4]
             (truth if which == "truth" else estimate)[node_id] = rel
-            (public_truth if which == "truth" else public_estimate)[node_id] = z_public.astype(np.float32)
-        progress(f"  other node {node_id} trained (its upload, and the adversary's simulation of it)")
-    others = OtherNodes(node_ids=tuple(truth), truth=truth, estimate=estimate, public_truth=public_truth,
-                        public_estimate=public_estimate)
-    consensus_upper = np.mean([truth[k]["gram"] for k in truth], axis=0)
-    consensus = centred_gram_from_upper(torch.from_numpy(consensus_upper), n_anchors).float()  # uploads are centred Grams
-    seconds["other_nodes"] = time.perf_counter() - t0
+            (public_truth if which == "truth" else public_estimate)[node_id] = z_public
+            if node_id in truth and node_id in estimate:
+                progress(f"  other node {node_id} trained (its upload, and the adversary's simulation of it)")
+        truth = {k: truth[k] for k in specs if k in truth}  # the federation's node order, whatever finished first
+        others = OtherNodes(node_ids=tuple(truth), truth=truth, estimate=estimate, public_truth=public_truth,
+                            public_estimate=public_estimate)
+        consensus_upper = np.mean([truth[k]["gram"] for k in truth], axis=0)
+        consensus = centred_gram_from_upper(torch.from_numpy(consensus_upper), n_anchors).float()  # uploads are centred Grams
+        seconds["other_nodes"] = time.perf_counter() - t0
 
-    # The public initial model: what every adversary can run itself.
-    initial = Node(spec, replace(data, train=pool), config, anchor_digest=fed.anchor_digest, backbone_factory=factory)
-    e0_pool = unit_rows(_logits(initial, pool)[0]).astype(np.float32)
-    e0_public = unit_rows(_logits(initial, public)[0]).astype(np.float32)
+        # The public initial model: what every adversary can run itself.
+        initial = Node(spec, replace(data, train=pool), config, anchor_digest=fed.anchor_digest, backbone_factory=factory)
+        e0_pool = unit_rows(_logits(initial, pool)[0]).astype(np.float32)
+        e0_public = unit_rows(_logits(initial, public)[0]).astype(np.float32)
 
-    rng = numpy_rng(plan.seed, "audit-membership", plan.target)
-    membership = np.zeros((plan.runs, len(pool)), bool)
-    for i in range(plan.runs):
-        membership[i, rng.permutation(len(pool))[: len(pool) // 2]] = True
-
-    levels: dict[str, TrainedLevel] = {}
-    canaries: dict[str, dict[str, Any]] = {}
-    for epsilon in plan.levels:
-        name = level_name(epsilon)
-        t0 = time.perf_counter()
-        level_config = run_config(plan, epsilon, base=base_config)
-        rows: dict[str, list[np.ndarray | np.float64]] = {k: [] for k in ("pool", "pool_z", "population", "public", "eps", "acc", *RELEASES)}
+        rng = numpy_rng(plan.seed, "audit-membership", plan.target)
+        membership = np.zeros((plan.runs, len(pool)), bool)
         for i in range(plan.runs):
-            members = np.flatnonzero(membership[i])
-            run_data = NodeData(train=pool.subset(members), test=pool.subset(np.flatnonzero(~membership[i])),
-                                anchors=data.anchors, n_classes=data.n_classes,
-                                labels_are_concepts=data.labels_are_concepts)
-            # The auditor plays the node: its DP secret (default node-secret mode) is fixed by the plan seed so the
-            # experiment repeats; the simulated adversaries never read it.
-            node = Node(spec, run_data, level_config, anchor_digest=fed.anchor_digest, backbone_factory=factory,
-                        randomness_id=f"{plan.target}/audit-run-{i}",
-                        dp_secret=derived_node_secret(plan.seed, "audit", plan.target, i))
-            payload = _train(node, plan.rounds, consensus)
-            z_pool, logits_pool = _logits(node, pool)
-            z_public, logits_public = _logits(node, public)
-            z_public = unit_rows(z_public)
-            rel = _releases(payload, z_pool[members], pool.labels[members], z_public, n_anchors, data.n_classes)
-            for key in RELEASES:
-                rows[key].append(rel[key])
-            rows["pool"].append(logits_pool.astype(np.float32))
-            rows["pool_z"].append(unit_rows(z_pool).astype(np.float32))
-            rows["population"].append(logits_public[n_anchors:].astype(np.float32))
-            rows["public"].append(z_public.astype(np.float32))
-            rows["eps"].append(np.float64(node.privacy.spent() if node.privacy else np.nan))
-            out = ~membership[i]
-            rows["acc"].append(np.float64((logits_pool[out].argmax(axis=1) == pool.labels[out]).mean()))
-            progress(f"  {name}: run {i + 1}/{plan.runs} trained on {len(members)} records, held-out accuracy "
-                     f"{rows['acc'][-1]:.3f}" + (f", epsilon spent {rows['eps'][-1]:.2f}" if epsilon else ""))
-        levels[name] = TrainedLevel(
-            epsilon=epsilon, membership=membership.copy(), pool_logits=np.stack(rows["pool"]),
-            pool_embeddings=np.stack(rows["pool_z"]),
-            population_logits=np.stack(rows["population"]), public_embeddings=np.stack(rows["public"]),
-            releases={k: np.stack(rows[k]) for k in RELEASES}, accountant_epsilon=np.array(rows["eps"]),
-            heldout_accuracy=np.array(rows["acc"]))
-        seconds[f"train_{name}"] = time.perf_counter() - t0
-        if plan.canaries:
+            membership[i, rng.permutation(len(pool))[: len(pool) // 2]] = True
+
+        levels: dict[str, TrainedLevel] = {}
+        canaries: dict[str, dict[str, Any]] = {}
+        for epsilon in plan.levels:
+            name = level_name(epsilon)
             t0 = time.perf_counter()
-            n_canaries = min(plan.canaries, len(data.test))
-            audit = run_canary_audit(level_config, spec, data, data.test, anchor_digest=fed.anchor_digest,
-                                     backbone_factory=factory, canaries=n_canaries, seed=plan.seed)
-            canaries[name] = audit.to_dict() | {"epsilon_budget": epsilon}
-            seconds[f"canary_{name}"] = time.perf_counter() - t0
-            progress(f"  {name}: canary audit {audit.correct}/{audit.guesses} correct guesses, empirical epsilon lower "
-                     f"bound {audit.epsilon_lower_bound:.2f}" + (f" (accountant {audit.accountant_epsilon:.2f})"
-                                                                 if audit.accountant_epsilon is not None else ""))
-        if plan.gradient_canaries and epsilon is not None:
-            t0 = time.perf_counter()
-            audit = run_gradient_canary_audit(level_config, spec, data, anchor_digest=fed.anchor_digest,
-                                              backbone_factory=factory, canaries=plan.gradient_canaries, seed=plan.seed,
-                                              guess_fraction=plan.gradient_canary_guess_fraction)
-            canaries[f"{name}/gradient"] = audit.to_dict() | {"epsilon_budget": epsilon, "kind": "gradient"}
-            seconds[f"gradient_canary_{name}"] = time.perf_counter() - t0
-            progress(f"  {name}: gradient-canary audit {audit.correct}/{audit.guesses} correct guesses, empirical "
-                     f"epsilon lower bound {audit.epsilon_lower_bound:.2f} (accountant {audit.accountant_epsilon:.2f})")
+            level_config = run_config(plan, epsilon, base=base_config)
+            tasks = [(i, np.flatnonzero(membership[i]), level_config, consensus) for i in range(plan.runs)]
+
+            def done(i: int, run: dict[str, Any], name: str = name, epsilon: float | None = epsilon) -> None:
+                progress(f"  {name}: run {i + 1}/{plan.runs} trained on {membership[i].sum()} records, held-out accuracy "
+                         f"{run['acc']:.3f}" + (f", epsilon spent {run['eps']:.2f}" if epsilon else ""))
+
+            finished = runs_pool.run(_target_run, tasks, on_done=done)
+            rows = {k: [run[k] for run in finished] for k in ("pool", "pool_z", "population", "public", "eps", "acc", *RELEASES)}
+            levels[name] = TrainedLevel(
+                epsilon=epsilon, membership=membership.copy(), pool_logits=np.stack(rows["pool"]),
+                pool_embeddings=np.stack(rows["pool_z"]),
+                population_logits=np.stack(rows["population"]), public_embeddings=np.stack(rows["public"]),
+                releases={k: np.stack(rows[k]) for k in RELEASES}, accountant_epsilon=np.array(rows["eps"]),
+                heldout_accuracy=np.array(rows["acc"]))
+            seconds[f"train_{name}"] = time.perf_counter() - t0
+            if plan.canaries:
+                t0 = time.perf_counter()
+                n_canaries = min(plan.canaries, len(data.test))
+                audit = run_canary_audit(level_config, spec, data, data.test, anchor_digest=fed.anchor_digest,
+                                         backbone_factory=factory, canaries=n_canaries, seed=plan.seed)
+                canaries[name] = audit.to_dict() | {"epsilon_budget": epsilon}
+                seconds[f"canary_{name}"] = time.perf_counter() - t0
+                progress(f"  {name}: canary audit {audit.correct}/{audit.guesses} correct guesses, empirical epsilon lower "
+                         f"bound {audit.epsilon_lower_bound:.2f}" + (f" (accountant {audit.accountant_epsilon:.2f})"
+                                                                     if audit.accountant_epsilon is not None else ""))
+            if plan.gradient_canaries and epsilon is not None:
+                t0 = time.perf_counter()
+                audit = run_gradient_canary_audit(level_config, spec, data, anchor_digest=fed.anchor_digest,
+                                                  backbone_factory=factory, canaries=plan.gradient_canaries, seed=plan.seed,
+                                                  guess_fraction=plan.gradient_canary_guess_fraction)
+                canaries[f"{name}/gradient"] = audit.to_dict() | {"epsilon_budget": epsilon, "kind": "gradient"}
+                seconds[f"gradient_canary_{name}"] = time.perf_counter() - t0
+                progress(f"  {name}: gradient-canary audit {audit.correct}/{audit.guesses} correct guesses, empirical "
+                         f"epsilon lower bound {audit.epsilon_lower_bound:.2f} (accountant {audit.accountant_epsilon:.2f})")
     seconds["total"] = time.perf_counter() - started
     experiment = Experiment(plan=plan, target=plan.target, modality=spec.modality, n_anchors=n_anchors,
                             pool_labels=pool.labels.copy(), population_labels=population_labels,

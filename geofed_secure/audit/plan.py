@@ -57,6 +57,7 @@ class AuditPlan:
     run: str = ""  # a finished geofed run folder to inventory from the threat model's view ("" = none)
     reference_run: str = ""  # with run: the same configuration and seed run with --secure none (round-1 ground truth)
     config: str = ""  # the federation audited: a geofed run config TOML (own nodes, docs/own-federation.md); "" = the demo
+    workers: int = 0  # training processes (0 = one per available core, at most runs; 1 = in this process)
 
     def __post_init__(self) -> None:
         def fail(key: str, problem: str) -> ConfigError:
@@ -67,7 +68,7 @@ class AuditPlan:
         for key in ("rounds", "local_steps", "batch_size", "extraction_draws"):
             if getattr(self, key) < 1:
                 raise fail(key, f"must be >= 1, got {getattr(self, key)}")
-        for key in ("canaries", "bootstrap", "seed_attack_candidates", "gradient_canaries"):
+        for key in ("canaries", "bootstrap", "seed_attack_candidates", "gradient_canaries", "workers"):
             if getattr(self, key) < 0:
                 raise fail(key, f"must be >= 0, got {getattr(self, key)}")
         if not (self.lr > 0 and math.isfinite(self.lr)) or not (self.lambda_geo >= 0 and math.isfinite(self.lambda_geo)):
@@ -102,9 +103,9 @@ class AuditPlan:
         return dataclasses.asdict(self)
 
     def digest(self, *, exclude: tuple[str, ...] = ("cache_dir", "bootstrap", "run", "reference_run",
-                                                    "seed_attack_candidates", "config")) -> str:
+                                                    "seed_attack_candidates", "config", "workers")) -> str:
         """SHA-256 of what determines the experiment's training runs (cache key, with the federation's config digest; a
-        recorded run trains nothing)."""
+        recorded run trains nothing; the number of worker processes does not change what is trained)."""
         data = {k: v for k, v in self.to_dict().items() if k not in exclude}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 

@@ -3,6 +3,7 @@ protection -> view table, the plan file, and `geofed audit --plan` end to end on
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -280,8 +281,32 @@ TINY_PLAN = AuditPlan(target="img-a", runs=4, rounds=2, local_steps=3, batch_siz
 def tiny_audit_experiment(tiny_config, tiny_modalities, tmp_path_factory):
     from geofed_secure.audit.experiment import run_experiment
 
-    plan = AuditPlan(**{**TINY_PLAN.to_dict(), "cache_dir": str(tmp_path_factory.mktemp("audit-cache"))})
+    # two worker processes: the parallel path users get by default on a multi-core machine
+    plan = AuditPlan(**{**TINY_PLAN.to_dict(), "cache_dir": str(tmp_path_factory.mktemp("audit-cache")), "workers": 2})
     return plan, run_experiment(plan, base_config=tiny_config, modalities=tiny_modalities)
+
+
+def test_parallel_training_is_the_same_experiment_as_training_in_process(tiny_audit_experiment, tiny_config,
+                                                                          tiny_modalities, tmp_path):
+    from geofed_secure.audit.experiment import run_experiment
+
+    plan, parallel = tiny_audit_experiment
+    serial_plan = dataclasses.replace(plan, workers=1, cache_dir=str(tmp_path))
+    assert serial_plan.digest() == plan.digest()  # one cache entry, whatever the workers
+    lines: list[str] = []
+    serial = run_experiment(serial_plan, base_config=tiny_config, modalities=tiny_modalities, progress=lines.append)
+    assert "training on 1 worker process" in lines[1]
+    assert serial.others.node_ids == parallel.others.node_ids  # the federation's order, not the finishing order
+    for name, level in serial.levels.items():
+        other = parallel.levels[name]
+        np.testing.assert_array_equal(level.membership, other.membership)
+        np.testing.assert_array_equal(level.accountant_epsilon, other.accountant_epsilon)
+        for key, release in level.releases.items():
+            np.testing.assert_allclose(release, other.releases[key], rtol=0, atol=1e-5, err_msg=f"{name} {key}")
+        np.testing.assert_allclose(level.pool_logits, other.pool_logits, rtol=0, atol=1e-5)
+    for node in serial.others.node_ids:
+        for key, release in serial.others.truth[node].items():
+            np.testing.assert_allclose(release, parallel.others.truth[node][key], rtol=0, atol=1e-5)
 
 
 def test_experiment_records_every_release_and_is_cached(tiny_audit_experiment, tiny_config, tiny_modalities):
