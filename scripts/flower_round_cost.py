@@ -60,13 +60,13 @@ def _app_project(folder: Path, run_config: dict[str, str | int]) -> Path:
 
 
 def run_sites(n: int, *, dim: int, rounds: int, protocols: list[str], root: Path, timeout: float,
-              reply_poll: float = 0.0, superexec_poll: float | None = None) -> dict[str, object]:
+              reply_poll: float = 0.0, superexec_poll: float | None = None, train_seconds: float = 0.0) -> dict[str, object]:
     """One deployment of ``n`` sites, one ``flwr run``; the ServerApp's per-round results plus the sites' costs."""
     nodes = tuple(NodeSpec(id=f"site-{i:02d}", modality="tabular") for i in range(n))
     anchor = hashlib.sha256(b"flower-round-cost").hexdigest()
     run_config: dict[str, str | int] = {"dim": dim, "rounds": rounds, "protocols": ",".join(protocols),
                                         "out": str(root / "server" / "results.json"), "anchor": anchor,
-                                        "reply-poll": str(reply_poll)}
+                                        "reply-poll": str(reply_poll), "train-seconds": str(train_seconds)}
     site_keys: dict[str, dict[str, str]] = {v.id: {} for v in nodes}
     root.mkdir(parents=True, exist_ok=True)
     for p in protocols:
@@ -169,6 +169,9 @@ def main() -> None:
                         help="seconds between the ServerApp's pulls for replies, every round kind alike (0: Flower's 3 s)")
     parser.add_argument("--superexec-poll", type=float, default=None,
                         help="FLWR_SUPEREXEC_TASK_POLL_INTERVAL for every Flower process (unset: Flower's 1 s)")
+    parser.add_argument("--train-seconds", type=float, default=0.0,
+                        help="each site's local training per round, modelled as a sleep in the round's first message "
+                             "(sites on their own machines; the same in every kind of round; 0: no training)")
     parser.add_argument("--out", type=Path, default=None, help="JSON results (default: <work folder>/results.json)")
     parser.add_argument("--work", type=Path, default=None, help="folder for the deployments (default: a new temp folder)")
     args = parser.parse_args()
@@ -183,12 +186,13 @@ def main() -> None:
     runs = []
     for n in [int(x) for x in args.sites.split(",")]:
         run = run_sites(n, dim=args.dim, rounds=args.rounds, protocols=PROTOCOLS, root=work / f"n{n}", timeout=args.timeout,
-                        reply_poll=args.reply_poll, superexec_poll=args.superexec_poll)
+                        reply_poll=args.reply_poll, superexec_poll=args.superexec_poll, train_seconds=args.train_seconds)
         run["load_after"] = os.getloadavg()
         runs.append(run)
         print(f"{n} sites done in {run['wall_s']:.0f} s; load average {run['load_after'][0]:.2f}\n{table([run])}", flush=True)
         out.write_text(json.dumps(runs, indent=1))
-    print(f"\nd = {args.dim:,} float32, {args.rounds} rounds per protocol, interleaved; results {out}\n")
+    print(f"\nd = {args.dim:,} float32, {args.rounds} rounds per protocol, interleaved, reply poll "
+          f"{args.reply_poll or 3.0:g} s, training {args.train_seconds:g} s per site and round; results {out}\n")
     print(table(runs))
     print()
     print(site_table(runs))

@@ -18,6 +18,8 @@ process's peak RSS.
 
 Configured by Flower: run config ``dim``, ``rounds``, ``protocols`` (comma list), ``out`` (results JSON), ``anchor``,
 ``reply-poll`` (seconds between the ServerApp's pulls for replies, every kind of round alike; 0: Flower's own 3 s),
+``train-seconds`` (each site's local training time per round, the same in every kind of round: the handler of the
+round's first message sleeps that long before it answers, as a site training on its own machine would; 0: none),
 ``config-masking`` / ``config-ckks`` (run configurations, JSON), ``keys-masking`` / ``keys-ckks`` (server key folders);
 node config ``node-id``, ``state-dir``, ``keys-masking`` / ``keys-ckks`` (this site's key folders).
 """
@@ -101,6 +103,7 @@ def discover(grid: Grid, node_ids: tuple[str, ...], timeout: float) -> dict[str,
 def train(message: Message, context: Context) -> Message:
     age, t0 = _process_age(), time.perf_counter()
     node_id = str(context.node_config["node-id"])
+    time.sleep(float(str(context.run_config.get("train-seconds", 0.0))))  # the site's own local training
     if "arrays" in message.content.array_records:  # plain FedAvg: no project code at all
         dim = int(context.run_config["dim"])
         content = RecordDict({"arrays": ArrayRecord([node_vector(node_id, dim)]),
