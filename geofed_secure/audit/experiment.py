@@ -253,7 +253,7 @@ def run_experiment(plan: AuditPlan, *, progress: Callable[[str], None] = lambda 
     public_estimate: dict[str, np.ndarray] = {}
     workers = resolve_workers(plan.workers, plan.runs)
     progress(f"training on {workers} worker process{'es' if workers > 1 else ''}"
-             + (f" ({available_cores()} cores)" if workers > 1 else ""))
+             + (f" ({available_cores()} cores)" if workers > 1 else " (this process)") + ", one torch thread per run")
     with RunPool(context, workers) as runs_pool:
         for index, (rel, z_public) in runs_pool.map(_other_run, tasks):
             node_id, which = tasks[index][0].id, tasks[index][4]

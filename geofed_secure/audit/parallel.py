@@ -7,13 +7,17 @@ run in do not change what they compute. :class:`RunPool` runs them:
 
 - ``workers <= 1``: in this process, one after the other (nothing is pickled);
 - ``workers >= 2``: in that many processes started with *spawn* (a fork after torch has started its threads can
-  deadlock), each limited to ``cores // workers`` torch threads so the workers do not oversubscribe the cores. The
-  inputs every task shares (the context: configurations, the target's records, the consensus) are sent once per
+  deadlock). The inputs every task shares (the context: configurations, the target's records) are sent once per
   worker; a task sends only its own arguments. Results come back in the order the tasks were given.
 
-Torch's CPU kernels may sum in a different order with a different number of threads, so a parallel experiment
-can differ from a serial one in the last bits of a float (tests/audit/test_parallel_runs.py measures how far); it
-is the same experiment (same data halves, same noise streams), and the cache does not depend on ``workers``.
+Every task runs with ONE torch thread (:data:`THREADS_PER_RUN`), in a worker or in this process. Torch's CPU kernels
+sum in another order with another number of threads, and training amplifies the last-bit difference (Adam's
+normalised steps flip with the sign of near-zero gradients): measured on the demo, a node trained with 2 threads and
+the same node trained with 1 ended up as different models altogether (embeddings apart by about their own norm). With
+one thread per run the experiment is the same float for float whatever ``workers`` is and however many cores the
+machine has (tests/audit/test_parallel.py checks it), which is what lets the cache key ignore ``workers``; the
+parallelism is across runs, where it pays: on 2 cores two single-threaded runs at once train in less time than one
+run with both cores (docs/audit.md, "Cost").
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import torch
 
 Task = Callable[..., Any]  # a module-level function f(context, *args): picklable by reference
 
+THREADS_PER_RUN = 1  # torch threads of every training run: the floats do not depend on workers or cores
 _CONTEXT: Any = None  # the worker's copy of the shared context (set once per worker by _initialise)
 
 
@@ -45,10 +50,20 @@ def resolve_workers(requested: int, tasks: int) -> int:
     return max(1, min(wanted, tasks))
 
 
-def _initialise(context: Any, threads: int) -> None:
+def _initialise(context: Any) -> None:
     global _CONTEXT
-    torch.set_num_threads(threads)
+    torch.set_num_threads(THREADS_PER_RUN)
     _CONTEXT = context
+
+
+def _in_process(fn: Task, context: Any, args: tuple[Any, ...]) -> Any:
+    """``fn`` in this process with :data:`THREADS_PER_RUN` torch threads, the caller's count restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(THREADS_PER_RUN)
+    try:
+        return fn(context, *args)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _call(fn: Task, args: tuple[Any, ...]) -> Any:
@@ -70,9 +85,8 @@ class RunPool:
 
     def __enter__(self) -> Self:
         if self.workers >= 2:
-            threads = max(1, available_cores() // self.workers)
             self._executor = ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                                 initializer=_initialise, initargs=(self.context, threads))
+                                                 initializer=_initialise, initargs=(self.context,))
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -83,7 +97,7 @@ class RunPool:
     def map(self, fn: Task, tasks: Sequence[tuple[Any, ...]]) -> Iterator[tuple[int, Any]]:
         if self._executor is None:
             for index, args in enumerate(tasks):
-                yield index, fn(self.context, *args)
+                yield index, _in_process(fn, self.context, args)
             return
         futures: dict[Future[Any], int] = {self._executor.submit(_call, fn, args): i for i, args in enumerate(tasks)}
         try:

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from geofed_secure.audit.parallel import RunPool, available_cores, resolve_workers
+from geofed_secure.audit.parallel import THREADS_PER_RUN, RunPool, available_cores, resolve_workers
 from geofed_secure.errors import AnchorDigestMismatch, ConfigError, PrivacyBudgetExceeded, ProtocolAborted
 
 
@@ -23,6 +23,15 @@ def _refuse(context: dict[str, float], round_: int) -> None:
         raise PrivacyBudgetExceeded(node_id="img-a", round_=round_, spent=0.9, after=1.2, budget=1.0, delta=1e-5)
 
 
+def test_in_process_runs_restore_the_callers_torch_threads():
+    import torch
+
+    before = torch.get_num_threads()
+    with RunPool({"scale": 1.0}, 1) as pool:
+        assert pool.run(_scaled, [(1.0, 0.0)])[0][1] == THREADS_PER_RUN
+    assert torch.get_num_threads() == before
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_results_come_back_in_task_order_with_the_shared_context(workers):
     done: list[int] = []
@@ -30,9 +39,9 @@ def test_results_come_back_in_task_order_with_the_shared_context(workers):
         # the first task is the slowest: with two workers it finishes last, and still comes first
         results = pool.run(_scaled, [(1.0, 0.5), (2.0, 0.0), (5.0, 0.0)], on_done=lambda i, r: done.append(i))
     assert [r[0] for r in results] == [3.0, 6.0, 15.0] and sorted(done) == [0, 1, 2]
+    assert {r[1] for r in results} == {THREADS_PER_RUN}  # in a worker or in this process: the floats depend on it
     if workers == 2:
         assert done[-1] == 0
-        assert {r[1] for r in results} == {max(1, available_cores() // 2)}  # torch threads shared out, not oversubscribed
 
 
 @pytest.mark.parametrize("workers", [1, 2])
