@@ -170,8 +170,9 @@ def main() -> None:
     parser.add_argument("--superexec-poll", type=float, default=None,
                         help="FLWR_SUPEREXEC_TASK_POLL_INTERVAL for every Flower process (unset: Flower's 1 s)")
     parser.add_argument("--train-seconds", type=float, default=0.0,
-                        help="each site's local training per round, modelled as a sleep in the round's first message "
-                             "(sites on their own machines; the same in every kind of round; 0: no training)")
+                        help="each site's local training per round, modelled as importing torch and sleeping this long "
+                             "in the round's first message (sites on their own machines; the same in every kind of round; "
+                             "0: no training)")
     parser.add_argument("--out", type=Path, default=None, help="JSON results (default: <work folder>/results.json)")
     parser.add_argument("--work", type=Path, default=None, help="folder for the deployments (default: a new temp folder)")
     args = parser.parse_args()

@@ -18,8 +18,9 @@ process's peak RSS.
 
 Configured by Flower: run config ``dim``, ``rounds``, ``protocols`` (comma list), ``out`` (results JSON), ``anchor``,
 ``reply-poll`` (seconds between the ServerApp's pulls for replies, every kind of round alike; 0: Flower's own 3 s),
-``train-seconds`` (each site's local training time per round, the same in every kind of round: the handler of the
-round's first message sleeps that long before it answers, as a site training on its own machine would; 0: none),
+``train-seconds`` (each site's local training per round, the same in every kind of round: the handler of the
+round's first message imports torch, as any training ClientApp does in its fresh process, then sleeps that long, as a
+site training on its own machine would; 0: neither, the plain ClientApp imports nothing),
 ``config-masking`` / ``config-ckks`` (run configurations, JSON), ``keys-masking`` / ``keys-ckks`` (server key folders);
 node config ``node-id``, ``state-dir``, ``keys-masking`` / ``keys-ckks`` (this site's key folders).
 """
@@ -103,7 +104,11 @@ def discover(grid: Grid, node_ids: tuple[str, ...], timeout: float) -> dict[str,
 def train(message: Message, context: Context) -> Message:
     age, t0 = _process_age(), time.perf_counter()
     node_id = str(context.node_config["node-id"])
-    time.sleep(float(str(context.run_config.get("train-seconds", 0.0))))  # the site's own local training
+    train_seconds = float(str(context.run_config.get("train-seconds", 0.0)))
+    if train_seconds > 0:  # the site's own local training: a fresh ClientApp process loads its ML framework, then trains
+        import torch  # noqa: F401  (the project's secure path imports it anyway; a training FedAvg client does too)
+
+        time.sleep(train_seconds)
     if "arrays" in message.content.array_records:  # plain FedAvg: no project code at all
         dim = int(context.run_config["dim"])
         content = RecordDict({"arrays": ArrayRecord([node_vector(node_id, dim)]),
