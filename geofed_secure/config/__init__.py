@@ -54,7 +54,7 @@ class TrainingSection:
     local_steps: int = 8
     batch_size: int = 32
     lr: float = 2e-3
-    lambda_geo: float = 1.0
+    lambda_geo: float = 1.5  # chosen by the demo sweep of lambda 1-4 (docs/alignment.md, 'Choosing lambda')
     anchor_batch: int = 64  # anchors per step in the geometric loss (a random subset; 0 = all B)
     gram_scale_floor: float = 0.05  # collapse guard: relu(1 - ||HGH||_F / (B floor))^2 joins the geometric loss; 0 = off
     collapse_scale: float = 0.01  # a node whose anchor Gram scale ||HGH||_F / B falls below this refuses its upload
