@@ -14,10 +14,10 @@ Every task runs with ONE torch thread (:data:`THREADS_PER_RUN`), in a worker or 
 sum in another order with another number of threads, and training amplifies the last-bit difference (Adam's
 normalised steps flip with the sign of near-zero gradients): measured on the demo, a node trained with 2 threads and
 the same node trained with 1 ended up as different models altogether (embeddings apart by about their own norm). With
-one thread per run the experiment is the same float for float whatever ``workers`` is and however many cores the
-machine has (tests/audit/test_parallel.py checks it), which is what lets the cache key ignore ``workers``; the
-parallelism is across runs, where it pays: on 2 cores two single-threaded runs at once train in less time than one
-run with both cores (docs/audit.md, "Cost").
+one thread per run the experiment is the same float for float whatever ``workers`` is (measured on the demo's quick
+plan; tests/audit/test_attacks.py checks it on a tiny federation), which is what lets the cache key ignore
+``workers``; the parallelism is across runs, where it pays: on 2 cores two single-threaded runs at once trained the
+quick plan's target runs in 50 s against 59 s for one run at a time with both cores (docs/audit.md).
 """
 
 from __future__ import annotations
