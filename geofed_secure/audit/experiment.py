@@ -52,7 +52,7 @@ from geofed_secure.seeding import numpy_rng
 from geofed_secure.wire.round import GRAM_FIELD, WEIGHTED_PREFIX
 
 RELEASES = ("update", "gram", "prototypes", "raw_embeddings")
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: every training run uses one torch thread (other floats than version 2's experiments)
 
 
 def level_name(epsilon: float | None) -> str:
@@ -329,7 +329,8 @@ def run_experiment(plan: AuditPlan, *, progress: Callable[[str], None] = lambda 
 
 # -- cache -------------------------------------------------------------------------------------------------------
 def _cache_path(plan: AuditPlan, config: RunConfig) -> Path:
-    key = hashlib.sha256((plan.digest() + config.digest()).encode()).hexdigest()[:16]
+    # the version is part of the key: an experiment cached by an older version is not found (and not reused)
+    key = hashlib.sha256((plan.digest() + config.digest() + f"v{CACHE_VERSION}").encode()).hexdigest()[:16]
     return FeatureCache(config.data.cache_dir or None).root / "audit" / key
 
 
