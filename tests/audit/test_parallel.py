@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import time
+from pathlib import Path
 
 import pytest
 
@@ -11,8 +12,13 @@ from geofed_secure.audit.parallel import THREADS_PER_RUN, RunPool, available_cor
 from geofed_secure.errors import AnchorDigestMismatch, ConfigError, PrivacyBudgetExceeded, ProtocolAborted
 
 
-def _scaled(context: dict[str, float], value: float, pause: float) -> tuple[float, int]:
-    time.sleep(pause)
+def _scaled(context: dict[str, float], value: float, wait_for: str = "", then_write: str = "") -> tuple[float, int]:
+    """``value`` scaled by the shared context, after ``wait_for`` exists (at most 60 s); then writes ``then_write``."""
+    deadline = time.monotonic() + 60
+    while wait_for and not Path(wait_for).exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if then_write:
+        Path(then_write).write_text("done")
     import torch
 
     return context["scale"] * value, torch.get_num_threads()
@@ -28,16 +34,18 @@ def test_in_process_runs_restore_the_callers_torch_threads():
 
     before = torch.get_num_threads()
     with RunPool({"scale": 1.0}, 1) as pool:
-        assert pool.run(_scaled, [(1.0, 0.0)])[0][1] == THREADS_PER_RUN
+        assert pool.run(_scaled, [(1.0,)])[0][1] == THREADS_PER_RUN
     assert torch.get_num_threads() == before
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_results_come_back_in_task_order_with_the_shared_context(workers):
+def test_results_come_back_in_task_order_with_the_shared_context(workers, tmp_path):
     done: list[int] = []
+    marker = str(tmp_path / "last-task-ran")
+    # with two workers the first task waits for the last one to have run, so it finishes last, and still comes first
+    tasks = [(1.0, marker if workers == 2 else ""), (2.0,), (5.0, "", marker)]
     with RunPool({"scale": 3.0}, workers) as pool:
-        # the first task is the slowest: with two workers it finishes last, and still comes first
-        results = pool.run(_scaled, [(1.0, 0.5), (2.0, 0.0), (5.0, 0.0)], on_done=lambda i, r: done.append(i))
+        results = pool.run(_scaled, tasks, on_done=lambda i, r: done.append(i))
     assert [r[0] for r in results] == [3.0, 6.0, 15.0] and sorted(done) == [0, 1, 2]
     assert {r[1] for r in results} == {THREADS_PER_RUN}  # in a worker or in this process: the floats depend on it
     if workers == 2:
