@@ -195,8 +195,15 @@ def holders_per_owner(degree, members: int) -> int:
     return 2 * math.ceil(degree / 2) + 1 if is_sparse(degree, members) else members
 
 
-def view_quorum(members: int, z: int) -> int:
-    return max(3, (members + z) // 2 + 1)
+def view_quorum(holders: int, z: int) -> int:
+    """q of section 1: more than (m + z) / 2 of one owner's m holders, at least 3."""
+    return max(3, (holders + z) // 2 + 1)
+
+
+def signature_scope(holders: dict[str, list[str]], node: str) -> set[str]:
+    """5.5 rule 4: the holders of every owner the node holds, and of those owners' neighbours (three hops)."""
+    near = {p for o in holders[node] for p in holders[o]}
+    return {h for p in near for h in holders[p]}
 
 
 def fractional_bits(members: int, clip: float, bits: int) -> int:
@@ -601,11 +608,16 @@ class Node:
     def _check_view(self, alive, dropped):
         self._require(not set(alive) & set(dropped) and self.id in alive, "alive and dropped, or not alive")
         self._require(set(alive) | set(dropped) <= set(self.members), "view lists a non-member")
-        q = view_quorum(len(self.members), self.z)
+        m = holders_per_owner(self.degree, len(self.members))
+        q = view_quorum(m, self.z)
         self._require(len(alive) >= max(3, self.t, q), "too few survivors")
         self._require(set(alive) & set(self.neighbours) <= set(self.peers), "alive neighbour I did not mask with")
         self._require(set(self.peers) <= set(alive) | set(dropped), "a peer is not listed")
         self._require(len(set(self.peers) & set(alive)) >= self.t - 1, "fewer than t - 1 peers alive")
+        owners = {o for o in self.holders[self.id] if o in alive or o in dropped}
+        owners |= {p for o in self.holders[self.id] if o in alive for p in self.holders[o] if p in alive}
+        for o in owners:  # rule 4 (trivially the check above in the complete graph, where holders are all members)
+            self._require(len(set(self.holders[o]) & set(alive)) >= q, "an owner's holders are listed too thinly")
 
     def _on_consistency(self, msg):
         self._require(msg["round"] == self.round, "view for another round")
@@ -626,10 +638,12 @@ class Node:
             self._require(not sigs, "signatures without a consistency check")
         else:
             self._require((alive, dropped) == self.view, "not the view I signed")
-            self._require(set(sigs) == set(alive), "a survivor's signature missing or a stranger's added")
+            scope = signature_scope(self.holders, self.id)
+            self._require(set(sigs) <= set(alive), "a signature of a node not listed alive")
+            self._require(set(alive) & scope <= set(sigs), "a survivor's signature in my scope is missing")
             payload = view_payload(self.fed, self.round, alive, dropped, self.roster_digest)
-            for v, sig in sigs.items():
-                self._require(ed25519_verify(self.identity_keys[v], bytes.fromhex(sig), payload),
+            for v in set(alive) & scope:
+                self._require(ed25519_verify(self.identity_keys[v], bytes.fromhex(sigs[v]), payload),
                               "bad view signature")
         base = 2 * SHARE_LEN * (self.round - self.epoch)  # round key i = r - e
         seed_shares, key_shares = {}, {}
@@ -690,21 +704,25 @@ def server_after_inputs(fed: str, rnd: int, alive, dropped, sparse: bool) -> byt
                                             "signatures": {}})
 
 
-def server_unmask_request(fed: str, rnd: int, alive, dropped, signatures: list[dict]) -> bytes:
-    """5.5 check path: the view repeated with every survivor's signature; a survivor that did not sign aborts."""
+def server_unmask_request(fed: str, rnd: int, alive, dropped, signatures: list[dict],
+                          scope: set[str] | None = None) -> bytes:
+    """5.5 check path: the view repeated with the signatures of the survivors in the receiver's scope (all of them
+    in the complete graph); a survivor that did not sign aborts."""
     sigs = {s["node_id"]: s["signature"] for s in signatures}
     if set(sigs) != set(alive):
         raise ProtocolAborted("server", "consistency_check", "a survivor did not sign the view")
+    if scope is not None:
+        sigs = {v: sig for v, sig in sigs.items() if v in scope}
     return encode_message("UnmaskRequest", {"federation_id": fed, "round": rnd, "alive": alive, "dropped": dropped,
                                             "signatures": sigs})
 
 
 def server_reconstruct(*, fed: str, rnd: int, epoch: int, adverts: dict[str, dict], peers: dict[str, set[str]],
-                       t: int, z: int, clip: float, bits: int, masked: dict[str, list[int]], alive, dropped,
+                       t: int, z: int, m: int, clip: float, bits: int, masked: dict[str, list[int]], alive, dropped,
                        responses: list[dict]) -> list[float]:
-    """5.6: unmask the sum of the alive inputs and decode it (section 3)."""
+    """5.6: unmask the sum of the alive inputs and decode it (section 3); m: holders per owner."""
     members, mod, i = sorted(adverts), 2**bits, rnd - epoch
-    if len(alive) < max(3, t, view_quorum(len(members), z)):
+    if len(alive) < max(3, t, view_quorum(m, z)):
         raise ProtocolAborted("server", "masked_input", "too few inputs")
     x_of = {v: k + 1 for k, v in enumerate(members)}
     d = len(next(iter(masked.values())))

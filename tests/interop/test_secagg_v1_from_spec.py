@@ -188,7 +188,7 @@ def test_parameters_and_graph(case):
     adverts, digest, seed, holders = server_graph(case)
     members = sorted(adverts)
     got = {"provisioned_nodes": n, "epoch_members": members, "threshold": threshold_of(case),
-           "view_quorum": spec.view_quorum(len(members), p["colluders"]),
+           "view_quorum": spec.view_quorum(spec.holders_per_owner(p["degree"], len(members)), p["colluders"]),
            "holders_per_owner": spec.holders_per_owner(p["degree"], len(members)),
            "fractional_bits": spec.fractional_bits(len(members), p["clip"], p["ring_bits"]),
            "roster_digest": digest.hex(), "graph_seed": seed.hex() if seed else None,
@@ -277,7 +277,8 @@ def test_server_messages_byte_for_byte(case):
         elif kind == "ShareDelivery":
             expected = spec.server_delivery(fed, epoch, m["receiver"], got["ShareBundle"])
         elif kind == "UnmaskRequest" and check_path:
-            expected = spec.server_unmask_request(fed, rnd, alive, dropped, now["ConsistencySignature"])
+            scope = spec.signature_scope(case["intermediates"]["holders"], m["receiver"]) if sparse else None
+            expected = spec.server_unmask_request(fed, rnd, alive, dropped, now["ConsistencySignature"], scope)
         else:  # what follows the inputs: ConsistencyRequest, or the fast path's UnmaskRequest
             expected = spec.server_after_inputs(fed, rnd, alive, dropped, sparse)
         assert expected.hex() == m["hex"], (rnd, kind, m["receiver"])
@@ -308,7 +309,7 @@ def test_server_reproduces_published_result(case, published):
     # Execute
     aggregate = spec.server_reconstruct(
         fed=case["federation_id"], rnd=rnd, epoch=epoch, adverts=adverts, peers=spec.server_peers(inbox.epoch["ShareBundle"]),
-        t=threshold_of(case), z=p["colluders"], clip=p["clip"], bits=p["ring_bits"], masked=inbox.words[rnd],
+        t=threshold_of(case), z=p["colluders"], m=spec.holders_per_owner(p["degree"], len(adverts)), clip=p["clip"], bits=p["ring_bits"], masked=inbox.words[rnd],
         alive=alive, dropped=dropped, responses=now["UnmaskResponse"])
     result = spec.server_result(rnd=rnd, aggregate=aggregate, alive=alive, members=len(adverts), clip=p["clip"],
                                 bits=p["ring_bits"], weighted="weights" in case)

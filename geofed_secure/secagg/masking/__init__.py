@@ -17,9 +17,12 @@ package is laid out by role, the same way as :mod:`geofed_secure.secagg.ckks`:
 What each party learns (threat model, SPEC section 6): the server learns the sum of the contributors' encoded
 inputs and who contributed. Against a malicious server colluding with at most ``colluders`` (z) nodes it learns
 no individual input and no sum of fewer than three honest inputs, because (i) a node answers only a view whose
-survivors it masked with, that keeps at least t - 1 of its peers alive, and that every survivor signed, (ii) every
-answered view lists more than (M + z) / 2 of the M epoch members, so at most one view per round is answered, and
-(iii) t >= z + 3. A node learns nothing about other nodes' inputs.
+survivors it masked with, that keeps at least t - 1 of its peers alive, and that every survivor in its signature
+scope signed (every survivor in the complete graph; the nearest 6 ceil(k/2) + 1 members on a SecAgg+ ring), (ii)
+every answered view lists more than (m + z) / 2 of the m holders of each owner the node reveals a share of (and of
+their alive neighbours), so each owner's shares are answered under one view per round (in the complete graph, m = M:
+one view per round at all; on a SecAgg+ ring, distant arcs may answer different views), and (iii) t >= z + 3. A
+node learns nothing about other nodes' inputs.
 """
 
 from geofed_secure.secagg.masking.node import MaskingNode

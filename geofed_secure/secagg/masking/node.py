@@ -12,9 +12,12 @@ nothing for that round beyond what it had already sent; our own misuse raises
 What each party learns (threat model, SPEC section 6): the server learns the sum of the contributors' encoded
 inputs and who contributed. Against a malicious server colluding with at most ``colluders`` (z) nodes it learns
 no individual input and no sum of fewer than three honest inputs, because (i) a node answers only a view whose
-survivors it masked with, that keeps at least t - 1 of its peers alive, and that every survivor signed, (ii) every
-answered view lists more than (M + z) / 2 of the M epoch members, so at most one view per round is answered, and
-(iii) t >= z + 3. A node learns nothing about other nodes' inputs.
+survivors it masked with, that keeps at least t - 1 of its peers alive, and that every survivor in its signature
+scope signed (every survivor in the complete graph; the nearest 6 ceil(k/2) + 1 members on a SecAgg+ ring), (ii)
+every answered view lists more than (m + z) / 2 of the m holders of each owner the node reveals a share of (and of
+their alive neighbours), so each owner's shares are answered under one view per round (in the complete graph, m = M:
+one view per round at all; on a SecAgg+ ring, distant arcs may answer different views), and (iii) t >= z + 3. A
+node learns nothing about other nodes' inputs.
 """
 
 from __future__ import annotations
@@ -164,6 +167,15 @@ class MaskingNode(StateMachine[NodeState, NodeEvent]):
     @property
     def _sparse_epoch(self) -> bool:
         return self.epoch is not None and self.epoch.plan is not None and self.epoch.plan.graph_seed is not None
+
+    @property
+    def _signature_scope(self) -> frozenset[str]:
+        """Whose view signatures this node checks (EpochPlan.signature_scope), computed once per epoch."""
+        assert self.epoch is not None and self.epoch.plan is not None
+        scope = self.epoch.__dict__.get("_scope")
+        if scope is None:
+            scope = self.epoch.__dict__["_scope"] = self.epoch.plan.signature_scope(self.node_id)
+        return scope
 
     def _expect_round(self, got: int, stage: str) -> None:
         if got != self.round:
@@ -402,6 +414,11 @@ class MaskingNode(StateMachine[NodeState, NodeEvent]):
         if kept + 1 < plan.threshold:
             raise self._abort(f"only {kept} of the {len(peers)} peers this node masked with are listed alive; with fewer "
                               f"than {plan.threshold - 1} its input would lose its masks", stage)
+        thin = plan.quorum_shortfall(self.node_id, alive, dropped)
+        if thin is not None:
+            raise self._abort(f"the view lists only {thin[1]} of the {len(plan.holders[thin[0]])} share holders of "
+                              f"{thin[0]!r} alive; {plan.quorum} must be, so that no other view can be answered for it "
+                              "in this round", stage)
 
     def _on_consistency(self, request: ConsistencyRequest) -> ConsistencySignature:
         stage = "consistency_check"
@@ -429,17 +446,27 @@ class MaskingNode(StateMachine[NodeState, NodeEvent]):
         if self.state is NodeState.SIGNED:
             if (request.alive, request.dropped) != self._view:
                 raise self._abort("the unmask request's survivor view differs from the view this node signed", stage)
-            # Every survivor must have signed this very view: a survivor that refused it (e.g. because it did not
-            # mask with the others) is never unmasked without its consent, and two answered views cannot coexist.
-            missing = sorted(set(request.alive) - set(request.signatures))
+            # Every survivor in this node's signature scope (all of them in the complete graph, the nearest
+            # 6 ceil(k/2) + 1 on a SecAgg+ ring) must have signed this very view: a survivor that refused it (e.g.
+            # because it did not mask with the others) is never unmasked without its consent, and no other view
+            # can be answered for any owner whose share this node reveals (SPEC 5.5 rule 4, section 6).
+            strangers = sorted(set(request.signatures) - set(request.alive))
+            if strangers:
+                raise self._abort(f"the request carries signatures of {strangers[:3]}, who are not listed alive: survivor "
+                                  "sets differ between nodes", stage)
+            scope = self._signature_scope
+            required = [v for v in request.alive if v in scope]
+            missing = [v for v in required if v not in request.signatures]
             if missing:
-                raise self._abort(f"survivors {missing[:3]} did not confirm the view; every survivor must sign it", stage)
+                raise self._abort(f"survivors {missing[:3]} did not confirm the view; every survivor within this node's "
+                                  "signature scope must sign it", stage)
             signed = view_signed_bytes(fed, self.round, plan.roster_digest, request.alive, request.dropped)
-            for signer, signature in request.signatures.items():
+            for signer in required:
+                signature = request.signatures[signer]
                 if signer == self.node_id and signature == self._view_signature:
                     continue  # its own signature over the view it signed (checked equal above): nothing to verify
                 public = self.provisioning.identities.get(signer)
-                if signer not in request.alive or public is None or not crypto.verify(public, signature, signed):
+                if public is None or not crypto.verify(public, signature, signed):
                     raise self._abort(f"the signature of {signer!r} is not over this node's view: survivor sets differ "
                                       "between nodes", stage)
         i = self.round - plan.epoch

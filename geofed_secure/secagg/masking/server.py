@@ -298,10 +298,20 @@ class MaskingServer(StateMachine[ServerState, ServerEvent]):
             raise self._abort(f"{len(missing)} survivor(s) ({', '.join(missing[:3])}) did not confirm the view; every "
                               "survivor must sign it, so the round is abandoned")
         self._move(ServerEvent.CLOSE_STAGE)
-        request = UnmaskRequest(federation_id=self.provisioning.federation_id, round=self.round, alive=alive,
-                                dropped=dropped, signatures=dict(self._signatures))
         self._expected = tuple(sorted(self._signatures))
-        return {v: request for v in self._expected}
+        fed, plan = self.provisioning.federation_id, self.plan
+        assert plan is not None
+        if not plan.sparse:
+            request = UnmaskRequest(federation_id=fed, round=self.round, alive=alive, dropped=dropped,
+                                    signatures=dict(self._signatures))
+            return {v: request for v in self._expected}
+        # SecAgg+: each node gets the signatures it checks (its scope, O(degree)), not all n of them
+        out: dict[str, Message] = {}
+        for v in self._expected:
+            scope = plan.signature_scope(v)
+            out[v] = UnmaskRequest(federation_id=fed, round=self.round, alive=alive, dropped=dropped,
+                                   signatures={u: sig for u, sig in self._signatures.items() if u in scope})
+        return out
 
     def _reconstruct(self, owner: str, which: str) -> bytes:
         assert self.plan is not None

@@ -119,10 +119,12 @@ def default_threshold(n_provisioned: int, degree: int | None, colluders: int = 0
 
 
 def view_quorum(members: int, colluders: int) -> int:
-    """Survivors every answered view must list: more than (M + z) / 2, and at least 3 (SPEC 5.5).
+    """More than (m + z) / 2 of a holder set of size m, and at least 3 (SPEC 5.5, rule 4).
 
-    Two views with this many survivors each share an honest survivor, and an honest node answers one view per
-    round, so at most one view per round is ever answered.
+    Two views that each list this many of one owner's m holders alive, every one of them signing, share an honest
+    signer, and an honest node signs one view per round: so all honest holders of one owner that answer in a round
+    answer the same view. In the complete graph every owner's holders are all M members, which makes this the
+    global rule "at most one view per round is answered".
 
     >>> view_quorum(5, 0), view_quorum(10, 0), view_quorum(10, 1), view_quorum(3, 0)
     (3, 6, 6, 3)
@@ -136,7 +138,7 @@ class EpochPlan:
     members: tuple[str, ...]  # nodes whose signed advertisement is in the roster, sorted
     holders: Mapping[str, tuple[str, ...]]  # owner -> the nodes holding its shares (its neighbours and itself)
     threshold: int
-    quorum: int  # survivors an answered view must list (view_quorum)
+    quorum: int  # of one owner's holders, how many an answered view must list alive (view_quorum of m)
     fixed_point: FixedPoint
     roster_digest: bytes  # binds share transport and view signatures to this exact roster
     graph_seed: bytes | None  # None for the complete graph
@@ -147,6 +149,47 @@ class EpochPlan:
 
     def neighbours(self, node_id: str) -> tuple[str, ...]:
         return tuple(v for v in self.holders[node_id] if v != node_id)
+
+    @property
+    def sparse(self) -> bool:
+        return self.graph_seed is not None
+
+    def signature_scope(self, node_id: str) -> frozenset[str]:
+        """The members whose view signature ``node_id`` checks before it unmasks (SPEC 5.5, rule 4).
+
+        The holders of every owner whose shares it holds, and of every neighbour of those owners: three hops in the
+        share graph. Both graphs are symmetric (u holds v's shares iff v holds u's), so the owners a node holds
+        shares of are its own holders. In the complete graph this is every member; in a SecAgg+ ring of degree k it
+        is the 6 ceil(k/2) + 1 members nearest on the ring, so a node's checks are O(k), not O(n).
+        """
+        if not self.sparse:
+            return frozenset(self.members)
+        near = {p for o in self.holders[node_id] for p in self.holders[o]}
+        return frozenset(h for p in near for h in self.holders[p])
+
+    def quorum_shortfall(self, node_id: str, alive: tuple[str, ...], dropped: tuple[str, ...]) -> tuple[str, int] | None:
+        """The first owner whose holders a view lists too thinly for ``node_id`` to answer it, with their count.
+
+        Rule 4 of SPEC 5.5: for every owner the node would reveal a share of (listed alive or dropped), and for every
+        neighbour listed alive of an owner listed alive, at least ``quorum`` of that owner's holders are listed
+        alive (and so, by the unmask rule, signed this very view). None when the view passes. In the complete graph
+        this is the global floor, checked on its own (``view_floor``).
+        """
+        if not self.sparse:
+            return None
+        alive_set = set(alive)
+        listed = alive_set | set(dropped)
+        owners: set[str] = set()
+        for o in self.holders[node_id]:
+            if o in listed:
+                owners.add(o)
+            if o in alive_set:
+                owners.update(p for p in self.holders[o] if p in alive_set)
+        for o in sorted(owners):
+            count = sum(1 for h in self.holders[o] if h in alive_set)
+            if count < self.quorum:
+                return o, count
+        return None
 
     @property
     def view_floor(self) -> int:
@@ -253,7 +296,7 @@ def plan_epoch(provisioning: Provisioning, roster: KeyRoster, *, party: str,
             raise ProtocolAborted(f"the keys advertised for {node_id!r} are not signed by its identity key "
                                   "(injected, replaced or replayed key)", party=party, stage="share_keys")
     return EpochPlan(epoch=epoch, members=members, holders=holders, threshold=threshold,
-                     quorum=view_quorum(len(members), params.colluders),
+                     quorum=view_quorum(m, params.colluders),
                      fixed_point=FixedPoint.for_cohort(len(members), params.clip, params.ring_bits),
                      roster_digest=digest, graph_seed=seed)
 
