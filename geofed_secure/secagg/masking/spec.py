@@ -8,7 +8,7 @@ SecAgg+ graph, the epoch plan each party checks, and the mask keystreams. The st
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -206,7 +206,7 @@ def graph_seed(federation_id: str, epoch: int, digest: bytes, nonces: Mapping[st
     return crypto.digest("graph-seed", federation_id, epoch, digest, *(nonces[v] for v in members))
 
 
-def neighbourhoods(members: tuple[str, ...], degree: int | None, seed: bytes | None) -> dict[str, tuple[str, ...]]:
+def neighbourhoods(members: tuple[str, ...], degree: int | None, seed: bytes | None) -> Mapping[str, tuple[str, ...]]:
     """Share holders per member: a ring lattice of ``degree`` on a seeded order (SecAgg+), or all members.
 
     Ring order: members sorted by SHA-256(seed || id); each member's holders are itself and the ceil(degree/2)
@@ -217,13 +217,45 @@ def neighbourhoods(members: tuple[str, ...], degree: int | None, seed: bytes | N
     if not is_sparse(degree, n):
         return {v: members for v in members}
     assert degree is not None and seed is not None
-    half = (degree + 1) // 2
-    order = sorted(members, key=lambda v: hashlib.sha256(seed + v.encode()).digest())
-    holders = {}
-    for i, v in enumerate(order):
-        ring = {order[(i + d) % n] for d in range(-half, half + 1)}
-        holders[v] = tuple(sorted(ring))
-    return holders
+    return RingHolders(tuple(sorted(members, key=lambda v: hashlib.sha256(seed + v.encode()).digest())),
+                       (degree + 1) // 2)
+
+
+class RingHolders(Mapping[str, tuple[str, ...]]):
+    """The holders of each member on a SecAgg+ ring, computed when first asked for.
+
+    A node looks up the holders of its own few-hop neighbourhood only; building all n entries at every node cost
+    O(n degree) per node, O(n^2 degree) a round (3 ms per node at n = 1000). Iteration is in ring order.
+    """
+
+    __slots__ = ("_half", "_index", "_known", "_order")
+
+    def __init__(self, order: tuple[str, ...], half: int) -> None:
+        self._order, self._half = order, half
+        self._index = {v: i for i, v in enumerate(order)}
+        self._known: dict[str, tuple[str, ...]] = {}
+
+    def __getitem__(self, node_id: str) -> tuple[str, ...]:
+        known = self._known.get(node_id)
+        if known is None:
+            i, n, order = self._index[node_id], len(self._order), self._order
+            known = self._known[node_id] = tuple(sorted({order[(i + d) % n] for d in range(-self._half, self._half + 1)}))
+        return known
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._order)
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def __contains__(self, node_id: object) -> bool:
+        return node_id in self._index
+
+    def __getstate__(self) -> tuple[tuple[str, ...], int]:
+        return self._order, self._half
+
+    def __setstate__(self, state: tuple[tuple[str, ...], int]) -> None:
+        self.__init__(*state)  # type: ignore[misc]
 
 
 def check_roster(provisioning: Provisioning, roster: KeyRoster, *, party: str) -> tuple[str, ...]:
