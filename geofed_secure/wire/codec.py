@@ -480,13 +480,23 @@ def build(cls: type[WireMessage], header: Mapping[str, Any], body: bytes) -> Wir
         raise fail(cls.__name__, f"header fields wrong (missing {missing}, unexpected {extra})")
     if body and not has_body:
         raise fail(cls.__name__, f"carries {len(body)} unexpected body bytes")
+    if cls.__post_init__ is WireMessage.__post_init__:
+        # The constructor's checks, field by field as each is read, without building the keyword arguments and
+        # walking the fields a second time (a key roster nests n advertisements; every node decodes it).
+        message = object.__new__(cls)
+        for name, kind, key, what_field, what in _layout(cls):
+            raw = header[key]
+            value = kind.from_body(raw, body, what=what) if isinstance(kind, BodyKind) else kind.from_json(raw, what=what)
+            object.__setattr__(message, name, kind.check(value, what=what_field))
+        message._check_together()
+        return message
     values = {}
     for name, kind, key, _, what in _layout(cls):
         if isinstance(kind, BodyKind):
             values[name] = kind.from_body(header[key], body, what=what)
         else:
             values[name] = kind.from_json(header[key], what=what)
-    return cls(**values)  # the constructor runs every check
+    return cls(**values)  # the constructor (with the class's own __post_init__) runs every check
 
 
 class Codec:
