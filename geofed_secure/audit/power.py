@@ -187,9 +187,24 @@ def dp_max_auc(epsilon: float, delta: float = 0.0) -> float:
 
 
 def min_detectable_difference(values: np.ndarray, *, alpha: float = ALPHA, power: float = POWER) -> float:
-    """Smallest mean difference (e.g. an extraction error below its baseline, paired per trial) that a test at
-    level ``alpha`` detects with probability ``power``, from the spread of the observed paired differences."""
+    """Smallest mean difference (e.g. an extraction error below its baseline, paired per independent unit) that the
+    two-sided one-sample t test of :func:`mean_difference_interval` at level ``alpha`` detects with probability
+    ``power``, from the spread of the observed paired differences (t quantiles with n - 1 degrees of freedom, so a
+    handful of units is not credited with the power of a normal approximation)."""
     v = np.asarray(values, np.float64).ravel()
     if v.size < 2:
         return math.inf
-    return float((stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(power)) * v.std(ddof=1) / math.sqrt(v.size))
+    df = v.size - 1
+    return float((stats.t.ppf(1 - alpha / 2, df) + stats.t.ppf(power, df)) * v.std(ddof=1) / math.sqrt(v.size))
+
+
+def mean_difference_interval(values: np.ndarray, *, alpha: float = ALPHA) -> tuple[float, float, float]:
+    """(mean, low, high): the two-sided 1 - ``alpha`` t interval of the mean of paired differences, one value per
+    independent unit. A difference is detected when the interval excludes 0: the test whose power
+    :func:`min_detectable_difference` states."""
+    v = np.asarray(values, np.float64).ravel()
+    if v.size < 2:
+        mean = float(v.mean()) if v.size else math.nan
+        return mean, -math.inf, math.inf
+    half = float(stats.t.ppf(1 - alpha / 2, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size))
+    return float(v.mean()), float(v.mean()) - half, float(v.mean()) + half

@@ -544,3 +544,32 @@ def test_a_corrupt_or_foreign_experiment_cache_is_refused_and_an_unknown_target_
         load_experiment(plan, tmp_path / "old")
     with pytest.raises(ConfigError, match="unknown node 'nobody'"):
         run_experiment(dataclasses.replace(plan, target="nobody"), base_config=tiny_config, modalities=tiny_modalities)
+
+
+def test_the_extraction_verdict_is_the_paired_test_over_runs_whose_power_it_states(tiny_audit_experiment, tmp_path):
+    """It compared the spreads of the trials (2.5-97.5%) while stating the power of a paired test of the mean: a
+    reduction of 0.07 could then be 'not detected' next to 'could have detected >= 0.009' (found in the standard
+    reference report of 2026-12-07). Each verdict line now follows the reduction's t interval over runs."""
+    from geofed_secure.audit.power import mean_difference_interval
+    from geofed_secure.audit.report import verdict
+    from geofed_secure.audit.suite import run_audit
+
+    plan, exp = tiny_audit_experiment
+    report = run_audit(load_threat_model("threat_models/hbc-server.toml"), plan, tmp_path, experiment=exp, plots=False)
+    rows = [r for r in report["results"] if r["attack"] == "extraction"]
+    assert rows
+    for r in rows:
+        reduction = r["metrics"]["procrustes_error_reduction"]
+        assert reduction["low"] <= reduction["value"] <= reduction["high"]
+        assert r["metadata"]["runs"] >= 2
+    lines = [line for line in verdict(report) if "Extraction from the gram" in line]
+    assert lines
+    for line in lines:
+        cell = line[1:line.index("]")]
+        best = max((r for r in rows if r["metadata"]["protection"] == cell and r["metadata"]["release"] == "gram"),
+                   key=lambda r: r["metadata"]["anchors"])
+        detected = best["metrics"]["procrustes_error_reduction"]["low"] > 0
+        assert ("REFUTED" in line) == detected and ("No extraction" in line) == (not detected)
+    # and the interval is the t interval of the per-run means (a known case)
+    mean, low, high = mean_difference_interval(np.array([0.05, 0.07, 0.06, 0.08]))
+    assert low > 0 and abs(mean - 0.065) < 1e-12 and high < 0.09
