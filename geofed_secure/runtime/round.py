@@ -98,6 +98,7 @@ class NodeSide:
         self.log = log
         self.federation_id = federation_id
         self.secure = secure  # the node's secure-aggregation session (keys), kept on the site across rounds
+        self.broadcast: RoundBroadcast | None = None  # the last broadcast train() decoded (the secure layout's source)
 
     def failure_notice(self, round_: int, code: FailureCode, exc: BaseException) -> bytes:
         """Log ``exc`` in full on the node; return the encoded notice (its code only) for the server."""
@@ -114,7 +115,9 @@ class NodeSide:
         """Handle the server's broadcast and train: the node's update (kept on the site), or an encoded notice."""
         node = self.node
         try:
-            update = node.handle_broadcast(decode_message(broadcast_blob))  # type: ignore[arg-type]
+            broadcast = decode_message(broadcast_blob)
+            self.broadcast = broadcast if isinstance(broadcast, RoundBroadcast) else None
+            update = node.handle_broadcast(broadcast)  # type: ignore[arg-type]
         except GeofedError as exc:
             code = FailureCode.for_node_error(exc)
             if isinstance(exc, MessageError) and node.last_round >= round_:

@@ -35,7 +35,7 @@ from geofed_secure.runtime.nodelog import NodeLog
 from geofed_secure.runtime.round import Answer, NodeAnswer, NodeSide, secure_answer
 from geofed_secure.runtime.secure import NodeSession, SecureInputLayout
 from geofed_secure.runtime.secure.keys import node_session
-from geofed_secure.wire.round import RoundBroadcast, decode_message
+from geofed_secure.wire.round import RoundBroadcast
 
 if TYPE_CHECKING:  # the node's training stack is imported only by a message that trains
     import torch
@@ -203,7 +203,7 @@ class Site(SiteState):
             return NodeAnswer(Answer.FAILURE, result)
         layout = None
         if self.secure:  # the node derives the public layout from the broadcast it trained on, not from the server
-            broadcast = decode_message(broadcast_blob)
+            broadcast = side.broadcast  # decoded once, by train()
             assert isinstance(broadcast, RoundBroadcast)
             layout = SecureInputLayout.for_round(broadcast.global_state, len(self.data.anchors), clip=self.config.secure.clip)
         answer = side.upload(round_, result, secure_layout=layout, secure_open=secure_open)
