@@ -55,7 +55,7 @@ def check_ids(value: Any, *, what: str) -> tuple[str, ...]:
 
 def frame(header: Mapping[str, Any], chunks: tuple[bytes, ...] = ()) -> bytes:
     """ckks-v1 framing of a header object and ciphertexts (for vectors that edit a valid header)."""
-    return FRAMING.frame(header, b"".join(chunks))
+    return FRAMING.frame(header, list(chunks))
 
 
 class _CkksMessage(WireMessage):
