@@ -288,3 +288,23 @@ def test_no_arc_story_lets_the_server_rebuild_an_input_or_both_secrets_of_a_node
     exposed = individual_inputs_the_server_can_compute(fed.transcript, 1, threshold=plan.threshold, clip=100.0,
                                                        colluders=spies)
     assert exposed == {}
+
+
+def test_a_secagg_plus_epoch_survives_pickling_of_every_party_between_rounds():
+    """A deployed site keeps its session on disk between messages: the lazily built ring holders must pickle."""
+    import pickle
+
+    ids = ids_of(16)
+    inputs = vectors(ids, seed=2)
+    fed = provision(ids, rounds_per_epoch=3, degree=DEGREE, clip=100.0, seed=None)  # OS randomness, as deployed
+    assert fed.run_round(1, inputs) == {}
+    before = dict(fed.server.plan.holders)
+    fed.nodes = {v: pickle.loads(pickle.dumps(node)) for v, node in fed.nodes.items()}
+    assert dict(pickle.loads(pickle.dumps(fed.server.plan.holders))) == before  # the server's plan too
+
+    assert fed.run_round(2, inputs, dropouts={"n03": "masked_input"}) == {}  # same epoch: no new key set-up
+
+    assert dict(fed.server.plan.holders) == before
+    assert not [r for r in fed.transcript if r.round == 2 and r.kind == "KeyRoster"]
+    outcome = fed.server.outcome
+    assert np.abs(outcome.aggregate - sum(inputs[v] for v in ids if v != "n03")).max() <= outcome.max_abs_error
