@@ -39,7 +39,8 @@ def main(paths: list[str]) -> None:
             protos = [r for r in rows if r["metadata"]["release"] == "prototypes" and r["attack"] != "prototype_label_inference"
                       and not r["attack"].endswith("node_encoder") and "auc" in r["metrics"]]
             best = max(protos, key=lambda r: r["metrics"]["auc"]["value"], default=None)
-            ext = {r["metadata"]["anchors"]: r["metrics"] for r in rows if r["attack"] == "extraction" and r["metadata"]["release"] == "gram"}
+            ext = {r["metadata"]["anchors"]: r["metrics"] for r in rows if r["attack"] == "extraction" and r["metadata"]["release"] == "gram"
+                   and r["metadata"].get("simulated_others") is not False}
             extraction = " / ".join(f"{ext[b]['procrustes_error']['value']:.3f} ({ext[b]['baseline_procrustes_error']['value']:.3f})"
                                     for b in (50, 100) if b in ext) or "not in view"
             print(f"| {name} | {cell} | {tag(gram)} | "

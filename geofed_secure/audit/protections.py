@@ -119,9 +119,13 @@ def observed(experiment: Experiment, threat_model: ThreatModel, level: TrainedLe
 
 
 def observed_public(experiment: Experiment, threat_model: ThreatModel, level: TrainedLevel, protection: str, release: str,
-                    run: int, index: np.ndarray) -> np.ndarray | None:
+                    run: int, index: np.ndarray, *, simulate_others: bool = True) -> np.ndarray | None:
     """The adversary's reading of the target's anchor release (``gram`` as a full matrix, or ``raw_embeddings``) in a
     hypothetical federation whose anchors are the public samples ``index``: for the extraction sweep over B.
+
+    From a sum (``aggregate`` view) the adversary subtracts its simulation of each other node it does not know
+    (retrained on half that node's data: a strong adversary); with ``simulate_others=False`` it subtracts nothing
+    and reads the sum as it is (the weakest one). The two bracket what a sum gives away.
 
     Sums here are computed in floating point, not through the protocols (whose error, about 1e-11 for masking and
     3e-8 for CKKS, is far below the differences measured)."""
@@ -138,5 +142,11 @@ def observed_public(experiment: Experiment, threat_model: ThreatModel, level: Tr
         others = experiment.others
         for n in others.node_ids:
             if n not in threat_model.nodes:  # known nodes cancel exactly: only the unknown ones leave a residual
-                value = value + anchor_release(others.public_truth[n]) - anchor_release(others.public_estimate[n])
+                value = value + anchor_release(others.public_truth[n])
+                if simulate_others:
+                    value = value - anchor_release(others.public_estimate[n])
     return value
+
+
+def is_aggregate(threat_model: ThreatModel, protection: str, release: str) -> bool:
+    return release_view(threat_model, protection, release) == AGGREGATE

@@ -44,7 +44,15 @@ from geofed_secure.audit.metrics import AttackResult, Interval, membership_grid_
 from geofed_secure.audit.plan import AuditPlan
 from geofed_secure.audit.power import canary_max_certifiable_epsilon, mean_difference_interval, min_detectable_difference
 from geofed_secure.audit.progress import EtaProgress
-from geofed_secure.audit.protections import AGGREGATE, check_target, observed, observed_public, protocol_sums, release_view
+from geofed_secure.audit.protections import (
+    AGGREGATE,
+    check_target,
+    is_aggregate,
+    observed,
+    observed_public,
+    protocol_sums,
+    release_view,
+)
 from geofed_secure.audit.recorded_run import audit_recorded_run, check_recorded_nodes
 from geofed_secure.audit.seed_attack import run_seed_attack
 from geofed_secure.audit.threat_model import ThreatModel
@@ -129,10 +137,23 @@ def _prototype_attacks(exp: Experiment, level: TrainedLevel, obs: np.ndarray, me
 
 def _extraction(exp: Experiment, tm: ThreatModel, level: TrainedLevel, protection: str, release: str,
                 meta: dict[str, Any]) -> list[AttackResult]:
+    """The extraction sweep over B; from a sum, once by the adversary that subtracts its simulation of the other
+    nodes and once more, at the largest B, by one that reads the sum as it is (``simulated_others`` in metadata)."""
+    results = _extraction_sweep(exp, tm, level, protection, release, meta, plan_anchors=exp.plan.extraction_anchors,
+                                simulate_others=True)
+    if is_aggregate(tm, protection, release):
+        results += _extraction_sweep(exp, tm, level, protection, release, meta,
+                                     plan_anchors=(max(exp.plan.extraction_anchors),), simulate_others=False)
+    return results
+
+
+def _extraction_sweep(exp: Experiment, tm: ThreatModel, level: TrainedLevel, protection: str, release: str,
+                      meta: dict[str, Any], *, plan_anchors: tuple[int, ...], simulate_others: bool) -> list[AttackResult]:
     plan = exp.plan
     n_public = exp.e0_public.shape[0]
     results = []
-    for b in plan.extraction_anchors:
+    aggregate = is_aggregate(tm, protection, release)
+    for b in plan_anchors:
         rng = numpy_rng(plan.seed, "extraction", release, b)
         values: dict[str, list[float]] = {}
         run_of: list[int] = []  # the training run of each trial: the unit the reduction is tested over
@@ -141,7 +162,7 @@ def _extraction(exp: Experiment, tm: ThreatModel, level: TrainedLevel, protectio
             for _ in range(plan.extraction_draws):
                 index = np.sort(rng.choice(n_public, size=b, replace=False))
                 held = np.setdiff1d(np.arange(n_public), index)
-                seen = observed_public(exp, tm, level, protection, release, run, index)
+                seen = observed_public(exp, tm, level, protection, release, run, index, simulate_others=simulate_others)
                 if seen is None:
                     return []
                 released = invert_gram(seen) if release == "gram" else seen
@@ -169,6 +190,7 @@ def _extraction(exp: Experiment, tm: ThreatModel, level: TrainedLevel, protectio
                                     power={"min_detectable_difference": min_detectable_difference(np.asarray(per_run)),
                                            "power": 0.8},
                                     metadata=meta | {"anchors": b, "heldout": n_public - b, "runs": len(per_run),
+                                                     "simulated_others": simulate_others if aggregate else None,
                                                      "note": "release (Gram: inverted) rotated onto e0, ridge map of the node's "
                                                              "departure from e0, scored on held-out public inputs after "
                                                              "orthogonal alignment; baseline = the public initial model e0; "

@@ -562,14 +562,23 @@ def test_the_extraction_verdict_is_the_paired_test_over_runs_whose_power_it_stat
         reduction = r["metrics"]["procrustes_error_reduction"]
         assert reduction["low"] <= reduction["value"] <= reduction["high"]
         assert r["metadata"]["runs"] >= 2
-    lines = [line for line in verdict(report) if "Extraction from the gram" in line]
+    lines = [line for line in verdict(report) if "Extraction from the gram (B" in line]
     assert lines
     for line in lines:
         cell = line[1:line.index("]")]
-        best = max((r for r in rows if r["metadata"]["protection"] == cell and r["metadata"]["release"] == "gram"),
-                   key=lambda r: r["metadata"]["anchors"])
+        best = max((r for r in rows if r["metadata"]["protection"] == cell and r["metadata"]["release"] == "gram"
+                    and r["metadata"]["simulated_others"] is not False), key=lambda r: r["metadata"]["anchors"])
         detected = best["metrics"]["procrustes_error_reduction"]["low"] > 0
         assert ("REFUTED" in line) == detected and ("No extraction" in line) == (not detected)
+    # from a sum, the adversary that simulates nobody is reported too, at the largest B, with its own test
+    plain = [r for r in rows if r["metadata"]["simulated_others"] is False]
+    assert {r["metadata"]["protection"] for r in plain} == {"masking", "ckks"}
+    assert {r["metadata"]["anchors"] for r in plain} == {max(plan.extraction_anchors)}
+    assert all(r["metadata"]["simulated_others"] is None for r in rows if r["metadata"]["protection"] == "none")
+    for line in (v for v in verdict(report) if "read as the sum it is" in v):
+        cell, release = line[1:line.index("]")], "gram" if "from the gram" in line else "raw_embeddings"
+        row = next(r for r in plain if r["metadata"]["protection"] == cell and r["metadata"]["release"] == release)
+        assert ("DETECTED" in line) == (row["metrics"]["procrustes_error_reduction"]["low"] > 0)
     # and the interval is the t interval of the per-run means (a known case)
     mean, low, high = mean_difference_interval(np.array([0.05, 0.07, 0.06, 0.08]))
     assert low > 0 and abs(mean - 0.065) < 1e-12 and high < 0.09
