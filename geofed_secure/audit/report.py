@@ -47,9 +47,17 @@ def detection(row: dict[str, Any]) -> str:
     m, power, md = row["metrics"], row.get("power") or {}, row["metadata"]
     low = md.get("low_fpr", {})
     at1 = low.get("0.01", {})
-    text = (f"DETECTED: AUC {_ci(m['auc'])}" if m["auc"]["low"] > 0.5 else
-            f"not detected (AUC {_ci(m['auc'])}); with {row['trials']} trials this attack could have detected AUC >= "
-            f"{power.get('min_detectable_auc', float('nan')):.3f} (80% power)")
+    if m["auc"]["low"] > 0.5:
+        text = f"DETECTED: AUC {_ci(m['auc'])}"
+    elif m["auc"]["high"] < 0.5:
+        # Below chance beyond its interval: the statistic is miscalibrated (e.g. a shadow model fitted on 1-3 shadows
+        # per record), so the power computed for a calibrated attack does not hold for it.
+        text = (f"not detected, and BELOW CHANCE (AUC {_ci(m['auc'])}): this attack's statistic is miscalibrated here, "
+                f"so its nominal power (AUC >= {power.get('min_detectable_auc', float('nan')):.3f} with "
+                f"{row['trials']} trials) does not hold and its 'not detected' says little")
+    else:
+        text = (f"not detected (AUC {_ci(m['auc'])}); with {row['trials']} trials this attack could have detected AUC >= "
+                f"{power.get('min_detectable_auc', float('nan')):.3f} (80% power)")
     text += f"; TPR at 1% FPR {_ci(m['tpr_at_0.01_fpr'])}"
     if at1:
         text += f" (achieved FPR {at1['achieved_fpr']:.4f} over {at1['negatives']} non-members)"
@@ -116,8 +124,12 @@ def verdict(report: dict[str, Any]) -> list[str]:
                 finding = ("both leak; the Gram leaks " + ("less" if g["auc"]["high"] < pm["auc"]["low"] else "more"
                            if g["auc"]["low"] > pm["auc"]["high"] else "not distinguishably more or less") + " than prototypes at this power.")
             else:
-                finding = (f"neither was detected (both AUC intervals include 0.5); these attacks could have detected AUC >= "
-                           f"{gram[0]['power']['min_detectable_auc']:.3f} / {p['power']['min_detectable_auc']:.3f}.")
+                below = [name for name, row in (("Gram", gram[0]), ("prototype", p)) if row["metrics"]["auc"]["high"] < 0.5]
+                finding = ((f"neither was detected (both AUC intervals include 0.5); these attacks could have detected AUC >= "
+                            f"{gram[0]['power']['min_detectable_auc']:.3f} / {p['power']['min_detectable_auc']:.3f}.")
+                           if not below else
+                           f"neither was detected, but the {' and the '.join(below)} attack scored below chance beyond its "
+                           "interval (miscalibrated): this comparison says little.")
             lines.append(f"[{cell}] Membership from the Gram of public anchors ({gram[0]['attack']}): {detection(gram[0])}; "
                          f"from prototypes of private data ({p['attack']}): {detection(p)}; against {tm}, {finding}")
         upper = _best(_find(report, "prototype_lira_node_encoder", protection=cell)

@@ -582,3 +582,18 @@ def test_the_extraction_verdict_is_the_paired_test_over_runs_whose_power_it_stat
     # and the interval is the t interval of the per-run means (a known case)
     mean, low, high = mean_difference_interval(np.array([0.05, 0.07, 0.06, 0.08]))
     assert low > 0 and abs(mean - 0.065) < 1e-12 and high < 0.09
+
+
+def test_an_attack_below_chance_beyond_its_interval_is_flagged_not_credited_with_power():
+    """The quick reference reports held many LiRA results at AUC 0.47 [0.44, 0.50] (3 shadows per run): 'not
+    detected, could have detected >= 0.54' credited a miscalibrated statistic with a calibrated one's power."""
+    from geofed_secure.audit.report import detection
+
+    def row(low, value, high):
+        return {"metrics": {"auc": {"value": value, "low": low, "high": high},
+                            "tpr_at_0.01_fpr": {"value": 0.01, "low": 0.0, "high": 0.02}},
+                "power": {"min_detectable_auc": 0.54}, "metadata": {}, "trials": 5164}
+
+    assert detection(row(0.44, 0.47, 0.498)).startswith("not detected, and BELOW CHANCE")
+    assert "could have detected AUC >= 0.540 (80% power)" in detection(row(0.47, 0.50, 0.53))
+    assert detection(row(0.51, 0.53, 0.55)).startswith("DETECTED")
