@@ -50,11 +50,14 @@ def detection(row: dict[str, Any]) -> str:
     if m["auc"]["low"] > 0.5:
         text = f"DETECTED: AUC {_ci(m['auc'])}"
     elif m["auc"]["high"] < 0.5:
-        # Below chance beyond its interval: the statistic is miscalibrated (e.g. a shadow model fitted on 1-3 shadows
-        # per record), so the power computed for a calibrated attack does not hold for it.
-        text = (f"not detected, and BELOW CHANCE (AUC {_ci(m['auc'])}): this attack's statistic is miscalibrated here, "
-                f"so its nominal power (AUC >= {power.get('min_detectable_auc', float('nan')):.3f} with "
-                f"{row['trials']} trials) does not hold and its 'not detected' says little")
+        # Below chance beyond its interval: either the statistic carries membership information with the opposite
+        # sign (an attacker that learns the sign on its shadows would score 1 - AUC) or the interval is too narrow
+        # for this few runs. Either way the power computed for a calibrated attack does not hold for it.
+        text = (f"not detected, and BELOW CHANCE (AUC {_ci(m['auc'])}): the statistic is inverted or its interval "
+                f"too narrow for this few runs, so its nominal power (AUC >= "
+                f"{power.get('min_detectable_auc', float('nan')):.3f} with {row['trials']} trials) does not hold and "
+                "'not detected' says little (the same statistic with its sign learnt on shadows would score "
+                f"{1 - m['auc']['value']:.3f})")
     else:
         text = (f"not detected (AUC {_ci(m['auc'])}); with {row['trials']} trials this attack could have detected AUC >= "
                 f"{power.get('min_detectable_auc', float('nan')):.3f} (80% power)")
@@ -129,7 +132,7 @@ def verdict(report: dict[str, Any]) -> list[str]:
                             f"{gram[0]['power']['min_detectable_auc']:.3f} / {p['power']['min_detectable_auc']:.3f}.")
                            if not below else
                            f"neither was detected, but the {' and the '.join(below)} attack scored below chance beyond its "
-                           "interval (miscalibrated): this comparison says little.")
+                           "interval (inverted, or an interval too narrow for this few runs): this comparison says little.")
             lines.append(f"[{cell}] Membership from the Gram of public anchors ({gram[0]['attack']}): {detection(gram[0])}; "
                          f"from prototypes of private data ({p['attack']}): {detection(p)}; against {tm}, {finding}")
         upper = _best(_find(report, "prototype_lira_node_encoder", protection=cell)
