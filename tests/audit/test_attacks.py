@@ -616,4 +616,4 @@ def test_vector_lira_with_three_shadows_is_not_below_chance_on_releases_independ
         scores = lira_vector_scores(rng.normal(size=(runs, 64)), m)
         aucs.append(mannwhitneyu(scores[m], scores[~m]).statistic / (m.sum() * (~m).sum()))
     assert abs(np.mean(aucs) - 0.5) < 0.01
-    assert np.mean(np.array(aucs) < 0.48) < 0.1
+    assert np.std(aucs) < 0.02  # one membership draw moves every attack of a report together by about this much
