@@ -110,14 +110,20 @@ def test_bench_ckks_round_provisioned(benchmark, inputs):
     assert np.abs(result.aggregate - _exact(inputs)).max() <= result.max_abs_error
 
 
-def test_bench_tenseal_encrypt_add_decrypt(benchmark, inputs):
-    """TenSEAL's own cost for the same vectors: encrypt each, add, decrypt once (same parameters as ckks-v1)."""
+def _tenseal_context():
+    """A TenSEAL CKKS context with ckks-v1's parameters (SPEC 2), secret key included."""
     import tenseal as ts
 
     context = ts.context(ts.SCHEME_TYPE.CKKS, poly_modulus_degree=8192, coeff_mod_bit_sizes=[60, 40, 40, 60])
     context.global_scale = 2**40
-    slots = 4096
-    vectors = list(inputs.values())
+    return context
+
+
+def test_bench_tenseal_encrypt_add_decrypt(benchmark, inputs):
+    """TenSEAL's own cost for the same vectors: encrypt each, add, decrypt once (same parameters as ckks-v1)."""
+    import tenseal as ts
+
+    context, slots, vectors = _tenseal_context(), 4096, list(inputs.values())
 
     def round_trip():
         chunks = []
@@ -138,10 +144,7 @@ def test_bench_tenseal_every_node_decrypts(benchmark, inputs):
     deserialised by each node (the server holds no secret key: the nodes decrypt)."""
     import tenseal as ts
 
-    context = ts.context(ts.SCHEME_TYPE.CKKS, poly_modulus_degree=8192, coeff_mod_bit_sizes=[60, 40, 40, 60])
-    context.global_scale = 2**40
-    slots = 4096
-    vectors = list(inputs.values())
+    context, slots, vectors = _tenseal_context(), 4096, list(inputs.values())
 
     def round_trip():
         sums = []

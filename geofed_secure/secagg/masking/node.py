@@ -9,15 +9,8 @@ detect, makes the node raise :class:`~geofed_secure.errors.ProtocolAborted` and 
 nothing for that round beyond what it had already sent; our own misuse raises
 :class:`~geofed_secure.errors.LocalProtocolError` and aborts too.
 
-What each party learns (threat model, SPEC section 6): the server learns the sum of the contributors' encoded
-inputs and who contributed. Against a malicious server colluding with at most ``colluders`` (z) nodes it learns
-no individual input and no sum of fewer than three honest inputs, because (i) a node answers only a view whose
-survivors it masked with, that keeps at least t - 1 of its peers alive, and that every survivor in its signature
-scope signed (every survivor in the complete graph; the nearest 6 ceil(k/2) + 1 members on a SecAgg+ ring), (ii)
-every answered view lists more than (m + z) / 2 of the m holders of each owner the node reveals a share of (and of
-their alive neighbours), so each owner's shares are answered under one view per round (in the complete graph, m = M:
-one view per round at all; on a SecAgg+ ring, distant arcs may answer different views), and (iii) t >= z + 3. A
-node learns nothing about other nodes' inputs.
+What each party learns, and the node-side rules that make it so: the package docstring
+(:mod:`geofed_secure.secagg.masking`) and SPEC section 6.
 """
 
 from __future__ import annotations
