@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 from geofed_secure.errors import ProtocolAborted
 from geofed_secure.secagg.common import SERVER
-from geofed_secure.secagg.masking.adversary import Adversary
-from geofed_secure.secagg.masking.messages import ConsistencyRequest, ConsistencySignature, UnmaskRequest, decode
+from geofed_secure.secagg.masking.adversary import Adversary, _CollectSignatures
+from geofed_secure.secagg.masking.messages import ConsistencyRequest, UnmaskRequest, decode
 from secagg.masking.support import individual_inputs_the_server_can_compute, provision, revealed, unmask_records, vectors
 
 DEGREE = 4  # 5 holders per owner, threshold 3, quorum 3; a node's scope is the 13 members nearest on the ring
@@ -150,7 +150,7 @@ def test_a_view_that_lists_an_owners_holders_too_thinly_is_refused_at_the_consis
     assert unmask_records(fed.transcript, 1) == []
 
 
-class ArcViews(Adversary):
+class ArcViews(_CollectSignatures):  # keeps every consistency signature (intercept)
     """Cuts the ring into arcs and shows each arc its own view (each arc's view lists its own choice of members
     dropped); every signer is then asked to unmask with every signature that is valid over its view."""
 
@@ -183,12 +183,6 @@ class ArcViews(Adversary):
                     out[v] = ConsistencyRequest(federation_id=first.federation_id, round=ctx.round, alive=view[0],
                                                 dropped=view[1])
         return out
-
-    def intercept(self, reply, ctx):
-        if isinstance(reply, ConsistencySignature):
-            ctx.intercepted[reply.node_id] = reply
-            return True
-        return False
 
     def override(self, ctx):
         if not ctx.intercepted:
