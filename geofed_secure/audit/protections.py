@@ -146,7 +146,3 @@ def observed_public(experiment: Experiment, threat_model: ThreatModel, level: Tr
                 if simulate_others:
                     value = value - anchor_release(others.public_estimate[n])
     return value
-
-
-def is_aggregate(threat_model: ThreatModel, protection: str, release: str) -> bool:
-    return release_view(threat_model, protection, release) == AGGREGATE

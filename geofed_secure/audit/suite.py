@@ -47,7 +47,6 @@ from geofed_secure.audit.progress import EtaProgress
 from geofed_secure.audit.protections import (
     AGGREGATE,
     check_target,
-    is_aggregate,
     observed,
     observed_public,
     protocol_sums,
@@ -141,7 +140,7 @@ def _extraction(exp: Experiment, tm: ThreatModel, level: TrainedLevel, protectio
     nodes and once more, at the largest B, by one that reads the sum as it is (``simulated_others`` in metadata)."""
     results = _extraction_sweep(exp, tm, level, protection, release, meta, plan_anchors=exp.plan.extraction_anchors,
                                 simulate_others=True)
-    if is_aggregate(tm, protection, release):
+    if release_view(tm, protection, release) == AGGREGATE:
         results += _extraction_sweep(exp, tm, level, protection, release, meta,
                                      plan_anchors=(max(exp.plan.extraction_anchors),), simulate_others=False)
     return results
@@ -152,7 +151,7 @@ def _extraction_sweep(exp: Experiment, tm: ThreatModel, level: TrainedLevel, pro
     plan = exp.plan
     n_public = exp.e0_public.shape[0]
     results = []
-    aggregate = is_aggregate(tm, protection, release)
+    aggregate = release_view(tm, protection, release) == AGGREGATE
     for b in plan_anchors:
         rng = numpy_rng(plan.seed, "extraction", release, b)
         values: dict[str, list[float]] = {}

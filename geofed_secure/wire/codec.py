@@ -427,10 +427,6 @@ class WireMessage:
             out[key] = kind.to_json(getattr(self, name))
         return out
 
-    def body(self) -> bytes:
-        return b"".join(kind.to_body(getattr(self, name)) for name, kind in self.SCHEMA.items()
-                        if isinstance(kind, BodyKind))
-
     def is_body(self, body: bytes) -> bool:
         """Whether :meth:`body` is exactly ``body`` (without re-encoding a decoded body where its kind can tell)."""
         kinds = [(name, kind) for name, kind in self.SCHEMA.items() if isinstance(kind, BodyKind)]
@@ -443,6 +439,7 @@ class WireMessage:
         known = _ENCODED.get(id(self))
         if known is not None and known[0] is self:
             return known[1]
+        # the body's buffers (at most one body field) go straight into the frame: one copy of a large body
         parts = [part for name, kind in self.SCHEMA.items() if isinstance(kind, BodyKind)
                  for part in kind.body_parts(getattr(self, name))]
         data = self.FRAMING.frame(self.header(), parts)

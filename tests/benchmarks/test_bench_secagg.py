@@ -119,20 +119,25 @@ def _tenseal_context():
     return context
 
 
-def test_bench_tenseal_encrypt_add_decrypt(benchmark, inputs):
-    """TenSEAL's own cost for the same vectors: encrypt each, add, decrypt once (same parameters as ckks-v1)."""
+def _tenseal_sums(context, vectors, slots=4096):
+    """Each vector encrypted in chunks of ``slots`` and the chunks added up: one summed CKKSVector per chunk."""
     import tenseal as ts
 
-    context, slots, vectors = _tenseal_context(), 4096, list(inputs.values())
+    sums = []
+    for start in range(0, D, slots):
+        acc = ts.ckks_vector(context, vectors[0][start:start + slots])
+        for v in vectors[1:]:
+            acc += ts.ckks_vector(context, v[start:start + slots])
+        sums.append(acc)
+    return sums
+
+
+def test_bench_tenseal_encrypt_add_decrypt(benchmark, inputs):
+    """TenSEAL's own cost for the same vectors: encrypt each, add, decrypt once (same parameters as ckks-v1)."""
+    context, vectors = _tenseal_context(), list(inputs.values())
 
     def round_trip():
-        chunks = []
-        for start in range(0, D, slots):
-            acc = ts.ckks_vector(context, vectors[0][start:start + slots])
-            for v in vectors[1:]:
-                acc += ts.ckks_vector(context, v[start:start + slots])
-            chunks.append(acc.decrypt())
-        return np.concatenate(chunks)
+        return np.concatenate([acc.decrypt() for acc in _tenseal_sums(context, vectors)])
 
     total = benchmark(round_trip)
     assert np.abs(total - _exact(inputs)).max() < 1e-3
@@ -144,15 +149,10 @@ def test_bench_tenseal_every_node_decrypts(benchmark, inputs):
     deserialised by each node (the server holds no secret key: the nodes decrypt)."""
     import tenseal as ts
 
-    context, slots, vectors = _tenseal_context(), 4096, list(inputs.values())
+    context, vectors = _tenseal_context(), list(inputs.values())
 
     def round_trip():
-        sums = []
-        for start in range(0, D, slots):
-            acc = ts.ckks_vector(context, vectors[0][start:start + slots])
-            for v in vectors[1:]:
-                acc += ts.ckks_vector(context, v[start:start + slots])
-            sums.append(acc.serialize())
+        sums = [acc.serialize() for acc in _tenseal_sums(context, vectors)]
         totals = [np.concatenate([ts.ckks_vector_from(context, blob).decrypt() for blob in sums]) for _ in vectors]
         return totals[-1]
 
