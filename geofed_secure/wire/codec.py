@@ -15,6 +15,7 @@ and that re-encoding gives the same bytes; every defect raises :class:`~geofed_s
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -28,7 +29,6 @@ from geofed_secure.errors import MessageError
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 DIGEST_PATTERN = re.compile(r"^[0-9a-f]{64}\Z")
-_HEX = re.compile(r"^(?:[0-9a-f]{2})*\Z")
 PREFIX_BYTES = 9  # magic (4) + version (1) + header length (4)
 
 
@@ -42,6 +42,26 @@ def check_id(value: Any, *, what: str) -> str:
     if not isinstance(value, str) or not ID_PATTERN.match(value):
         raise fail(what, f"{value!r} is not a valid id ([A-Za-z0-9._-], <= 64 characters)")
     return value
+
+
+_ID_RUN = re.compile(r"(?:[A-Za-z0-9][A-Za-z0-9._-]{0,63}\n)*\Z")
+
+
+def check_ids(values: Iterable[Any], *, what: str) -> None:
+    """:func:`check_id` of every value, in one pass of a regular expression over them all.
+
+    Views and maps of n ids reach every node; one C-level match instead of n calls is most of their decoding. A
+    value holding the separator (a newline) would split in two, so the separator count must equal the count of
+    values; on any failure the values are checked one by one, for the exact error.
+    """
+    values = values if isinstance(values, tuple | list) else list(values)
+    try:
+        joined = "\n".join(values) + "\n"
+    except TypeError:
+        joined = ""
+    if joined.count("\n") != len(values) or not _ID_RUN.match(joined):
+        for value in values:
+            check_id(value, what=what)
 
 
 def check_digest(value: Any, *, what: str) -> str:
@@ -137,7 +157,7 @@ class Bytes(Kind):
 
     def from_json(self, raw: Any, *, what: str) -> bytes:
         # bytes.fromhex takes upper case and spaces too: the round trip keeps exactly lowercase hex, two characters a
-        # byte (as _HEX does, faster on long values such as sealed shares)
+        # byte (a regular expression does the same 15x slower on long values such as sealed shares)
         try:
             value = bytes.fromhex(raw) if isinstance(raw, str) else None
         except ValueError:
@@ -166,7 +186,11 @@ class List(Kind):
         if len(value) < self.min_count or (self.max_count is not None and len(value) > self.max_count):
             bound = f"{self.min_count} or more" if self.max_count is None else f"{self.min_count} to {self.max_count}"
             raise fail(what, f"must hold {bound} items, got {len(value)}")
-        items = tuple(self.item.check(v, what=what) for v in value)
+        if isinstance(self.item, Id):
+            check_ids(value, what=what)
+            items = tuple(value)
+        else:
+            items = tuple(self.item.check(v, what=what) for v in value)
         if self.sorted_by is not None:
             keys = [getattr(v, self.sorted_by) for v in items] if self.sorted_by else list(items)
             if keys != sorted(set(keys)):
@@ -192,7 +216,12 @@ class IdMap(Kind):
     def check(self, value: Any, *, what: str) -> Mapping[str, Any]:
         if not isinstance(value, Mapping):
             raise fail(what, "must be a mapping id -> value")
-        checked = {check_id(k, what=what): self.value.check(v, what=f"{what}[{k}]") for k, v in value.items()}
+        check_ids(value.keys(), what=what)
+        size = self.value.size if isinstance(self.value, Bytes) else None
+        if size is not None and set(map(type, value.values())) <= {bytes} and set(map(len, value.values())) <= {size}:
+            checked = dict(value)  # n keys at every node: all fixed-size bytes, checked in two C-level passes
+        else:
+            checked = {k: self.value.check(v, what=f"{what}[{k}]") for k, v in value.items()}
         return MappingProxyType(dict(sorted(checked.items())))
 
     def to_json(self, value: Mapping[str, Any]) -> dict[str, Any]:
@@ -201,6 +230,16 @@ class IdMap(Kind):
     def from_json(self, raw: Any, *, what: str) -> dict[str, Any]:
         if not isinstance(raw, dict):
             raise fail(what, "must be a JSON object")
+        size = self.value.size if isinstance(self.value, Bytes) else None
+        if size and raw:  # n keys or nonces at every node: one hex decoding of them all when all are well formed
+            values = list(raw.values())
+            joined = "".join(values) if set(map(type, values)) == {str} and set(map(len, values)) == {2 * size} else ""
+            try:
+                blob = bytes.fromhex(joined)
+            except ValueError:
+                blob = b""
+            if blob and blob.hex() == joined:  # exactly lowercase hex, as Bytes.from_json requires of each
+                return {k: blob[i * size:(i + 1) * size] for i, k in enumerate(raw)}
         return {k: self.value.from_json(v, what=f"{what}[{k}]") for k, v in raw.items()}
 
 
@@ -311,9 +350,10 @@ class Chunks(BodyKind):
             raise fail(what, "must be a list of byte strings")
         if not 1 <= len(value) <= self.max_count:
             raise fail(what, f"must hold 1 to {self.max_count} chunks, got {len(value)}")
-        for i, chunk in enumerate(value):
-            if not isinstance(chunk, bytes) or not 1 <= len(chunk) <= self.max_chunk_bytes:
-                raise fail(what, f"chunk {i} must be 1 to {self.max_chunk_bytes} bytes")
+        if set(map(type, value)) != {bytes} or not 1 <= min(map(len, value)) <= max(map(len, value)) <= self.max_chunk_bytes:
+            for i, chunk in enumerate(value):  # the first bad chunk, for the error
+                if not isinstance(chunk, bytes) or not 1 <= len(chunk) <= self.max_chunk_bytes:
+                    raise fail(what, f"chunk {i} must be 1 to {self.max_chunk_bytes} bytes")
         return tuple(value)
 
     def header_key(self, name: str) -> str:
@@ -330,8 +370,11 @@ class Chunks(BodyKind):
 
     def is_body(self, value: tuple[bytes, ...], body: bytes) -> bool:
         # chunk by chunk in place (startswith at an offset is a memcmp): no joined copy of megabytes of ciphertexts
-        # (a memoryview comparison would go element by element, 30x slower)
+        # (a memoryview comparison would go element by element, 30x slower); many small chunks (a roster's
+        # advertisements) are joined once instead, one C call rather than one per chunk
         whole, offset = body if isinstance(body, bytes) else bytes(body), 0
+        if len(value) > 64 and len(whole) <= 64 * 2**20:
+            return b"".join(value) == whole
         for chunk in value:
             if not whole.startswith(chunk, offset):
                 return False
@@ -341,14 +384,13 @@ class Chunks(BodyKind):
     def from_body(self, raw: Any, body: bytes, *, what: str) -> tuple[bytes, ...]:
         if not isinstance(raw, list) or not 1 <= len(raw) <= self.max_count:
             raise fail(what, f"must be a list of 1 to {self.max_count} chunk sizes")
-        chunks, offset = [], 0
-        for size in raw:
-            check_int(size, 1, self.max_chunk_bytes, what=what)
-            chunks.append(body[offset:offset + size])
-            offset += size
-        if offset != len(body):
-            raise fail(what, f"body holds {len(body)} bytes but {self.size_key} add up to {offset}")
-        return tuple(chunks)
+        if set(map(type, raw)) != {int} or not 1 <= min(raw) <= max(raw) <= self.max_chunk_bytes:
+            for size in raw:  # the first bad size, for the error
+                check_int(size, 1, self.max_chunk_bytes, what=what)
+        ends = list(itertools.accumulate(raw))
+        if ends[-1] != len(body):
+            raise fail(what, f"body holds {len(body)} bytes but {self.size_key} add up to {ends[-1]}")
+        return tuple(body[end - size:end] for end, size in zip(ends, raw, strict=True))
 
 
 ID = Id()
@@ -447,17 +489,19 @@ class WireMessage:
         return data
 
 
-# The encodings of the last few large header-only messages (a key roster, graph seeds, a signed unmask request) that
-# were decoded or encoded, by identity: a message is frozen, so its bytes never change, and a party that hashes a roster
-# it decoded (the roster digest, SPEC 2.8) no longer re-encodes every advertisement in it (O(n) per node, O(n^2) in
-# all). Entries hold the message itself, so an id is never reused while its entry lives; bodies are never kept.
+# The encodings of the last few large messages without ring words (a key roster, graph seeds, a signed unmask request)
+# that were decoded or encoded, by identity: a message is frozen, so its bytes never change, and a party that hashes a
+# roster it decoded (the roster digest, SPEC 2.8) does not encode it again (O(n) per node, O(n^2) in all). Entries hold
+# the message itself, so an id is never reused while its entry lives; masked vectors (Words) are never kept, nor
+# anything over 8 MiB.
 _ENCODED: dict[int, tuple[WireMessage, bytes]] = {}
 _ENCODED_ENTRIES = 16
 _ENCODED_MIN_BYTES = 4096
+_ENCODED_MAX_BYTES = 8 * 2**20
 
 
 def _remember(message: WireMessage, data: bytes) -> None:
-    if len(data) < _ENCODED_MIN_BYTES or _members_of(type(message))[1]:
+    if not _ENCODED_MIN_BYTES <= len(data) <= _ENCODED_MAX_BYTES or _layouts(type(message))[3]:
         return
     while len(_ENCODED) >= _ENCODED_ENTRIES:
         try:
@@ -468,19 +512,20 @@ def _remember(message: WireMessage, data: bytes) -> None:
 
 
 _Layout = tuple[tuple[str, "Kind", str, str, str], ...]
-_LAYOUTS: dict[type, tuple[_Layout, frozenset[str], bool]] = {}
+_LAYOUTS: dict[type, tuple[_Layout, frozenset[str], bool, bool]] = {}
 
 
-def _layouts(cls: type[WireMessage]) -> tuple[_Layout, frozenset[str], bool]:
+def _layouts(cls: type[WireMessage]) -> tuple[_Layout, frozenset[str], bool, bool]:
     """Computed once per message class: per field (name, kind, header member, what for a field error, what for a
-    member error), the header members, and whether a field travels in the body. Building these strings for every
-    field of every message was a good part of decoding a key roster."""
+    member error), the header members, whether a field travels in the body, and whether that field is ring words.
+    Building these strings for every field of every message was a good part of decoding a key roster."""
     known = _LAYOUTS.get(cls)
     if known is None:
         layout = tuple((name, kind, kind.header_key(name), f"{cls.__name__}.{name}",
                         f"{cls.__name__}.{kind.header_key(name)}") for name, kind in cls.SCHEMA.items())
         known = _LAYOUTS[cls] = (layout, frozenset(key for _, _, key, _, _ in layout),
-                                 any(isinstance(kind, BodyKind) for kind in cls.SCHEMA.values()))
+                                 any(isinstance(kind, BodyKind) for kind in cls.SCHEMA.values()),
+                                 any(isinstance(kind, Words) for kind in cls.SCHEMA.values()))
     return known
 
 
@@ -488,13 +533,9 @@ def _layout(cls: type[WireMessage]) -> _Layout:
     return _layouts(cls)[0]
 
 
-def _members_of(cls: type[WireMessage]) -> tuple[frozenset[str], bool]:
-    return _layouts(cls)[1:]
-
-
 def build(cls: type[WireMessage], header: Mapping[str, Any], body: bytes) -> WireMessage:
     """A ``cls`` from its header members (without ``type``) and body; :class:`MessageError` on any defect."""
-    _, expected, has_body = _layouts(cls)
+    _, expected, has_body, _ = _layouts(cls)
     if header.keys() != expected:
         missing, extra = sorted(expected - set(header)), sorted(set(header) - expected)
         raise fail(cls.__name__, f"header fields wrong (missing {missing}, unexpected {extra})")
@@ -502,7 +543,7 @@ def build(cls: type[WireMessage], header: Mapping[str, Any], body: bytes) -> Wir
         raise fail(cls.__name__, f"carries {len(body)} unexpected body bytes")
     if cls.__post_init__ is WireMessage.__post_init__:
         # The constructor's checks, field by field as each is read, without building the keyword arguments and
-        # walking the fields a second time (a key roster nests n advertisements; every node decodes it).
+        # walking the fields a second time (views, rosters and graph seeds of n ids reach every node).
         message = object.__new__(cls)
         for name, kind, key, what_field, what in _layout(cls):
             raw = header[key]

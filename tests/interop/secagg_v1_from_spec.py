@@ -273,7 +273,7 @@ FIELDS = {
     "KeyAdvertisement": {"federation_id": _FED, "epoch": _INT, "node_id": _ID, "channel_key": _HEX32,
                          "mask_keys": [_HEX32], "commitments": [_HEX32], "graph_commitment": _HEX32,
                          "signature": _HEX64},
-    "KeyRoster": {"federation_id": _FED, "epoch": _INT, "advertisements": "adverts"},
+    "KeyRoster": {"federation_id": _FED, "epoch": _INT, "graph_commitments": {_HEX32}, "advertisement_bytes": "sizes"},
     "GraphSeedReveal": {"federation_id": _FED, "epoch": _INT, "node_id": _ID, "nonce": _HEX32},
     "GraphSeeds": {"federation_id": _FED, "epoch": _INT, "nonces": {_HEX32}},
     "ShareBundle": {"federation_id": _FED, "epoch": _INT, "node_id": _ID, "sealed": {_HEXANY}},
@@ -317,11 +317,9 @@ def _check(kind, v) -> None:
         ok = isinstance(v, dict) and set(v) == {"length", "ring_bits"} and v["ring_bits"] in (32, 64)
         if ok:
             _check(_INT, v["length"])
-    elif kind == "adverts":
-        ok = isinstance(v, list) and all(isinstance(a, dict) and a.get("type") == "KeyAdvertisement" for a in v)
-        for a in v if ok else []:
-            _check_fields("KeyAdvertisement", a)
-        ok = ok and [a["node_id"] for a in v] == sorted({a["node_id"] for a in v})
+    elif kind == "sizes":  # a roster's advertisement sizes (section 4): 1 to 2^20 of them, each 1 to 2^20 bytes
+        ok = isinstance(v, list) and 1 <= len(v) <= 2**20 and all(
+            isinstance(x, int) and not isinstance(x, bool) and 1 <= x <= 2**20 for x in v)
     if not ok:
         raise MessageError(f"bad field value {v!r}")
 
@@ -338,11 +336,11 @@ def _check_fields(mtype: str, header: dict) -> None:
 
 def encode_message(mtype: str, fields: dict, body: bytes = b"") -> bytes:
     header = canonical_json({"type": mtype, **fields})
-    return b"GFSA" + b"\x01" + struct.pack(">I", len(header)) + header + body
+    return b"GFSA" + b"\x02" + struct.pack(">I", len(header)) + header + body
 
 
 def decode_message(wire: bytes) -> tuple[str, dict, bytes]:
-    if len(wire) < 9 or wire[:4] != b"GFSA" or wire[4] != 1:
+    if len(wire) < 9 or wire[:4] != b"GFSA" or wire[4] != 2:
         raise MessageError("bad magic or version")
     (hlen,) = struct.unpack(">I", wire[5:9])
     if hlen > 64 * 2**20 or len(wire) < 9 + hlen:
@@ -358,12 +356,31 @@ def decode_message(wire: bytes) -> tuple[str, dict, bytes]:
     expected_body = 0
     if mtype == "MaskedInput":
         expected_body = header["words"]["length"] * header["words"]["ring_bits"] // 8
+    if mtype == "KeyRoster":
+        expected_body = sum(header["advertisement_bytes"])
+        if len(header["advertisement_bytes"]) != len(header["graph_commitments"]):
+            raise MessageError("one advertisement per member")
     if len(body) != expected_body:
         raise MessageError("bad body length")
     fields = {k: v for k, v in header.items() if k != "type"}
     if encode_message(mtype, fields, body) != wire:
         raise MessageError("not the canonical encoding")
     return mtype, fields, body
+
+
+def roster_advertisements(fields: dict, body: bytes) -> list[bytes]:
+    """A decoded roster's body, cut into its members' advertisement messages (section 4), in member order."""
+    out, at = [], 0
+    for size in fields["advertisement_bytes"]:
+        out.append(body[at:at + size])
+        at += size
+    return out
+
+
+def decode_roster(wire: bytes) -> tuple[dict, list[dict]]:
+    """A roster's fields and every member's advertisement fields (for tests: a node decodes only its holders')."""
+    _, fields, body = decode_message(wire)
+    return fields, [decode_message(ad)[1] for ad in roster_advertisements(fields, body)]
 
 
 def words_body(words: list[int], bits: int) -> bytes:
@@ -408,7 +425,7 @@ def message_stage(mtype: str, msg: dict, degree) -> str:
     if mtype == "RoundStart":  # a new epoch starts with the advertisements; the steady state with the inputs
         return "advertise_keys" if msg["epoch"] == msg["round"] else "masked_input"
     if mtype == "KeyRoster":
-        return "graph_seed" if is_sparse(degree, len(msg["advertisements"])) else "share_keys"
+        return "graph_seed" if is_sparse(degree, len(msg["graph_commitments"])) else "share_keys"
     return _STAGE[mtype]
 
 
@@ -449,7 +466,7 @@ class Node:
             self._refuse(why)
 
     def handle(self, wire: bytes) -> bytes:
-        mtype, msg, _ = decode_message(wire)  # MessageError before any rule is checked
+        mtype, msg, body = decode_message(wire)  # MessageError before any rule is checked
         self.stage = message_stage(mtype, msg, self.degree)
         self._require(self.state != "aborted", "session aborted: a new session is needed")
         self._require(msg["federation_id"] == self.fed, "other federation")
@@ -460,7 +477,7 @@ class Node:
                    }.get((self.state, mtype))
         if handler is None:
             self._refuse(f"{mtype} in state {self.state}")
-        return handler(msg)
+        return handler(msg, body) if mtype == "KeyRoster" else handler(msg)
 
     # -- 5.1
     def _on_round_start(self, msg):
@@ -490,22 +507,24 @@ class Node:
                                   for i, b in enumerate(self.b)],
                   "graph_commitment": commit(self.nonce, "graph-commit", self.fed, self.epoch, self.id).hex()}
         fields["signature"] = self.identity.sign(advert_payload(fields)).hex()
-        self.my_advert = {"type": "KeyAdvertisement", **fields}
+        self.my_advert, self.my_advert_wire = {"type": "KeyAdvertisement", **fields}, encode_message("KeyAdvertisement", fields)
         self.state = "advertised"
-        return encode_message("KeyAdvertisement", fields)
+        return self.my_advert_wire
 
-    def _on_roster(self, msg):
+    def _on_roster(self, msg, body):
         self._require(msg["epoch"] == self.epoch, "roster for another epoch")
-        ads = {a["node_id"]: a for a in msg["advertisements"]}
-        for v, a in ads.items():
+        self.members = sorted(msg["graph_commitments"])
+        for v in self.members:
             self._require(v in self.identity_keys, "non-provisioned node in roster")
-            self._require(a["federation_id"] == self.fed and a["epoch"] == self.epoch, "replayed advertisement")
-            self._require(len(a["mask_keys"]) == self.K == len(a["commitments"]), "wrong number of round keys")
-        self._require(len(ads) >= 3, "fewer than 3 members")
-        self._require(ads.get(self.id) == self.my_advert, "own advertisement altered")
-        self.ads, self.members = ads, sorted(ads)
+        self._require(len(self.members) >= 3, "fewer than 3 members")
+        # section 4: the advertisements stay wire bytes; only the holders' are decoded (5.3)
+        self.ad_wire = dict(zip(self.members, roster_advertisements(msg, body)))
+        self.graph_commitments = msg["graph_commitments"]
+        self._require(self.ad_wire.get(self.id) == self.my_advert_wire
+                      and self.graph_commitments[self.id] == self.my_advert["graph_commitment"],
+                      "own advertisement altered")
         self.f = fractional_bits(len(self.members), self.clip, self.bits)
-        self.roster_digest = H("roster", encode_message("KeyRoster", msg))
+        self.roster_digest = H("roster", encode_message("KeyRoster", msg, body))
         if is_sparse(self.degree, len(self.members)):
             self.state = "revealed"
             return encode_message("GraphSeedReveal", {"federation_id": self.fed, "epoch": self.epoch,
@@ -520,7 +539,7 @@ class Node:
         self._require(nonces[self.id] == self.nonce, "own nonce changed")
         for v, nonce in nonces.items():
             self._require(commit(nonce, "graph-commit", self.fed, self.epoch, v).hex()
-                          == self.ads[v]["graph_commitment"], "nonce does not match its commitment")
+                          == self.graph_commitments[v], "nonce does not match its commitment")
         return self._share_keys(graph_seed(self.fed, self.epoch, self.roster_digest, nonces))
 
     # -- 5.3
@@ -529,9 +548,19 @@ class Node:
         self.neighbours = [v for v in self.holders[self.id] if v != self.id]
         m = holders_per_owner(self.degree, len(self.members))
         self._require(self.t <= m and 2 * self.t > m + self.z, "threshold does not fit the graph")
-        for v in self.holders[self.id]:
-            self._require(ed25519_verify(self.identity_keys[v], bytes.fromhex(self.ads[v]["signature"]),
-                                         advert_payload(self.ads[v])), "bad advertisement signature")
+        self.ads = {}
+        for v in self.holders[self.id]:  # 5.1: each holder's advertisement, decoded and checked here
+            try:
+                mtype, a, _ = decode_message(self.ad_wire[v])
+            except MessageError:
+                self._refuse(f"advertisement of {v} does not decode")
+            self._require(mtype == "KeyAdvertisement" and a["node_id"] == v, "roster entry is not that member's advertisement")
+            self._require(a["federation_id"] == self.fed and a["epoch"] == self.epoch, "replayed advertisement")
+            self._require(len(a["mask_keys"]) == self.K == len(a["commitments"]), "wrong number of round keys")
+            self._require(a["graph_commitment"] == self.graph_commitments[v], "graph commitment differs from the roster's")
+            self._require(ed25519_verify(self.identity_keys[v], bytes.fromhex(a["signature"]), advert_payload(a)),
+                          "bad advertisement signature")
+            self.ads[v] = a
         log, polys, coefficient_bytes = [], [], []
         for i in range(self.K):  # s^i's polynomial, then b^i's (2.9 item 2)
             entry = {}
@@ -665,8 +694,11 @@ def server_round_start(fed: str, rnd: int, epoch: int, anchor_digest: str, d: in
 
 
 def server_roster(fed: str, epoch: int, adverts: list[dict]) -> bytes:
-    ads = sorted(({"type": "KeyAdvertisement", **a} for a in adverts), key=lambda a: a["node_id"])
-    return encode_message("KeyRoster", {"federation_id": fed, "epoch": epoch, "advertisements": ads})
+    ads = sorted(adverts, key=lambda a: a["node_id"])
+    wires = [encode_message("KeyAdvertisement", {k: v for k, v in a.items() if k != "type"}) for a in ads]
+    return encode_message("KeyRoster", {"federation_id": fed, "epoch": epoch,
+                                        "graph_commitments": {a["node_id"]: a["graph_commitment"] for a in ads},
+                                        "advertisement_bytes": [len(w) for w in wires]}, b"".join(wires))
 
 
 def server_graph_seeds(fed: str, epoch: int, reveals: list[dict]) -> bytes:

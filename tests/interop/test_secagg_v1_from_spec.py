@@ -102,7 +102,7 @@ def inbox_of(case) -> ServerInbox:
 def server_graph(case):
     """What the server knows of the epoch: roster adverts, roster digest, graph seed, holders."""
     roster_wire = next(bytes.fromhex(m["hex"]) for m in case["transcript"] if m["kind"] == "KeyRoster")
-    adverts = {a["node_id"]: a for a in spec.decode_message(roster_wire)[1]["advertisements"]}
+    adverts = {a["node_id"]: a for a in spec.decode_roster(roster_wire)[1]}
     digest = spec.H("roster", roster_wire)
     reveals = inbox_of(case).epoch["GraphSeedReveal"]
     seed = (spec.graph_seed(case["federation_id"], 1, digest, {r["node_id"]: bytes.fromhex(r["nonce"]) for r in reveals})
@@ -427,7 +427,7 @@ def test_section_4_example_round_start():
                                    len(VALID[0]["inputs"]["node-0"]))
     # Assert
     assert first["kind"] == "RoundStart" and wire.hex() == first["hex"]
-    assert wire[:9] == b"GFSA\x01\x00\x00\x00\xa8" and wire[9:].startswith(b'{"anchor_digest":"b31a')
+    assert wire[:9] == b"GFSA\x02\x00\x00\x00\xa8" and wire[9:].startswith(b'{"anchor_digest":"b31a')
     assert wire.endswith(b'72be","epoch":1,"federation_id":"vectors","round":1,"type":"RoundStart","vector_length":6}')
 
 
@@ -544,6 +544,24 @@ def _mutated(fields_fn):
     return mutate
 
 
+def _roster_mutated(adverts_fn):
+    """The roster rebuilt as the server of section 5.1 would, from its advertisements changed by ``adverts_fn``."""
+    def mutate(wire: bytes) -> bytes:
+        fields, adverts = spec.decode_roster(wire)
+        return spec.server_roster(fields["federation_id"], fields["epoch"], adverts_fn(adverts))
+    return mutate
+
+
+def _roster_body_mutated(blobs_fn):
+    """The roster with the same header and its advertisement messages (equal sizes) changed by ``blobs_fn``."""
+    def mutate(wire: bytes) -> bytes:
+        _, fields, body = spec.decode_message(wire)
+        blobs = blobs_fn(spec.roster_advertisements(fields, body))
+        assert [len(b) for b in blobs] == fields["advertisement_bytes"]
+        return spec.encode_message("KeyRoster", fields, b"".join(blobs))
+    return mutate
+
+
 def _drop_key(mapping: dict, key: str) -> dict:
     return {k: v for k, v in mapping.items() if k != key}
 
@@ -562,12 +580,17 @@ MUTATIONS = [
     ("anchor digest changed (5.1)", 0, "node-0", 1, "ready",
      _mutated(lambda f: {**f, "anchor_digest": "00" * 32})),
     ("roster with a non-provisioned node (5.1)", 0, "node-0", 1, "advertised",
-     _mutated(lambda f: {**f, "advertisements": f["advertisements"] + [{**f["advertisements"][1], "node_id": "node-9"}]})),
+     _roster_mutated(lambda a: a + [{**a[1], "node_id": "node-9"}])),
     ("roster with fewer than 3 members (5.1)", 0, "node-0", 1, "advertised",
-     _mutated(lambda f: {**f, "advertisements": f["advertisements"][:2]})),
+     _roster_mutated(lambda a: a[:2])),
     ("roster with a replaced mask key of another node (5.3)", 0, "node-0", 1, "advertised",
-     _mutated(lambda f: {**f, "advertisements": [f["advertisements"][0], {**f["advertisements"][1], "mask_keys": [
-         f["advertisements"][2]["mask_keys"][0]]}] + f["advertisements"][2:]})),
+     _roster_mutated(lambda a: [a[0], {**a[1], "mask_keys": [a[2]["mask_keys"][0]]}] + a[2:])),
+    ("roster listing another graph commitment than a holder's advertisement (5.1)", 0, "node-0", 1, "advertised",
+     _mutated(lambda f: {**f, "graph_commitments": {**f["graph_commitments"], "node-1": "22" * 32}})),
+    ("roster entry that is another member's advertisement (5.1)", 0, "node-0", 1, "advertised",
+     _roster_body_mutated(lambda ads: [ads[0], ads[2], ads[1], *ads[3:]])),
+    ("roster entry that does not decode (5.1)", 0, "node-0", 1, "advertised",
+     _roster_body_mutated(lambda ads: [ads[0], b"GFSA" + bytes(len(ads[1]) - 4), *ads[2:]])),
     ("graph seeds with one nonce replaced (5.2)", 2, "node-0", 1, "revealed",
      _mutated(lambda f: {**f, "nonces": {**f["nonces"], "node-3": "11" * 32}})),
     ("graph seeds with one nonce left out (5.2)", 2, "node-0", 1, "revealed",

@@ -38,6 +38,7 @@ from geofed_secure.wire.codec import (
     canonical_json,
     check_digest,
     check_id,
+    check_ids,
     check_int,
     schema,
 )
@@ -152,6 +153,25 @@ def test_check_id_refuses(value):
 @pytest.mark.parametrize("value", ["a", "A.b_c-9", "9" + "x" * 63])
 def test_check_id_accepts(value):
     assert check_id(value, what="id") == value
+
+
+@pytest.mark.parametrize("value", ["", "-a", ".a", "a b", "a" * 65, "é", "a\n", "a\nb", "\n", 3, None, b"a"])
+def test_a_list_or_map_of_ids_refuses_what_check_id_refuses(value):
+    # Prepare: the bad id among good ones (the whole run is matched at once, "a\nb" would split into two good ids)
+    ids = ["x", value, "z"]
+    # Execute / Assert
+    with pytest.raises(MessageError, match="Thing.ids"):
+        check_ids(ids, what="Thing.ids")
+    with pytest.raises(MessageError, match="Thing.ids"):
+        List(ID).check(ids, what="Thing.ids")
+    if isinstance(value, str):
+        with pytest.raises(MessageError, match="Thing.ids"):
+            IdMap(Int()).check(dict.fromkeys(ids, 1), what="Thing.ids")
+
+
+def test_a_list_of_ids_accepts_good_ids_and_none():
+    assert check_ids(["a", "A.b_c-9", "9" + "x" * 63], what="ids") is None
+    assert List(ID).check([], what="ids") == ()
 
 
 @pytest.mark.parametrize("value", ["AB" * 32, "ab" * 31, "ab" * 33, "ab" * 32 + "\n", "g" * 64, 5, None])

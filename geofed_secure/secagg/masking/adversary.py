@@ -158,13 +158,14 @@ class InjectKey(Adversary):
             return dict(outgoing)
         identity, _ = crypto.ed25519_keypair(ctx.rng)
         _, channel = crypto.x25519_keypair(ctx.rng)
-        keys = tuple(crypto.x25519_keypair(ctx.rng)[1] for _ in first.advertisements[0].mask_keys)
+        adverts = first.decoded()
+        keys = tuple(crypto.x25519_keypair(ctx.rng)[1] for _ in adverts[0].mask_keys)
         commitments = tuple(crypto.commitment(ctx.rng.token(32), "sybil") for _ in keys)
         fed, sybil = first.federation_id, "zz-sybil"
         fields: dict[str, Any] = {"federation_id": fed, "epoch": first.epoch, "node_id": sybil, "channel_key": channel, "mask_keys": keys,
                       "commitments": commitments, "graph_commitment": crypto.commitment(ctx.rng.token(32), "sybil")}
         fake = KeyAdvertisement(**fields, signature=crypto.sign(identity, advertisement_signed_bytes(**fields)))
-        roster = KeyRoster(federation_id=fed, epoch=first.epoch, advertisements=(*first.advertisements, fake))
+        roster = KeyRoster.of(fed, first.epoch, (*adverts, fake))
         return {v: roster for v in outgoing}
 
 
@@ -177,10 +178,10 @@ class ReplaceKey(Adversary):
         first = next(iter(outgoing.values()), None)
         if not isinstance(first, KeyRoster):
             return dict(outgoing)
-        victim = first.advertisements[0]
+        victim, *others = first.decoded()
         _, server_key = crypto.x25519_keypair(ctx.rng)
         forged = dataclasses.replace(victim, mask_keys=(server_key, *victim.mask_keys[1:]))
-        roster = dataclasses.replace(first, advertisements=(forged, *first.advertisements[1:]))
+        roster = KeyRoster.of(first.federation_id, first.epoch, (forged, *others))
         return {v: roster for v in outgoing}
 
 

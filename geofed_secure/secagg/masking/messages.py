@@ -1,8 +1,9 @@
 """Messages of secagg-v1 (SPEC section 4): frozen, validated when built, with one canonical wire encoding.
 
 Wire format: ``b"GFSA" | version (1 byte) | header length (4 bytes, big-endian) | header | body``. The header
-is canonical JSON (sorted keys, no spaces) holding ``type`` and every field; bytes are lowercase hex; the
-body carries only the ring words of a :class:`MaskedInput`. Each message declares ``SCHEMA = {field: kind}``
+is canonical JSON (sorted keys, no spaces) holding ``type`` and every field; bytes are lowercase hex; a body
+carries the ring words of a :class:`MaskedInput` or the advertisements (each its own wire bytes) of a
+:class:`KeyRoster`. Each message declares ``SCHEMA = {field: kind}``
 with the shared kinds of :mod:`geofed_secure.wire.codec`, which checks, encodes and decodes it;
 :func:`decode` checks the exact field set and every type, length and range, and raises only
 :class:`~geofed_secure.errors.MessageError`.
@@ -14,7 +15,7 @@ another kind.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -27,12 +28,12 @@ from geofed_secure.wire.codec import (
     ID,
     IDS,
     Bytes,
+    Chunks,
     Codec,
     Framing,
     IdMap,
     Int,
     List,
-    Nested,
     WireMessage,
     Words,
     canonical_json,
@@ -40,7 +41,7 @@ from geofed_secure.wire.codec import (
 )
 
 MAGIC = b"GFSA"
-VERSION = 1
+VERSION = 2  # 2: the KeyRoster carries advertisements as wire bytes in its body (1: nested headers)
 MAX_HEADER_BYTES = 64 * 1024 * 1024
 FRAMING = Framing(name="secagg-v1", magic=MAGIC, version=VERSION, max_header_bytes=MAX_HEADER_BYTES)
 
@@ -51,6 +52,8 @@ SIG = Bytes(SIGNATURE_BYTES)
 KEYS = List(KEY, min_count=1)
 ID_BLOBS, ID_KEYS, ID_SIGS = IdMap(Bytes()), IdMap(KEY), IdMap(SIG)
 WORDS = Words(ring_bits=(32, 64))
+# A roster's advertisements: one per member (at most 2^20), each at most 1 MiB (K = 1024 round keys is ~140 kB).
+ADVERTS = Chunks(max_count=2**20, max_chunk_bytes=2**20, size_key="advertisement_bytes")
 
 
 class _Message(WireMessage):
@@ -105,13 +108,45 @@ class KeyAdvertisement(_Message):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class KeyRoster(_Message):
-    """Server -> node: every advertisement received for the epoch (each still signed by its node)."""
+    """Server -> node: the epoch's members with their graph commitments, and every member's advertisement.
+
+    ``graph_commitments`` lists the members (sorted ids) with the graph commitment of each one's advertisement;
+    ``advertisements`` travels in the body: each member's KeyAdvertisement as its own wire bytes, in member order,
+    still signed by its node. A node decodes only the advertisements it uses (its share holders', SPEC 5.3), so
+    its key material per epoch is O(degree), not O(n); the commitments are all it needs of the others (the graph
+    seed, SPEC 5.2). Build one with :meth:`of`.
+    """
 
     federation_id: str
     epoch: int
-    advertisements: tuple[KeyAdvertisement, ...]
-    SCHEMA: ClassVar = schema(federation_id=ID, epoch=INT,
-                              advertisements=List(Nested(KeyAdvertisement), sorted_by="node_id"))
+    graph_commitments: Mapping[str, bytes]
+    advertisements: tuple[bytes, ...]
+    SCHEMA: ClassVar = schema(federation_id=ID, epoch=INT, graph_commitments=ID_KEYS, advertisements=ADVERTS)
+
+    def _check_together(self) -> None:
+        if len(self.advertisements) != len(self.graph_commitments):
+            raise MessageError(f"KeyRoster: {len(self.graph_commitments)} members but {len(self.advertisements)} "
+                               "advertisements (one per member, in member order)")
+
+    @classmethod
+    def of(cls, federation_id: str, epoch: int, adverts: Iterable[KeyAdvertisement]) -> KeyRoster:
+        """The roster of ``adverts`` (any order; one per member): their wire bytes and graph commitments."""
+        ordered = sorted(adverts, key=lambda a: a.node_id)
+        return cls(federation_id=federation_id, epoch=epoch,
+                   graph_commitments={a.node_id: a.graph_commitment for a in ordered},
+                   advertisements=tuple(a.encode() for a in ordered))
+
+    @property
+    def members(self) -> tuple[str, ...]:
+        """The member ids, sorted (the order of :attr:`advertisements`)."""
+        return tuple(self.graph_commitments)
+
+    def decoded(self) -> tuple[KeyAdvertisement, ...]:
+        """Every advertisement, decoded (for adversaries and tests: a node decodes only its holders')."""
+        adverts = tuple(decode(blob) for blob in self.advertisements)
+        if not all(isinstance(a, KeyAdvertisement) for a in adverts):
+            raise MessageError("KeyRoster: the body holds a message that is not a KeyAdvertisement")
+        return adverts  # type: ignore[return-value]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -15,6 +15,7 @@ What each party learns, and the node-side rules that make it so: the package doc
 
 from __future__ import annotations
 
+import bisect
 import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -51,6 +52,7 @@ from geofed_secure.secagg.masking.spec import (
     Provisioning,
     channel_key,
     check_roster,
+    holder_advertisements,
     pairwise_mask,
     plan_epoch,
     roster_digest,
@@ -260,20 +262,20 @@ class MaskingNode(StateMachine[NodeState, NodeEvent]):
 
     def _on_roster(self, roster: KeyRoster) -> ShareBundle | GraphSeedReveal:
         stage = "share_keys"
-        target = self._accept(roster, NodeEvent.KEY_ROSTER, graph_guard(self.params.degree, len(roster.advertisements)), stage)
+        target = self._accept(roster, NodeEvent.KEY_ROSTER, graph_guard(self.params.degree, len(roster.graph_commitments)), stage)
         if roster.epoch != self.round:
             raise self._abort(f"roster for epoch {roster.epoch} during the set-up of epoch {self.round} (replayed)", stage)
-        assert self.epoch is not None
+        assert self.epoch is not None and self._advertised is not None
         try:
-            check_roster(self.provisioning, roster, party=self.node_id)
+            members = check_roster(self.provisioning, roster, party=self.node_id)
         except ProtocolAborted:  # a security stop found by a shared check: this session ends too
             self._enter_aborted()
             raise
-        mine = next((a for a in roster.advertisements if a.node_id == self.node_id), None)
-        if mine is None or mine != self._advertised:
+        i = bisect.bisect_left(members, self.node_id)
+        if (i == len(members) or members[i] != self.node_id or roster.advertisements[i] != self._advertised.encode()
+                or roster.graph_commitments[self.node_id] != self._advertised.graph_commitment):
             raise self._abort("the roster does not hold this node's own advertisement unchanged (dropped or replaced)", stage)
         self.epoch.roster, self.epoch.roster_digest = roster, roster_digest(roster)
-        self.epoch.adverts = {a.node_id: a for a in roster.advertisements}
         if target is NodeState.REVEALED:  # SecAgg+: the graph waits for every member's nonce (commit-reveal, SPEC 5.2)
             self.state = target
             return GraphSeedReveal(federation_id=roster.federation_id, epoch=roster.epoch, node_id=self.node_id,
@@ -293,7 +295,9 @@ class MaskingNode(StateMachine[NodeState, NodeEvent]):
     def _plan(self, roster: KeyRoster, nonces: Mapping[str, bytes] | None) -> EpochPlan:
         try:
             assert self.epoch is not None and self.epoch.roster is roster
-            return plan_epoch(self.provisioning, roster, party=self.node_id, nonces=nonces, digest=self.epoch.roster_digest)
+            plan = plan_epoch(self.provisioning, roster, party=self.node_id, nonces=nonces, digest=self.epoch.roster_digest)
+            self.epoch.adverts = holder_advertisements(self.provisioning, roster, plan, party=self.node_id)
+            return plan
         except ProtocolAborted:  # a security stop found by a shared check: this session ends too
             self._enter_aborted()
             raise

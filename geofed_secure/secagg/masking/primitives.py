@@ -20,7 +20,7 @@ import functools
 import hashlib
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -267,9 +267,42 @@ def commitment(secret: bytes, *context: str | int, purpose: str = "commit") -> b
     return hashlib.sha256(_PROTOCOL_FIELD + _field(purpose) + b"".join(_field(c) for c in context) + secret).digest()
 
 
+def first_unopened(secrets: Mapping[str, bytes], commitments: Mapping[str, bytes], *context: str | int,
+                   purpose: str) -> str | None:
+    """The first owner whose secret does not open its commitment, or None when all do.
+
+    Owner ``v``'s commitment is ``commitment(secrets[v], *context, v, purpose=purpose)``; the common prefix is
+    hashed once (a SecAgg+ node checks every member's graph commitment: O(n) hashes of a few dozen bytes).
+    """
+    prefix = hashlib.sha256(_PROTOCOL_FIELD + _field(purpose) + b"".join(_field(c) for c in context))
+    for owner, committed in commitments.items():
+        secret = secrets[owner]
+        if len(secret) != KEY_BYTES:
+            raise ValueError("commitments are to 32-byte secrets")
+        h = prefix.copy()
+        h.update(_field(owner) + secret)
+        if h.digest() != committed:
+            return owner
+    return None
+
+
 def digest(purpose: str, *parts: str | bytes | int) -> bytes:
-    """SHA-256(field(PROTOCOL_ID) || field(purpose) || field(p1) || ... || field(pk)): a domain-separated hash."""
-    return hashlib.sha256(_PROTOCOL_FIELD + _field(purpose) + b"".join(_field(p) for p in parts)).digest()
+    """SHA-256(field(PROTOCOL_ID) || field(purpose) || field(p1) || ... || field(pk)): a domain-separated hash.
+
+    Large parts (a roster's wire bytes) are hashed where they lie, never copied into a joined buffer.
+    """
+    h = hashlib.sha256(_PROTOCOL_FIELD + _field(purpose))
+    small: list[bytes] = []
+    for part in parts:
+        if type(part) is bytes and len(part) >= 65536:
+            small.append(len(part).to_bytes(4, "big"))
+            h.update(b"".join(small))
+            h.update(part)
+            small.clear()
+        else:
+            small.append(_field(part))
+    h.update(b"".join(small))
+    return h.digest()
 
 
 def _field_element(rng: Randomness) -> int:

@@ -232,8 +232,7 @@ class MaskingServer(StateMachine[ServerState, ServerEvent]):
         return self.plan.view_floor if self.plan else MIN_COHORT
 
     def _close_advertisements(self) -> dict[str, Message]:
-        adverts = tuple(self._adverts[v] for v in sorted(self._adverts))
-        roster = KeyRoster(federation_id=self.provisioning.federation_id, epoch=self.round, advertisements=adverts)
+        roster = KeyRoster.of(self.provisioning.federation_id, self.round, self._adverts.values())
         try:
             members = check_roster(self.provisioning, roster, party=SERVER)
             guard = graph_guard(self.params.degree, len(members))
@@ -248,7 +247,7 @@ class MaskingServer(StateMachine[ServerState, ServerEvent]):
 
     def _close_reveals(self) -> dict[str, Message]:
         assert self._roster is not None
-        members = tuple(a.node_id for a in self._roster.advertisements)
+        members = self._roster.members
         missing = [v for v in members if v not in self._reveals]
         if missing:  # choosing a subset of the nonces would let the server grind the graph: never
             raise self._abort(f"{len(missing)} member(s) ({', '.join(missing[:3])}) did not reveal their graph-seed nonce; "

@@ -7,6 +7,7 @@ SecAgg+ graph, the epoch plan each party checks, and the mask keystreams. The st
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -16,13 +17,15 @@ import numpy as np
 from geofed_secure.errors import (
     ConfigError,
     LocalProtocolError,
+    MessageError,
     ProtocolAborted,
 )
-from geofed_secure.secagg.common import SERVER
 from geofed_secure.secagg.masking import primitives as crypto
 from geofed_secure.secagg.masking.fixedpoint import FixedPoint
 from geofed_secure.secagg.masking.messages import (
+    KeyAdvertisement,
     KeyRoster,
+    decode,
     signed_bytes_of,
 )
 
@@ -259,23 +262,61 @@ class RingHolders(Mapping[str, tuple[str, ...]]):
 
 
 def check_roster(provisioning: Provisioning, roster: KeyRoster, *, party: str) -> tuple[str, ...]:
-    """The roster checks that need no graph (SPEC 5.1); returns the members. A bad roster aborts."""
-    params = provisioning.parameters
-    for advert in roster.advertisements:
-        if advert.node_id not in provisioning.identities:
-            raise ProtocolAborted(f"roster holds keys of {advert.node_id!r}, who is not a provisioned node (injected key)",
-                                  party=party, stage="share_keys")
-        if advert.federation_id != provisioning.federation_id or advert.epoch != roster.epoch:
-            raise ProtocolAborted(f"the advertisement of {advert.node_id!r} is for another federation or epoch (replayed)",
-                                  party=party, stage="share_keys")
-        if len(advert.mask_keys) != params.rounds_per_epoch:
-            raise ProtocolAborted(f"{advert.node_id!r} advertised {len(advert.mask_keys)} round keys, the federation uses "
-                                  f"{params.rounds_per_epoch}", party=party, stage="share_keys")
-    members = tuple(a.node_id for a in roster.advertisements)
+    """The roster checks that need no graph (SPEC 5.1); returns the members. A bad roster aborts.
+
+    Only the member list is checked here; an advertisement is decoded and checked where it is used
+    (:func:`roster_advertisement`): the server checked every one on arrival.
+    """
+    members = roster.members
+    strangers = [v for v in members if v not in provisioning.identities]
+    if strangers:
+        raise ProtocolAborted(f"roster holds keys of {strangers[0]!r}, who is not a provisioned node (injected key)",
+                              party=party, stage="share_keys")
     if len(members) < MIN_COHORT:
         raise ProtocolAborted(f"epoch {roster.epoch} has {len(members)} member(s); the floor is {MIN_COHORT}",
                               party=party, stage="share_keys")
     return members
+
+
+def roster_advertisement(provisioning: Provisioning, roster: KeyRoster, index: int, *, party: str) -> KeyAdvertisement:
+    """Decode and check the advertisement of member ``index`` of a roster (SPEC 5.1, 5.3); a bad one aborts.
+
+    It must be a KeyAdvertisement of that very member, for this federation and epoch, with the federation's
+    number of round keys and the graph commitment the roster lists for it, signed by the member's identity key.
+    """
+    member = roster.members[index]
+    try:
+        advert = decode(roster.advertisements[index])
+    except MessageError as exc:
+        raise ProtocolAborted(f"the roster's advertisement of {member!r} is malformed ({exc})",
+                              party=party, stage="share_keys") from None
+    if not isinstance(advert, KeyAdvertisement) or advert.node_id != member:
+        raise ProtocolAborted(f"the roster lists {member!r} with another message or another node's advertisement "
+                              "(replaced key)", party=party, stage="share_keys")
+    if advert.federation_id != provisioning.federation_id or advert.epoch != roster.epoch:
+        raise ProtocolAborted(f"the advertisement of {member!r} is for another federation or epoch (replayed)",
+                              party=party, stage="share_keys")
+    if len(advert.mask_keys) != provisioning.parameters.rounds_per_epoch:
+        raise ProtocolAborted(f"{member!r} advertised {len(advert.mask_keys)} round keys, the federation uses "
+                              f"{provisioning.parameters.rounds_per_epoch}", party=party, stage="share_keys")
+    if advert.graph_commitment != roster.graph_commitments[member]:
+        raise ProtocolAborted(f"the roster lists a graph commitment of {member!r} that its advertisement does not "
+                              "hold (the server tried to steer the graph)", party=party, stage="share_keys")
+    if not crypto.verify(provisioning.identities[member], advert.signature, signed_bytes_of(advert)):
+        raise ProtocolAborted(f"the keys advertised for {member!r} are not signed by its identity key "
+                              "(injected, replaced or replayed key)", party=party, stage="share_keys")
+    return advert
+
+
+def holder_advertisements(provisioning: Provisioning, roster: KeyRoster, plan: EpochPlan, *,
+                          party: str) -> dict[str, KeyAdvertisement]:
+    """The checked advertisements of ``party``'s share holders (its neighbours), the only keys a node uses.
+
+    O(degree) decodings and signature checks per node: the rest of the roster stays undecoded bytes. A forged
+    advertisement elsewhere can change the graph (availability) but no key this node encrypts or masks with.
+    """
+    return {v: roster_advertisement(provisioning, roster, bisect.bisect_left(plan.members, v), party=party)
+            for v in plan.holders[party] if v != party}
 
 
 def plan_epoch(provisioning: Provisioning, roster: KeyRoster, *, party: str,
@@ -283,18 +324,16 @@ def plan_epoch(provisioning: Provisioning, roster: KeyRoster, *, party: str,
     """Check a roster (and, for a SecAgg+ graph, every member's revealed nonce) and derive the epoch plan.
 
     ``digest``: :func:`roster_digest` of this very roster when the caller computed it already (a SecAgg+ node hashes
-    the roster when it arrives, while its encoding is at hand, and plans after the graph seeds).
+    the roster when it arrives and plans after the graph seeds).
 
-    A bad roster or nonce aborts: this is where injected or replaced keys and a steered graph are caught. The
-    server verifies every advertisement's signature (on arrival); a node verifies those of its share holders, the
-    only keys it ever uses (a forged advertisement elsewhere can change the graph, i.e. availability, but no key
-    this node encrypts or masks with). This keeps a node's set-up cost O(degree) signatures instead of O(n).
+    A bad roster or nonce aborts: this is where a steered graph is caught. Keys are checked where they are used:
+    the server verified every advertisement on arrival (MaskingServer.receive); a node checks those of its share
+    holders (:func:`holder_advertisements`) and compares its own byte for byte.
     """
     params = provisioning.parameters
     members = check_roster(provisioning, roster, party=party)
     fed, epoch = provisioning.federation_id, roster.epoch
     digest = digest or roster_digest(roster)
-    by_id = {a.node_id: a for a in roster.advertisements}
     seed = None
     if is_sparse(params.degree, len(members)):
         if nonces is None:
@@ -304,10 +343,10 @@ def plan_epoch(provisioning: Provisioning, roster: KeyRoster, *, party: str,
             raise ProtocolAborted(f"graph-seed nonces of {missing[:3]} are missing or strangers' nonces were added: the "
                                   "graph must come from every member's nonce (the server may not pick a subset)",
                                   party=party, stage="share_keys")
-        for v in members:
-            if crypto.commitment(nonces[v], fed, epoch, v, purpose="graph-commit") != by_id[v].graph_commitment:
-                raise ProtocolAborted(f"the graph-seed nonce of {v!r} does not match its commitment (the server tried to "
-                                      "steer the graph)", party=party, stage="share_keys")
+        unopened = crypto.first_unopened(nonces, roster.graph_commitments, fed, epoch, purpose="graph-commit")
+        if unopened is not None:
+            raise ProtocolAborted(f"the graph-seed nonce of {unopened!r} does not match its commitment (the server tried "
+                                  "to steer the graph)", party=party, stage="share_keys")
         seed = graph_seed(fed, epoch, digest, nonces, members)
     holders = neighbourhoods(members, params.degree, seed)
     m = len(holders[members[0]])
@@ -319,14 +358,6 @@ def plan_epoch(provisioning: Provisioning, roster: KeyRoster, *, party: str,
     if 2 * threshold <= m + params.colluders:
         raise ProtocolAborted(f"threshold {threshold} of {m} share holders is not above (holders + colluders) / 2 = "
                               f"{(m + params.colluders) / 2:g}", party=party, stage="share_keys")
-    # The server verified each advertisement on arrival (MaskingServer.receive); a node its holders but itself
-    # (it compares its own advertisement byte for byte).
-    to_verify = () if party == SERVER else tuple(v for v in holders.get(party, members) if v != party)
-    for node_id in to_verify:
-        advert = by_id[node_id]
-        if not crypto.verify(provisioning.identities[node_id], advert.signature, signed_bytes_of(advert)):
-            raise ProtocolAborted(f"the keys advertised for {node_id!r} are not signed by its identity key "
-                                  "(injected, replaced or replayed key)", party=party, stage="share_keys")
     return EpochPlan(epoch=epoch, members=members, holders=holders, threshold=threshold,
                      quorum=view_quorum(m, params.colluders),
                      fixed_point=FixedPoint.for_cohort(len(members), params.clip, params.ring_bits),

@@ -156,9 +156,9 @@ def _invalid_cases(valid: dict[str, Any]) -> list[dict[str, Any]]:
     delivery_rec = next(r for r in records if r["kind"] == "ShareDelivery")
     unmask_rec = next(r for r in records if r["kind"] == "UnmaskRequest")
     assert isinstance(roster, KeyRoster)
-    victim = roster.advertisements[0]
-    replaced = dataclasses.replace(victim, channel_key=roster.advertisements[1].channel_key)
-    bad_roster = dataclasses.replace(roster, advertisements=(replaced, *roster.advertisements[1:]))
+    victim, second, *rest = roster.decoded()
+    replaced = dataclasses.replace(victim, channel_key=second.channel_key)
+    bad_roster = KeyRoster.of(roster.federation_id, roster.epoch, (replaced, second, *rest))
     delivery = decode(bytes.fromhex(delivery_rec["hex"]))
     assert isinstance(delivery, ShareDelivery)
     sender = next(iter(delivery.sealed))
@@ -179,8 +179,8 @@ def _invalid_cases(valid: dict[str, Any]) -> list[dict[str, Any]]:
          "hex": unmask_rec["hex"][:-2], "error": "MessageError"},
         {"name": "non-canonical header (extra space)", "rule": "4: one encoding per message", "receiver_state": "any", "receiver": unmask_rec["receiver"],
          "hex": _with_space(bytes.fromhex(unmask_rec["hex"])).hex(), "error": "MessageError"},
-        {"name": "unknown wire version", "rule": "4: version 0x01", "receiver_state": "any", "receiver": unmask_rec["receiver"],
-         "hex": (b"GFSA\x02" + bytes.fromhex(unmask_rec["hex"])[5:]).hex(), "error": "MessageError"},
+        {"name": "superseded wire version 0x01", "rule": "4: version 0x02", "receiver_state": "any", "receiver": unmask_rec["receiver"],
+         "hex": (b"GFSA\x01" + bytes.fromhex(unmask_rec["hex"])[5:]).hex(), "error": "MessageError"},
     ]
 
 

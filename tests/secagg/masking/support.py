@@ -147,8 +147,8 @@ def individual_inputs_the_server_can_compute(transcript, round_, *, threshold, c
     roster = next((m for m in messages if isinstance(m, KeyRoster)), None)
     if roster is None:
         return {}
-    members = tuple(a.node_id for a in roster.advertisements)
-    adverts = {a.node_id: a for a in roster.advertisements}
+    members = roster.members
+    adverts = {a.node_id: a for a in roster.decoded()}
     epoch = roster.epoch
     i = round_ - epoch
     fid = roster.federation_id
@@ -248,8 +248,8 @@ def reference_round():
     stages = drive(fed, 1, table_vectors(), silent={"collect_inputs": {"n4"}})
     inbox = [stage.outgoing["n0"] for stage in stages]
     start, roster, seeds, delivery, check, unmask = inbox
-    small = dataclasses.replace(roster, advertisements=roster.advertisements[:5])  # n0..n4: a complete graph
-    assert graph_guard(TABLE_DEGREE, len(small.advertisements)) is Guard.COMPLETE_GRAPH
+    small = KeyRoster.of(roster.federation_id, roster.epoch, roster.decoded()[:5])  # n0..n4: a complete graph
+    assert graph_guard(TABLE_DEGREE, len(small.members)) is Guard.COMPLETE_GRAPH
     nobody = UnmaskRequest(federation_id=fed.provisioning.federation_id, round=1, alive=TABLE_IDS, dropped=(), signatures={})
     replies = {type(r): r for stage in stages for r in stage.replies.values()}
     return {"start": start, "roster": roster, "small_roster": small, "seeds": seeds, "delivery": delivery, "check": check,

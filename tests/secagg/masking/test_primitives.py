@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
 
@@ -224,6 +225,32 @@ def test_commitment_binds_secret_and_context():
     assert c == crypto.commitment(SECRET, "fed", 1, "a")
     assert len({c, crypto.commitment(SECRET, "fed", 2, "a"), crypto.commitment(SECRET, "fed", 1, "b"),
                 crypto.commitment(bytes(32), "fed", 1, "a")}) == 4
+
+
+@pytest.mark.parametrize("big", [65535, 65536, 300_000])
+def test_digest_of_large_and_small_parts_is_the_spec_formula(big):
+    # Prepare: SPEC 2.2's field(x) = 4-byte big-endian length || x, written out here independently
+    def field(x: bytes) -> bytes:
+        return len(x).to_bytes(4, "big") + x
+
+    parts = (b"a", bytes(range(256)) * (big // 256) + b"z" * (big % 256), "fed", 7, b"\x01" * 70_000, b"tail")
+    raw = [p if isinstance(p, bytes) else str(p).encode() for p in parts]
+    expected = hashlib.sha256(field(crypto.PROTOCOL_ID) + field(b"roster") + b"".join(field(p) for p in raw)).digest()
+    # Execute / Assert
+    assert crypto.digest("roster", *parts) == expected
+
+
+def test_first_unopened_finds_exactly_the_secret_that_does_not_open_its_commitment():
+    # Prepare: commitments of three owners' secrets, made one by one with commitment()
+    secrets = {v: bytes([i]) * 32 for i, v in enumerate("abc")}
+    listed = {v: crypto.commitment(s, "fed", 4, v, purpose="graph-commit") for v, s in secrets.items()}
+    # Execute / Assert
+    assert crypto.first_unopened(secrets, listed, "fed", 4, purpose="graph-commit") is None
+    assert crypto.first_unopened({**secrets, "b": bytes(32)}, listed, "fed", 4, purpose="graph-commit") == "b"
+    assert crypto.first_unopened(secrets, listed, "fed", 5, purpose="graph-commit") == "a"  # another epoch
+    assert crypto.first_unopened(secrets, listed, "fed", 4, purpose="commit") == "a"  # another purpose
+    with pytest.raises(ValueError, match="32-byte"):
+        crypto.first_unopened({**secrets, "a": b"short"}, listed, "fed", 4, purpose="graph-commit")
 
 
 # -- injected randomness --------------------------------------------------------------------------------

@@ -133,7 +133,8 @@ def test_huge_json_integer_raises_message_error():
         sys.set_int_max_str_digits(previous)
 
 
-def test_deeply_nested_roster_raises_message_error():
+def test_deeply_nested_roster_header_raises_message_error():
+    # wire version 0x01 nested advertisement headers in the roster's; a header nesting rosters is refused, not recursed
     inner: dict = {"type": "KeyRoster", "federation_id": "f", "epoch": 1, "advertisements": []}
     for _ in range(450):
         inner = {"type": "KeyRoster", "federation_id": "f", "epoch": 1, "advertisements": [inner]}
