@@ -87,13 +87,14 @@ class _NodeEpochSecrets:
     peers: tuple[str, ...] = ()  # neighbours whose shares arrived: the nodes this node masks with
     adverts: dict[str, KeyAdvertisement] = field(default_factory=dict)
     channel_secrets: dict[str, bytes] = field(default_factory=dict)  # X25519(c_u, C_v) per neighbour, computed once
+    scope: frozenset[str] | None = None  # whose view signatures this node checks, computed once per epoch
+    loaded_keys: dict[bytes, crypto.X25519Private] = field(default_factory=dict, repr=False)  # never pickled
 
     def loaded(self, private: bytes) -> crypto.X25519Private:
         """The X25519 key object of one of this epoch's private keys, loaded once (loading costs an exchange)."""
-        keys: dict[bytes, crypto.X25519Private] = self.__dict__.setdefault("_loaded_keys", {})
-        key = keys.get(private)
+        key = self.loaded_keys.get(private)
         if key is None:
-            key = keys[private] = crypto.X25519Private(private)
+            key = self.loaded_keys[private] = crypto.X25519Private(private)
         return key
 
     def channel_secret(self, peer: str) -> bytes:
@@ -103,7 +104,7 @@ class _NodeEpochSecrets:
 
     def __getstate__(self) -> dict[str, Any]:
         """Picklable (a site keeps its session on disk between messages): loaded key objects are rebuilt on use."""
-        return {k: v for k, v in self.__dict__.items() if k != "_loaded_keys"}
+        return {**self.__dict__, "loaded_keys": {}}
 
 
 class MaskingNode(StateMachine[NodeState, NodeEvent]):
@@ -167,10 +168,9 @@ class MaskingNode(StateMachine[NodeState, NodeEvent]):
     def _signature_scope(self) -> frozenset[str]:
         """Whose view signatures this node checks (EpochPlan.signature_scope), computed once per epoch."""
         assert self.epoch is not None and self.epoch.plan is not None
-        scope = self.epoch.__dict__.get("_scope")
-        if scope is None:
-            scope = self.epoch.__dict__["_scope"] = self.epoch.plan.signature_scope(self.node_id)
-        return scope
+        if self.epoch.scope is None:
+            self.epoch.scope = self.epoch.plan.signature_scope(self.node_id)
+        return self.epoch.scope
 
     def _expect_round(self, got: int, stage: str) -> None:
         if got != self.round:
@@ -227,8 +227,8 @@ class MaskingNode(StateMachine[NodeState, NodeEvent]):
             seeds.append(seed)
             commitments.append(crypto.commitment(seed, fed, epoch + i, self.node_id))
         nonce = self._rng.token(crypto.KEY_BYTES)
-        self.epoch = _NodeEpochSecrets(channel_private=channel.private, mask_privates=mask_privates, seeds=seeds, graph_nonce=nonce)
-        self.epoch.__dict__["_loaded_keys"] = loaded
+        self.epoch = _NodeEpochSecrets(channel_private=channel.private, mask_privates=mask_privates, seeds=seeds, graph_nonce=nonce,
+                                       loaded_keys=loaded)
         fields: dict[str, Any] = {"federation_id": fed, "epoch": epoch, "node_id": self.node_id, "channel_key": channel.public_bytes(),
                       "mask_keys": tuple(mask_publics), "commitments": tuple(commitments),
                       "graph_commitment": crypto.commitment(nonce, fed, epoch, self.node_id, purpose="graph-commit")}
