@@ -126,11 +126,20 @@ NULL_DRAWS = 200
 
 def null_power(target: np.ndarray, *, seed: int, draws: int = NULL_DRAWS, alpha: float = 0.05) -> dict[str, float]:
     """What a Gram inversion could tell apart from knowing nothing about ``target`` (the true anchor embeddings,
-    [B, r]): the Procrustes errors of ``draws`` random embeddings of the same shape (Gaussian; a guess with no
-    information), and the ``alpha`` quantile of them. An estimate with an error below ``detection_threshold`` beats
-    an uninformed guess at level ``alpha``; above it, the inversion shows nothing this test could detect."""
+    [B, r]): the Procrustes errors of ``draws`` random embeddings of the same shape and Frobenius norm (Gaussian
+    directions; a guess with no information but the scale, which a Gram's trace gives away), and the ``alpha``
+    quantile of them. An estimate with an error below ``detection_threshold`` beats an uninformed guess at level
+    ``alpha``; above it, the inversion shows nothing this test could detect. With equal norms an error is at most
+    sqrt(2) (the best rotation never anti-aligns), so the threshold is scale-free and below sqrt(2).
+
+    (Until 2026-12-07 the draws were not scaled: unit-variance entries against embeddings of norm ~ sqrt(B) gave
+    thresholds near 13 while the errors are of order 1, so every estimate, even one knowing nothing, "beat" them.)"""
     rng = np.random.default_rng([seed, 0x6A11])
-    null = np.array([procrustes_error(rng.standard_normal(target.shape), target) for _ in range(draws)])
+    scale = float(np.linalg.norm(target))
+    null = []
+    for _ in range(draws):
+        guess = rng.standard_normal(target.shape)
+        null.append(procrustes_error(guess * (scale / np.linalg.norm(guess)), target))
     return {"detection_threshold": float(np.quantile(null, alpha)), "null_median": float(np.median(null)),
             "null_draws": float(draws), "alpha": alpha}
 

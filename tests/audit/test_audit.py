@@ -230,6 +230,19 @@ def _recorded(tm, runs, out, run="masking", reference="none"):
     return run_audit(tm, plan, out, progress=lambda line: None)
 
 
+@pytest.mark.parametrize("shape", [(50, 4), (200, 16), (30, 30)])
+def test_gram_inversion_power_is_a_same_scale_random_guess(shape):
+    from geofed_secure.audit.recorded_run import null_power
+
+    # Prepare: a target and the same target 1,000 times larger (a Gram's scale is public: its trace)
+    target = np.random.default_rng(1).standard_normal(shape) * 0.05
+    # Execute
+    small, large = null_power(target, seed=3), null_power(target * 1000, seed=3)
+    # Assert: the same threshold, and a random guess of the right norm is never further than sqrt(2)
+    assert small["detection_threshold"] == pytest.approx(large["detection_threshold"], rel=1e-9)
+    assert 0.3 < small["detection_threshold"] <= small["null_median"] <= np.sqrt(2) + 1e-9
+
+
 def test_audit_of_a_plaintext_run_recovers_every_nodes_anchor_geometry(recorded_runs, tmp_path):
     report = _recorded(model("server"), recorded_runs, tmp_path, run="none")
     assert report["experiment"] is None and report["views"] == {} and report["plots"] == []
