@@ -19,7 +19,7 @@ from typing import Any
 from rich.console import Console
 
 from geofed_secure import __version__
-from geofed_secure.config import RunConfig, config_from_dict, load_config, nodes_from_spec
+from geofed_secure.config import RunConfig, config_from_dict, load_config
 from geofed_secure.errors import CheckpointError, ConfigError, GeofedError
 from geofed_secure.terminal import ConsoleReporter, Terminal
 
@@ -144,8 +144,8 @@ def cmd_audit(args: argparse.Namespace, term: Terminal) -> int:
 
 
 def _apply_overrides(config: RunConfig, args: argparse.Namespace) -> RunConfig:
-    fed, model, training, data, secure = config.federation, config.model, config.training, config.data, config.secure
-    privacy = config.privacy
+    config = config.with_overrides(rounds=args.rounds, seed=args.seed, protocol=args.secure, nodes=args.nodes)
+    fed, model, training, data, privacy = config.federation, config.model, config.training, config.data, config.privacy
     for flag, key in (("dp_epsilon", "epsilon"), ("dp_delta", "delta"), ("dp_accountant", "accountant"),
                       ("dp_max_grad_norm", "max_grad_norm")):
         if getattr(args, flag) is not None:
@@ -154,24 +154,18 @@ def _apply_overrides(config: RunConfig, args: argparse.Namespace) -> RunConfig:
         privacy = dataclasses.replace(privacy, secure_mode=True)
     if args.dp_shared_seed_noise:
         privacy = dataclasses.replace(privacy, shared_seed_noise=True)
-    if args.rounds is not None:
-        fed = dataclasses.replace(fed, rounds=args.rounds)
-    if args.seed is not None:
-        fed = dataclasses.replace(fed, seed=args.seed)
     if args.mode is not None:
         fed = dataclasses.replace(fed, mode=args.mode)
     if args.magnitude is not None:
         model = dataclasses.replace(model, magnitude=args.magnitude)
     if args.lambda_geo is not None:
         training = dataclasses.replace(training, lambda_geo=args.lambda_geo)
-    if args.secure is not None:
-        secure = dataclasses.replace(secure, protocol=args.secure)
     if args.cache_dir is not None:
         data = dataclasses.replace(data, cache_dir=args.cache_dir)
-    nodes = nodes_from_spec(args.nodes) if args.nodes is not None else config.nodes
+    nodes = config.nodes
     if args.shuffle_anchors:
         nodes = tuple(dataclasses.replace(n, shuffle_anchors=True) for n in nodes)
-    return config.replace(federation=fed, model=model, training=training, data=data, secure=secure, privacy=privacy, nodes=nodes)
+    return config.replace(federation=fed, model=model, training=training, data=data, privacy=privacy, nodes=nodes)
 
 
 def _resolve_config(args: argparse.Namespace) -> tuple[RunConfig, Path, bool]:

@@ -63,6 +63,22 @@ def test_nodes_spec():
             nodes_from_spec(bad)
 
 
+def test_with_overrides_changes_what_is_given_and_keeps_the_rest():
+    # Prepare
+    base = RunConfig()
+    # Execute
+    same = base.with_overrides()
+    changed = base.with_overrides(rounds=2, seed=9, protocol="ckks", nodes="image,text,tabular")
+    # Assert
+    assert same == base
+    assert (changed.federation.rounds, changed.federation.seed, changed.secure.protocol) == (2, 9, "ckks")
+    assert changed.nodes == nodes_from_spec("image,text,tabular")
+    assert (changed.model, changed.training, changed.privacy) == (base.model, base.training, base.privacy)
+    assert changed.federation.mode == base.federation.mode
+    with pytest.raises(ConfigError):
+        base.with_overrides(rounds=0)
+
+
 def test_nan_and_misshaped_features_are_refused():
     tokens = np.zeros((3, 2, 4), np.float32)
     mask = np.ones((3, 2), bool)

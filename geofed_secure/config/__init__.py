@@ -162,6 +162,18 @@ class RunConfig:
     def replace(self, **sections: Any) -> RunConfig:
         return dataclasses.replace(self, **sections)
 
+    def with_overrides(self, *, rounds: int | None = None, seed: int | None = None, protocol: str | None = None,
+                       nodes: str | None = None) -> RunConfig:
+        """This configuration with the overrides ``geofed run`` and ``geofed deploy`` share (None keeps a value):
+        ``--rounds``, ``--seed``, ``--secure`` and ``--nodes`` (a spec string, :func:`nodes_from_spec`)."""
+        fed = self.federation
+        if rounds is not None:
+            fed = dataclasses.replace(fed, rounds=rounds)
+        if seed is not None:
+            fed = dataclasses.replace(fed, seed=seed)
+        secure = self.secure if protocol is None else dataclasses.replace(self.secure, protocol=protocol)
+        return self.replace(federation=fed, secure=secure, nodes=self.nodes if nodes is None else nodes_from_spec(nodes))
+
 
 def label_count(config: RunConfig, node: NodeSpec) -> int:
     """How many task labels ``node``'s (local) head has: its own label set, else the concepts, else the demo's digits."""

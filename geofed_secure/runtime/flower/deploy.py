@@ -21,7 +21,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import shlex
 import sys
@@ -30,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from geofed_secure.config import RunConfig, nodes_from_spec
+from geofed_secure.config import RunConfig
 from geofed_secure.errors import ConfigError, GeofedError
 from geofed_secure.runtime.flower.certs import LOOPBACK_HOSTS, Certificates, make_certificates
 
@@ -93,23 +92,16 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
     from geofed_secure.runtime.flower.apps import load_run_config
 
     config = load_run_config(args.config) if args.config else RunConfig()
-    fed, secure, nodes = config.federation, config.secure, config.nodes
-    if args.rounds is not None:
-        fed = dataclasses.replace(fed, rounds=args.rounds)
-    if args.seed is not None:
-        fed = dataclasses.replace(fed, seed=args.seed)
-    if args.secure is not None:
-        secure = dataclasses.replace(secure, protocol=args.secure)
     if args.nodes is not None and args.sites is not None:
         raise ConfigError("--sites", "give --sites or --nodes, not both")
-    if args.nodes is not None:
-        nodes = nodes_from_spec(args.nodes)
+    config = config.with_overrides(rounds=args.rounds, seed=args.seed, protocol=args.secure, nodes=args.nodes)
     if args.sites is not None:
+        nodes = config.nodes
         if not 1 <= args.sites <= len(nodes):
             raise ConfigError("--sites", f"the configuration has {len(nodes)} node(s); --sites takes 1 to {len(nodes)} "
                                          "(add [[nodes]] to the configuration, or use --nodes)")
-        nodes = nodes[: args.sites]
-    return config.replace(federation=fed, secure=secure, nodes=nodes)
+        config = config.replace(nodes=nodes[: args.sites])
+    return config
 
 
 def cmd_certs(args: argparse.Namespace, echo: Echo) -> dict[str, Any]:
