@@ -19,7 +19,7 @@ import safetensors.numpy
 
 from geofed_secure.audit.threat_model import ThreatModel
 from geofed_secure.errors import CheckpointError
-from geofed_secure.runtime import Transcript, TranscriptRecord, decode_any
+from geofed_secure.runtime import Transcript, TranscriptRecord, decode_record
 
 FINAL_MODEL = Path("final") / "global_adapters.safetensors"
 
@@ -37,7 +37,7 @@ class View:
             return
         for rec in self.records:
             if (type_ is None or rec.type == type_) and (round_ is None or rec.round == round_):
-                yield rec, decode_any(self._transcript.blob(rec))
+                yield rec, decode_record(self._transcript.blob(rec), rec)
 
     @property
     def types(self) -> frozenset[str]:

@@ -8,7 +8,7 @@ Public API, what the CLI, the audit and scripts use (everything else in the sub-
 - :func:`backbone_factory`: the pretrained shared transformer, loaded once; each call returns a fresh copy (one per
   :class:`~geofed_secure.node.Node`);
 - :class:`Simulator` and its :class:`RunResult`: a whole simulated run (``geofed run``);
-- :class:`Transcript`, :class:`TranscriptRecord`, :func:`decode_any` and ``SERVER``: the recorded transcript of a run
+- :class:`Transcript`, :class:`TranscriptRecord`, :func:`decode_any`, :func:`decode_record` and ``SERVER``: the recorded transcript of a run
   (every message that crossed a trust boundary), which the audit selects views from.
 
 The names are imported on first use (PEP 562), so a process that needs only one driver module (a Flower ClientApp
@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from geofed_secure.runtime.federation import FederationData, build_federation
     from geofed_secure.runtime.simulator import RunResult, Simulator, backbone_factory
-    from geofed_secure.runtime.transcript import SERVER, Transcript, TranscriptRecord, decode_any
+    from geofed_secure.runtime.transcript import SERVER, Transcript, TranscriptRecord, decode_any, decode_record
 
 _HOMES = {"FederationData": "federation", "build_federation": "federation", "RunResult": "simulator",
           "Simulator": "simulator", "backbone_factory": "simulator", "SERVER": "transcript", "Transcript": "transcript",
-          "TranscriptRecord": "transcript", "decode_any": "transcript"}
+          "TranscriptRecord": "transcript", "decode_any": "transcript", "decode_record": "transcript"}
 
 
 def __getattr__(name: str) -> Any:
@@ -37,5 +37,5 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "SERVER", "FederationData", "RunResult", "Simulator", "Transcript", "TranscriptRecord", "backbone_factory",
-    "build_federation", "decode_any",
+    "build_federation", "decode_any", "decode_record",
 ]

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from geofed_secure.errors import CheckpointError, OutputFolderError
+from geofed_secure.errors import CheckpointError, MessageError, OutputFolderError
 from geofed_secure.wire.round import Message, decode_message
 
 SERVER = "server"
@@ -81,7 +81,28 @@ class Transcript:
         """Decoded messages, optionally of one round (decoding re-validates every message)."""
         for rec in self.records:
             if round_ is None or rec.round == round_:
-                yield rec, decode_any(self._blobs[rec.index])
+                yield rec, decode_record(self._blobs[rec.index], rec)
+
+    def check_wire_versions(self, where: str | os.PathLike) -> None:
+        """Refuse to append to a transcript holding secure-aggregation messages of another wire version.
+
+        A resumed run appends to its transcript; mixing, say, secagg-v1 wire version 1 records (written before the
+        roster change) with version 2 ones would leave a transcript that no single release can decode or audit.
+        """
+        from geofed_secure.secagg.ckks.spec import MAGIC as CKKS_MAGIC
+        from geofed_secure.secagg.ckks.spec import VERSION as CKKS_VERSION
+        from geofed_secure.secagg.masking.messages import MAGIC as SECAGG_MAGIC
+        from geofed_secure.secagg.masking.messages import VERSION as SECAGG_VERSION
+
+        wanted = {SECAGG_MAGIC: ("secagg-v1", SECAGG_VERSION), CKKS_MAGIC: ("ckks-v1", CKKS_VERSION)}
+        for rec, blob in zip(self.records, self._blobs, strict=True):
+            family = wanted.get(blob[:4])
+            if family is not None and len(blob) > 4 and blob[4] != family[1]:
+                raise CheckpointError(
+                    f"{where}: transcript record {rec.index} ({rec.type}, round {rec.round}) is {family[0]} wire version "
+                    f"{blob[4]}, and this geofed-secure writes version {family[1]}: resuming would mix both in one "
+                    "transcript, which no single release can decode or audit. Start a new run (--out elsewhere), or "
+                    "resume with the geofed-secure release that began this run")
 
     def truncate(self, n_records: int) -> None:
         """Drop every record after the first ``n_records`` (roll back to a checkpoint)."""
@@ -151,6 +172,15 @@ def _record(fields: object) -> TranscriptRecord:
         if not isinstance(fields[key], kind) or isinstance(fields[key], bool) or (kind is int and fields[key] < 0):
             raise TypeError(f"field {key} must be a{'n integer >= 0' if kind is int else ' string'}")
     return TranscriptRecord(**fields)
+
+
+def decode_record(blob: bytes, record: TranscriptRecord):
+    """:func:`decode_any` of one transcript record; a :class:`MessageError` names the record it came from."""
+    try:
+        return decode_any(blob)
+    except MessageError as exc:
+        raise MessageError(f"transcript record {record.index} ({record.type}, round {record.round}, {record.sender} -> "
+                           f"{record.receiver}): {exc}") from None
 
 
 def decode_any(blob: bytes):

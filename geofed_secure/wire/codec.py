@@ -429,7 +429,9 @@ class Framing:
         if len(data) < PREFIX_BYTES or data[:4] != self.magic:
             raise MessageError(f"not a {self.name} message (bad magic)")
         if data[4] != self.version:
-            raise MessageError(f"{self.name} wire version {data[4]} is not supported (this is version {self.version})")
+            raise MessageError(f"{self.name} wire version {data[4]} is not supported (this is version {self.version}): it "
+                               "was written by another release of geofed-secure; both ends of a federation, and the "
+                               "release that audits a transcript, must speak the same wire version")
         size = int.from_bytes(data[5:PREFIX_BYTES], "big")
         if size > self.max_header_bytes or PREFIX_BYTES + size > len(data):
             raise MessageError(f"{self.name} header length {size} exceeds the message or the limit")

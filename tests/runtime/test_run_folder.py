@@ -3,6 +3,7 @@ overwrite, a damaged newest checkpoint replaced by the previous round's, and --c
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -13,7 +14,7 @@ import textwrap
 import pytest
 from conftest import with_sections
 
-from geofed_secure.errors import OutputFolderError, OutputFolderLocked
+from geofed_secure.errors import CheckpointError, MessageError, OutputFolderError, OutputFolderLocked
 from geofed_secure.runtime.outdir import LOCK_FILE, claim_for_new_run, output_folder
 from geofed_secure.runtime.simulator import Simulator
 from geofed_secure.runtime.transcript import Transcript
@@ -125,6 +126,41 @@ def test_an_edited_checkpoint_is_not_resumed_the_previous_round_is(recorded_runs
     summary = json.loads((run / "summary.json").read_text())
     assert summary["rounds"][-1]["metrics"]["task_accuracy"] == original
     assert result.summary["rounds"][-1]["metrics"]["task_accuracy"] == original
+
+
+def _as_wire_version(transcript_dir, version: int) -> int:
+    """Rewrite every secagg-v1 record of a saved transcript to carry ``version`` (its SHA-256 fixed): what another
+    release would have written. Returns how many records changed."""
+    index = [json.loads(line) for line in (transcript_dir / "index.jsonl").read_text().splitlines()]
+    data = bytearray((transcript_dir / "messages.bin").read_bytes())
+    changed = 0
+    for rec in index:
+        start = rec["offset"]
+        if data[start:start + 4] == b"GFSA":
+            data[start + 4] = version
+            rec["sha256"] = hashlib.sha256(data[start:start + rec["nbytes"]]).hexdigest()
+            changed += 1
+    (transcript_dir / "messages.bin").write_bytes(bytes(data))
+    (transcript_dir / "index.jsonl").write_text("".join(json.dumps(r) + "\n" for r in index))
+    return changed
+
+
+def test_resume_refuses_a_transcript_of_another_secure_aggregation_wire_version(recorded_runs, tiny_config,
+                                                                              tiny_modalities, tmp_path):
+    # Prepare: a masked run whose transcript the release before secagg-v1 wire version 2 wrote
+    run = tmp_path / "run"
+    shutil.copytree(recorded_runs["masking"], run)
+    assert _as_wire_version(run / "transcript", 1) > 0
+    before = {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+    config = with_sections(tiny_config, federation={"rounds": 3}, secure={"protocol": "masking"})
+    # Execute / Assert: refused before anything in the folder changes (mixing versions would leave it unauditable)
+    with pytest.raises(CheckpointError, match="secagg-v1 wire version 1, and this geofed-secure writes version 2"):
+        Simulator(config, tiny_modalities, run, secure_seed=3).run(resume=True)
+    assert {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()} == before
+    # and reading it (the audit does) names the record and what to do
+    with pytest.raises(MessageError, match=r"transcript record \d+ \(\w+, round 1, .*wire version 1 is not supported.*same "
+                                           r"wire version"):
+        list(Transcript.load(run / "transcript").messages())
 
 
 def test_resume_accepts_another_cache_dir(recorded_runs, tiny_config, tiny_modalities, tmp_path):
