@@ -47,7 +47,8 @@ LOG_FILE = "log.jsonl"
 SESSION_FILE = "secure-session.pkl"
 LAST_ROUND = "meta/last_round"  # the node state's round counter (Node.state_dict)
 ANCHOR_FILE = "anchor-digest.txt"  # the federation's anchor commitment, as the site computed it from its own data
-SESSION_FORMAT = "geofed-secure-session-v1"
+# v2: secagg-v1 wire version 0x02 (a pickled key roster holds advertisement bytes; the epoch secrets gained fields)
+SESSION_FORMAT = "geofed-secure-session-v2"
 
 
 def _atomic_write(folder: Path, name: str, write: Callable[[str], object]) -> None:

@@ -194,6 +194,27 @@ def test_a_site_refuses_keys_of_another_federation_or_node(tiny_config, tiny_mod
              make_backbone=backbone_factory(config))
 
 
+def test_a_site_refuses_a_session_file_of_another_format(tiny_config, tiny_modalities, tmp_path):
+    """A session pickled before secagg-v1 wire version 0x02 holds a roster of the old layout: refused, not unpickled
+    into the new classes (the site is told to delete it; the server then starts a new key epoch)."""
+    import pickle
+
+    # Prepare: a site's saved session, relabelled as the earlier format
+    config = with_sections(tiny_config, federation={"rounds": 1}, secure={"protocol": "masking"})
+    write_keys(config, tmp_path / "keys")
+    federation = build_federation(config, tiny_modalities)
+    site = Site(config, "img-a", federation.nodes["img-a"], anchor_digest=federation.anchor_digest,
+                state_dir=tmp_path / "a", make_backbone=backbone_factory(config), keys_dir=tmp_path / "keys" / "sites" / "img-a")
+    site.save_session(site.load_session())
+    path = tmp_path / "a" / SESSION_FILE
+    saved = pickle.loads(path.read_bytes())
+    assert saved["header"]["format"] == "geofed-secure-session-v2"
+    path.write_bytes(pickle.dumps({**saved, "header": {**saved["header"], "format": "geofed-secure-session-v1"}}))
+    # Execute / Assert
+    with pytest.raises(CheckpointError, match="belongs to another format; delete it to start a new session"):
+        site.load_session()
+
+
 def test_a_site_refuses_a_node_id_its_federation_does_not_have(tiny_config, tiny_modalities, tmp_path):
     federation = build_federation(tiny_config, tiny_modalities)
     with pytest.raises(ConfigError, match="not a node of federation"):
