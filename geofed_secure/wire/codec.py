@@ -48,12 +48,10 @@ _ID_RUN = re.compile(r"(?:[A-Za-z0-9][A-Za-z0-9._-]{0,63}\n)*\Z")
 
 
 def check_ids(values: Iterable[Any], *, what: str) -> None:
-    """:func:`check_id` of every value, in one pass of a regular expression over them all.
+    """:func:`check_id` of every value in one regular-expression match (views and maps of n ids reach every node).
 
-    Views and maps of n ids reach every node; one C-level match instead of n calls is most of their decoding. A
-    value holding the separator (a newline) would split in two, so the separator count must equal the count of
-    values; on any failure the values are checked one by one, for the exact error.
-    """
+    A value holding the separator (a newline) would split in two, so the separator count must equal the count of
+    values; on any failure the values are checked one by one, for the exact error."""
     values = values if isinstance(values, tuple | list) else list(values)
     try:
         joined = "\n".join(values) + "\n"
@@ -491,11 +489,10 @@ class WireMessage:
         return data
 
 
-# The encodings of the last few large messages without ring words (a key roster, graph seeds, a signed unmask request)
-# that were decoded or encoded, by identity: a message is frozen, so its bytes never change, and a party that hashes a
-# roster it decoded (the roster digest, SPEC 2.8) does not encode it again (O(n) per node, O(n^2) in all). Entries hold
-# the message itself, so an id is never reused while its entry lives; masked vectors (Words) are never kept, nor
-# anything over 8 MiB.
+# The encodings of the last few large messages decoded or encoded (a roster, graph seeds, an unmask request), by
+# identity: a frozen message's bytes never change, so a node hashing the roster it decoded (SPEC 2.8) does not encode
+# it again. Entries hold the message, so an id is not reused while its entry lives; ring words and anything over
+# 8 MiB are never kept.
 _ENCODED: dict[int, tuple[WireMessage, bytes]] = {}
 _ENCODED_ENTRIES = 16
 _ENCODED_MIN_BYTES = 4096
