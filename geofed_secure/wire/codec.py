@@ -2,12 +2,12 @@
 
 Wire format of a family (:class:`Framing`): ``MAGIC (4 bytes) | version (1 byte) | header length (4 bytes,
 big-endian) | header | body``. The header is canonical JSON (sorted keys, no spaces, ASCII): an object holding
-``type`` and one member per field. The body holds the raw bytes of at most one field (ring words, ciphertexts),
-whose sizes the header fixes.
+``type`` and one member per field. The body holds the raw bytes of at most one field (ring words, ciphertexts,
+a roster's advertisements), whose sizes the header fixes.
 
 A message is a frozen dataclass deriving from :class:`WireMessage` that declares ``SCHEMA = {field: kind}``.
 A kind (:data:`ID`, :data:`DIGEST`, :class:`Int`, :class:`Bytes`, :class:`List`, :class:`IdMap`,
-:class:`Nested`, :class:`Words`, :class:`Chunks`) checks a value when a message is built and converts it to
+:class:`Words`, :class:`Chunks`) checks a value when a message is built and converts it to
 and from the wire, so one declaration gives validation, encoding and decoding. :meth:`Codec.decode` is strict:
 magic, version, header size, a JSON object, a known type, the exact field set, every value, the body framing,
 and that re-encoding gives the same bytes; every defect raises :class:`~geofed_secure.errors.MessageError`.
@@ -169,14 +169,13 @@ class Bytes(Kind):
 class List(Kind):
     """A list of ``item`` values (a tuple once built), ``min_count`` to ``max_count`` long.
 
-    ``sorted_by``: the items must be sorted and unique, by themselves (``""``) or by that attribute of each
-    item (``"node_id"``); ``None`` leaves the order free.
+    ``sorted_unique``: the items must be sorted and unique (id lists); otherwise their order is free.
     """
 
     item: Kind
     min_count: int = 0
     max_count: int | None = None
-    sorted_by: str | None = None
+    sorted_unique: bool = False
 
     def check(self, value: Any, *, what: str) -> tuple[Any, ...]:
         if not isinstance(value, tuple | list):
@@ -189,11 +188,8 @@ class List(Kind):
             items = tuple(value)
         else:
             items = tuple(self.item.check(v, what=what) for v in value)
-        if self.sorted_by is not None:
-            keys = [getattr(v, self.sorted_by) for v in items] if self.sorted_by else list(items)
-            if keys != sorted(set(keys)):
-                by = f" by {self.sorted_by}" if self.sorted_by else ""
-                raise fail(what, f"items must be sorted{by} and unique")
+        if self.sorted_unique and list(items) != sorted(set(items)):
+            raise fail(what, "items must be sorted and unique")
         return items
 
     def to_json(self, value: tuple[Any, ...]) -> list[Any]:
@@ -239,31 +235,6 @@ class IdMap(Kind):
             if blob and blob.hex() == joined:  # exactly lowercase hex, as Bytes.from_json requires of each
                 return {k: blob[i * size:(i + 1) * size] for i, k in enumerate(raw)}
         return {k: self.value.from_json(v, what=f"{what}[{k}]") for k, v in raw.items()}
-
-
-@dataclass(frozen=True, slots=True)
-class Nested(Kind):
-    """A message of class ``cls`` (no body field) inside another: its full header, ``type`` included."""
-
-    cls: type[WireMessage]
-
-    def __post_init__(self) -> None:
-        if any(isinstance(kind, BodyKind) for kind in self.cls.SCHEMA.values()):
-            raise TypeError(f"{self.cls.__name__} carries a body and cannot be nested")
-
-    def check(self, value: Any, *, what: str) -> WireMessage:
-        if not isinstance(value, self.cls):
-            raise fail(what, f"must be a {self.cls.__name__}, got {type(value).__name__}")
-        return value
-
-    def to_json(self, value: WireMessage) -> dict[str, Any]:
-        return value.header()
-
-    def from_json(self, raw: Any, *, what: str) -> WireMessage:
-        # the type is checked before anything is built, so a hostile header cannot nest messages deeply
-        if not isinstance(raw, dict) or raw.get("type") != self.cls.__name__:
-            raise fail(what, f"must hold only {self.cls.__name__} headers")
-        return build(self.cls, {k: v for k, v in raw.items() if k != "type"}, b"")
 
 
 class BodyKind(Kind):
@@ -393,7 +364,7 @@ class Chunks(BodyKind):
 
 ID = Id()
 DIGEST = Digest()
-IDS = List(ID, sorted_by="")  # sorted, unique ids; possibly none
+IDS = List(ID, sorted_unique=True)  # sorted, unique ids; possibly none
 
 
 def schema(**kinds: Kind) -> Mapping[str, Kind]:

@@ -32,7 +32,6 @@ from geofed_secure.wire.codec import (
     IdMap,
     Int,
     List,
-    Nested,
     WireMessage,
     Words,
     canonical_json,
@@ -71,12 +70,10 @@ class Everything(_Toy):
     members: tuple[str, ...]
     keys: tuple[bytes, ...]
     shares: Any
-    entries: tuple[Entry, ...]
     words: np.ndarray
     SCHEMA: ClassVar = schema(owner=ID, digest=DIGEST, count=Int(1, 1000), blob=Bytes(), key=Bytes(4),
-                              members=List(ID, min_count=1, max_count=3, sorted_by=""), keys=List(Bytes(2)),
-                              shares=IdMap(Bytes(3)), entries=List(Nested(Entry), max_count=4, sorted_by="name"),
-                              words=Words())
+                              members=List(ID, min_count=1, max_count=3, sorted_unique=True), keys=List(Bytes(2)),
+                              shares=IdMap(Bytes(3)), words=Words())
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -108,7 +105,6 @@ DIGEST_HEX = "ab" * 32
 def everything(**changes: Any) -> Everything:
     values = {"owner": "node-1", "digest": DIGEST_HEX, "count": 7, "blob": b"\x00\xff", "key": b"abcd",
               "members": ("a", "b"), "keys": (b"k1", b"k2"), "shares": {"b": b"sh1", "a": b"sh0"},
-              "entries": (Entry(name="x", value=1), Entry(name="y", value=2)),
               "words": np.array([1, 2, 2**32 - 1], dtype="<u4")}
     return Everything(**{**values, **changes})
 
@@ -215,10 +211,6 @@ def test_canonical_json_is_sorted_compact_ascii():
     ({"shares": {"bad id!": b"sh0"}}, "not a valid id"),
     ({"shares": {1: b"sh0"}}, "not a valid id"),
     ({"shares": {"a": b"sh"}}, r"Everything.shares\[a\]: must be 3 bytes"),
-    ({"entries": ({"name": "x", "value": 1},)}, "must be a Entry, got dict"),
-    ({"entries": (Entry(name="y", value=1), Entry(name="x", value=2))}, "sorted by name and unique"),
-    ({"entries": (Entry(name="x", value=1), Entry(name="x", value=2))}, "sorted by name and unique"),
-    ({"entries": tuple(Entry(name=c, value=1) for c in "abcde")}, "must hold 0 to 4 items"),
     ({"words": [1, 2]}, "Everything.words: must be a 1-D little-endian uint32 or uint64 array"),
     ({"words": np.zeros((2, 2), "<u4")}, "1-D"),
     ({"words": np.zeros(2, "<i4")}, "uint32"),
@@ -259,7 +251,7 @@ def test_built_values_are_frozen_and_normalised():
 
 def test_round_trip_of_each_toy_message():
     for message in (everything(), parcel(), Roll(ids=()), Entry(name="e", value=0),
-                    everything(words=np.arange(3, dtype="<u8"), keys=(), entries=())):
+                    everything(words=np.arange(3, dtype="<u8"), keys=())):
         blob = message.encode()
         assert blob[:4] == b"TOYW" and blob[4] == 3
         back = CODEC.decode(blob)
@@ -272,8 +264,7 @@ def test_header_and_body_layout():
     assert header == {"type": "Parcel", "owner": "n", "limit": 2, "chunk_bytes": [3, 1]} and body == b"abcd"
     header, body = parts(everything().encode())
     assert header["words"] == {"ring_bits": 32, "length": 3} and len(body) == 12
-    assert header["shares"] == {"a": "736830", "b": "736831"} and header["entries"][0] == {"type": "Entry",
-                                                                                         "name": "x", "value": 1}
+    assert header["shares"] == {"a": "736830", "b": "736831"} and header["members"] == ["a", "b"]
 
 
 def _edited(message: WireMessage, **changes: Any) -> bytes:
@@ -330,10 +321,6 @@ _HEADER = canonical_json(parts(ROLL)[0])
     (_edited(everything(), blob=15), "bytes must be lowercase hex"),
     (_edited(everything(), keys="6b31"), "Everything.keys: must be a list"),
     (_edited(everything(), shares=["a"]), "Everything.shares: must be a JSON object"),
-    (_edited(everything(), entries=[{"name": "x", "value": 1}]), "must hold only Entry headers"),
-    (_edited(everything(), entries=[{"type": "Roll", "ids": []}]), "must hold only Entry headers"),
-    (_edited(everything(), entries=[{"type": "Entry", "name": "x"}]), r"Entry: header fields wrong \(missing \['value'\]"),
-    (_edited(everything(), entries=[{"type": "Entry", "name": "x", "value": 10}]), "Entry.value"),
     (_edited(everything(), members=[]), "must hold 1 to 3 items"),
 ], ids=lambda v: v[:40] if isinstance(v, str) else "bytes")
 def test_malformed_bytes_raise_message_error(blob, match):
@@ -371,8 +358,8 @@ def test_deeply_nested_json_is_a_message_error():
         CODEC.decode(reframe(None, raw=b"[" * 3000 + b"]" * 3000))
     nested: dict[str, Any] = {"type": "Entry", "name": "x", "value": 1}
     for _ in range(200):
-        nested = {"type": "Everything", "entries": [nested]}
-    with pytest.raises(MessageError, match="must hold only Entry headers|header fields wrong"):
+        nested = {"type": "Entry", "name": "x", "value": nested}
+    with pytest.raises(MessageError, match="Entry.value"):
         CODEC.decode(reframe(nested))
 
 
@@ -413,8 +400,6 @@ def test_bad_declarations_are_caught_at_import():
                        (Clash, "unique"), (Typed, "not 'type'"), (Elsewhere, "FRAMING")):
         with pytest.raises(TypeError, match=match):
             Codec(TOY, (cls,))
-    with pytest.raises(TypeError, match="cannot be nested"):
-        Nested(Parcel)
     with pytest.raises(TypeError):
         Everything.SCHEMA["owner"] = DIGEST  # type: ignore[index]
 
@@ -430,8 +415,6 @@ toy_messages = st.one_of(
               members=sorted_ids.filter(lambda v: 1 <= len(v) <= 3),
               keys=st.lists(st.binary(min_size=2, max_size=2), max_size=3).map(tuple),
               shares=st.dictionaries(ids, st.binary(min_size=3, max_size=3), max_size=3),
-              entries=st.lists(entry, max_size=4, unique_by=lambda e: e.name).map(
-                  lambda v: tuple(sorted(v, key=lambda e: e.name))),
               words=st.one_of(st.lists(st.integers(0, 2**32 - 1), max_size=5).map(lambda v: np.array(v, "<u4")),
                               st.lists(st.integers(0, 2**64 - 1), max_size=5).map(lambda v: np.array(v, "<u8")))),
     st.builds(Parcel, owner=ids, limit=st.just(3), chunks=st.lists(st.binary(min_size=1, max_size=8), min_size=1,

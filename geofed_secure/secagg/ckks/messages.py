@@ -44,7 +44,7 @@ FRAMING = Framing(name="ckks-v1", magic=MAGIC, version=VERSION, max_header_bytes
 # Field kinds of ckks-v1 (SPEC 4).
 ROUND = Int(1, MAX_ROUND)
 LENGTH = Int(1, MAX_LENGTH)
-COHORT = List(ID, min_count=1, max_count=MAX_COHORT, sorted_by="")
+COHORT = List(ID, min_count=1, max_count=MAX_COHORT, sorted_unique=True)
 CIPHERTEXTS = Chunks(max_count=MAX_LENGTH + 1, max_chunk_bytes=MAX_CHUNK_BYTES, size_key="chunk_bytes")
 
 
