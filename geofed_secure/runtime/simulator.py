@@ -221,9 +221,8 @@ class Simulator:
         start = 1
         if resume:
             start = self._restore(config_path) + 1
-            Transcript.load(transcript_dir).check_wire_versions(self.out_dir)  # before anything in the folder changes
+            transcript = Transcript.load(transcript_dir, attach=True)  # before anything in the folder changes
             config_path.write_text(json.dumps(self.config.to_dict(), indent=1, sort_keys=True))
-            transcript = Transcript.load(transcript_dir, attach=True)
             transcript.truncate(self._transcript_len)
             self.node_logs = {k: NodeLog.resume(self.out_dir / NODE_LOG.format(node_id=k), last_round=start - 1)
                               for k in self.nodes}

@@ -125,7 +125,9 @@ class Transcript:
     def load(cls, directory: str | os.PathLike, *, attach: bool = False) -> Transcript:
         """Read a saved transcript, checking every record's byte range and SHA-256.
 
-        A trailing partial record (crash while appending) is ignored. ``attach=True`` keeps appending to the folder.
+        A trailing partial record (crash while appending) is ignored. ``attach=True`` keeps appending to the folder;
+        it is refused (:class:`CheckpointError`, the folder unchanged) when the transcript holds secure-aggregation
+        messages of another wire version (:meth:`check_wire_versions`).
         """
         directory = Path(directory)
         try:
@@ -155,6 +157,7 @@ class Transcript:
             out._blobs.append(blob)
             out._offset = rec.offset + rec.nbytes
         if attach:
+            out.check_wire_versions(directory)
             out.directory = directory
             out.truncate(len(out.records))
         return out

@@ -277,8 +277,7 @@ def run_federation(grid: Grid, config: RunConfig, *, anchor_digest: str, initial
             server.load_state_dict(ckpt.server, round_=ckpt.round)
             history = list(ckpt.meta["history"])
             # what crossed the wire after the checkpoint was seen by the server: kept (that round is not run again)
-            Transcript.load(out / "transcript").check_wire_versions(out)  # before anything in the folder changes
-            transcript = Transcript.load(out / "transcript", attach=True)
+            transcript = Transcript.load(out / "transcript", attach=True)  # refuses another wire version
             reporter.log(f"resumed from the checkpoint of round {ckpt.round}")
         else:
             claim_for_new_run(out, overwrite=False)

@@ -278,13 +278,14 @@ def check_roster(provisioning: Provisioning, roster: KeyRoster, *, party: str) -
     return members
 
 
-def roster_advertisement(provisioning: Provisioning, roster: KeyRoster, index: int, *, party: str) -> KeyAdvertisement:
-    """Decode and check the advertisement of member ``index`` of a roster (SPEC 5.1, 5.3); a bad one aborts.
+def roster_advertisement(provisioning: Provisioning, roster: KeyRoster, member: str, index: int, *,
+                         party: str) -> KeyAdvertisement:
+    """Decode and check the advertisement of ``member``, the roster's member ``index`` (SPEC 5.1, 5.3); a bad one
+    aborts.
 
     It must be a KeyAdvertisement of that very member, for this federation and epoch, with the federation's
     number of round keys and the graph commitment the roster lists for it, signed by the member's identity key.
     """
-    member = roster.members[index]
     try:
         advert = decode(roster.advertisements[index])
     except MessageError as exc:
@@ -315,7 +316,7 @@ def holder_advertisements(provisioning: Provisioning, roster: KeyRoster, plan: E
     O(degree) decodings and signature checks per node: the rest of the roster stays undecoded bytes. A forged
     advertisement elsewhere can change the graph (availability) but no key this node encrypts or masks with.
     """
-    return {v: roster_advertisement(provisioning, roster, bisect.bisect_left(plan.members, v), party=party)
+    return {v: roster_advertisement(provisioning, roster, v, bisect.bisect_left(plan.members, v), party=party)
             for v in plan.holders[party] if v != party}
 
 
